@@ -1,0 +1,642 @@
+//! The HTTP layer: routes, request parsing and response headers of the OCI
+//! distribution API.
+//!
+//! Calls the registry service; never the catalog or the store directly. It
+//! turns HTTP (paths, headers, query strings, bodies) into the service's
+//! typed requests, and the service's answers and errors back into HTTP.
+
+pub mod error;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use futures::TryStreamExt;
+use serde_json::json;
+
+pub use self::error::ApiError;
+use crate::names::{Reference, RepoName};
+use crate::registry::{self, ByteRange, ByteStream, Registry, RegistryError};
+
+const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
+const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+
+type ApiResult = Result<Response, ApiError>;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+}
+
+/// The whole HTTP surface, so tests can drive it without a socket.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v2", any(base))
+        .route("/v2/", any(base))
+        .route("/v2/{*path}", any(dispatch))
+        .fallback(|| async { ApiError::unsupported_route() })
+        .layer(middleware::from_fn(common_headers))
+        .with_state(state)
+}
+
+/// Adds the API version header docker looks for, and logs each request.
+async fn common_headers(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = Instant::now();
+    let mut resp = next.run(req).await;
+    resp.headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    tracing::debug!(
+        %method, %path, status = resp.status().as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1000.0, "request"
+    );
+    resp
+}
+
+async fn base() -> Response {
+    axum::Json(json!({})).into_response()
+}
+
+/// The endpoints under `/v2/<name>/...`. Names contain slashes, so the path
+/// is matched from its end.
+#[derive(Debug, PartialEq)]
+enum Route<'a> {
+    Catalog,
+    Tags(&'a str),
+    Manifest(&'a str, &'a str),
+    UploadStart(&'a str),
+    Upload(&'a str, &'a str),
+    Blob(&'a str, &'a str),
+    Referrers(&'a str, &'a str),
+}
+
+fn parse_route(path: &str) -> Option<Route<'_>> {
+    if path == "_catalog" {
+        return Some(Route::Catalog);
+    }
+    if let Some(name) = path.strip_suffix("/tags/list") {
+        return Some(Route::Tags(name));
+    }
+    if let Some(name) = path
+        .strip_suffix("/blobs/uploads/")
+        .or_else(|| path.strip_suffix("/blobs/uploads"))
+    {
+        return Some(Route::UploadStart(name));
+    }
+    let split = |sep: &str| {
+        path.rsplit_once(sep)
+            .filter(|(_, last)| !last.contains('/'))
+    };
+    if let Some((name, id)) = split("/blobs/uploads/") {
+        return Some(Route::Upload(name, id));
+    }
+    if let Some((name, r)) = split("/manifests/") {
+        return Some(Route::Manifest(name, r));
+    }
+    if let Some((name, d)) = split("/blobs/") {
+        return Some(Route::Blob(name, d));
+    }
+    if let Some((name, d)) = split("/referrers/") {
+        return Some(Route::Referrers(name, d));
+    }
+    None
+}
+
+/// Everything a handler may need from the request.
+struct Req {
+    method: Method,
+    headers: HeaderMap,
+    query: Vec<(String, String)>,
+    body: Body,
+}
+
+impl Req {
+    fn param(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn header(&self, name: HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn content_length(&self) -> Result<Option<u64>, ApiError> {
+        self.header(header::CONTENT_LENGTH)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request("SIZE_INVALID", "invalid Content-Length"))
+            })
+            .transpose()
+    }
+
+    fn into_stream(self) -> ByteStream {
+        Box::pin(self.body.into_data_stream().map_err(std::io::Error::other))
+    }
+}
+
+async fn dispatch(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    RawQuery(query): RawQuery,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let query = match query {
+        Some(q) => serde_urlencoded::from_str(&q)
+            .map_err(|_| ApiError::bad_request("UNSUPPORTED", "malformed query string"))?,
+        None => Vec::new(),
+    };
+    let req = Req {
+        method,
+        headers,
+        query,
+        body,
+    };
+    let reg = &state.registry;
+    let route = parse_route(&path).ok_or_else(ApiError::unsupported_route)?;
+    let name = |n: &str| registry::parse_name(n).map_err(ApiError::from);
+    let m = req.method.clone();
+    match route {
+        Route::Catalog if m == Method::GET => catalog(reg, req).await,
+        Route::Tags(n) if m == Method::GET => tags(reg, &name(n)?, req).await,
+        Route::Manifest(n, r) => {
+            let repo = name(n)?;
+            let reference = registry::parse_reference(r)?;
+            match m {
+                Method::GET | Method::HEAD => {
+                    get_manifest(reg, &repo, &reference, m == Method::HEAD).await
+                }
+                Method::PUT => put_manifest(reg, &repo, &reference, req).await,
+                Method::DELETE => {
+                    reg.delete_manifest(&repo, &reference).await?;
+                    Ok(StatusCode::ACCEPTED.into_response())
+                }
+                _ => Err(ApiError::method_not_allowed()),
+            }
+        }
+        Route::Blob(n, d) => {
+            let repo = name(n)?;
+            let digest = registry::parse_digest(d)?;
+            match m {
+                Method::GET | Method::HEAD => get_blob(reg, &repo, &digest, req).await,
+                Method::DELETE => {
+                    reg.delete_blob(&repo, &digest).await?;
+                    Ok(StatusCode::ACCEPTED.into_response())
+                }
+                _ => Err(ApiError::method_not_allowed()),
+            }
+        }
+        Route::UploadStart(n) if m == Method::POST => start_upload(reg, &name(n)?, req).await,
+        Route::Upload(n, id) => {
+            let repo = name(n)?;
+            let result = match m {
+                Method::GET => upload_status(reg, &repo, id).await,
+                Method::PATCH => patch_upload(reg, &repo, id, req).await,
+                Method::PUT => put_upload(reg, &repo, id, req).await,
+                Method::DELETE => reg
+                    .cancel_upload(&repo, id)
+                    .await
+                    .map(|()| StatusCode::NO_CONTENT.into_response())
+                    .map_err(ApiError::from),
+                _ => Err(ApiError::method_not_allowed()),
+            };
+            result.map_err(|e| {
+                if e.status() == StatusCode::RANGE_NOT_SATISFIABLE {
+                    e.with_header(header::LOCATION, &upload_location(&repo, id))
+                } else {
+                    e
+                }
+            })
+        }
+        Route::Referrers(n, d) if m == Method::GET => {
+            referrers(reg, &name(n)?, &registry::parse_digest(d)?, req).await
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+// ---- helpers -----------------------------------------------------------------
+
+fn response(status: StatusCode) -> axum::http::response::Builder {
+    Response::builder().status(status)
+}
+
+fn finish(b: axum::http::response::Builder, body: Body) -> Response {
+    b.body(body).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "could not build a response");
+        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    })
+}
+
+/// `Range` value for an upload of `size` bytes: `0-<last byte>`, and `0-0`
+/// for an empty one, as distribution answers.
+pub(crate) fn upload_range(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
+}
+
+fn upload_location(repo: &RepoName, id: &str) -> String {
+    format!("/v2/{repo}/blobs/uploads/{id}")
+}
+
+fn upload_accepted(repo: &RepoName, status: &registry::UploadStatus, code: StatusCode) -> Response {
+    finish(
+        response(code)
+            .header(header::LOCATION, upload_location(repo, &status.id))
+            .header(header::RANGE, upload_range(status.size))
+            .header(header::CONTENT_LENGTH, "0")
+            .header(DOCKER_UPLOAD_UUID, &status.id),
+        Body::empty(),
+    )
+}
+
+fn blob_created(repo: &RepoName, digest: &str) -> Response {
+    finish(
+        response(StatusCode::CREATED)
+            .header(header::LOCATION, format!("/v2/{repo}/blobs/{digest}"))
+            .header(header::CONTENT_LENGTH, "0")
+            .header(DOCKER_CONTENT_DIGEST, digest),
+        Body::empty(),
+    )
+}
+
+/// `n` and `last` paging parameters.
+fn paging(req: &Req) -> Result<(Option<u32>, Option<String>), ApiError> {
+    let n = req
+        .param("n")
+        .map(|v| {
+            v.parse::<u32>().map_err(|_| {
+                ApiError::bad_request(
+                    "PAGINATION_NUMBER_INVALID",
+                    "n must be a non-negative integer",
+                )
+            })
+        })
+        .transpose()?;
+    Ok((n, req.param("last").map(str::to_owned)))
+}
+
+fn next_link(path: &str, n: Option<u32>, next: Option<&str>, extra: &str) -> Option<String> {
+    let last = next?;
+    let mut query = vec![("last", last.to_owned())];
+    if let Some(n) = n {
+        query.push(("n", n.to_string()));
+    }
+    let q = serde_urlencoded::to_string(&query).ok()?;
+    Some(format!("<{path}?{q}{extra}>; rel=\"next\""))
+}
+
+fn json_response(value: serde_json::Value, content_type: &str, link: Option<String>) -> Response {
+    let body = serde_json::to_vec(&value).unwrap_or_default();
+    let mut b = response(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_LENGTH, body.len());
+    if let Some(link) = link {
+        b = b.header(header::LINK, link);
+    }
+    finish(b, Body::from(body))
+}
+
+// ---- listings ---------------------------------------------------------------------
+
+async fn catalog(reg: &Registry, req: Req) -> ApiResult {
+    let (n, last) = paging(&req)?;
+    let page = reg.repositories(n, last.as_deref()).await?;
+    let link = next_link("/v2/_catalog", n, page.next.as_deref(), "");
+    Ok(json_response(
+        json!({ "repositories": page.items }),
+        "application/json",
+        link,
+    ))
+}
+
+async fn tags(reg: &Registry, repo: &RepoName, req: Req) -> ApiResult {
+    let (n, last) = paging(&req)?;
+    let page = reg.tags(repo, n, last.as_deref()).await?;
+    let link = next_link(
+        &format!("/v2/{repo}/tags/list"),
+        n,
+        page.next.as_deref(),
+        "",
+    );
+    Ok(json_response(
+        json!({ "name": repo.as_str(), "tags": page.items }),
+        "application/json",
+        link,
+    ))
+}
+
+async fn referrers(
+    reg: &Registry,
+    repo: &RepoName,
+    subject: &crate::digest::Digest,
+    req: Req,
+) -> ApiResult {
+    let (n, last) = paging(&req)?;
+    let artifact_type = req.param("artifactType").map(str::to_owned);
+    let page = reg
+        .referrers(repo, subject, artifact_type.as_deref(), n, last.as_deref())
+        .await?;
+    let manifests: Vec<_> = page
+        .items
+        .iter()
+        .map(|r| {
+            let mut d = json!({ "mediaType": r.media_type, "digest": r.digest, "size": r.size });
+            if let Some(t) = &r.artifact_type {
+                d["artifactType"] = json!(t);
+            }
+            if let Some(a) = r
+                .annotations
+                .as_deref()
+                .and_then(|a| serde_json::from_str::<serde_json::Value>(a).ok())
+            {
+                d["annotations"] = a;
+            }
+            d
+        })
+        .collect();
+    let extra = match &artifact_type {
+        Some(t) => format!(
+            "&{}",
+            serde_urlencoded::to_string([("artifactType", t)]).unwrap_or_default()
+        ),
+        None => String::new(),
+    };
+    let link = next_link(
+        &format!("/v2/{repo}/referrers/{subject}"),
+        n,
+        page.next.as_deref(),
+        &extra,
+    );
+    let body = json!({
+        "schemaVersion": 2,
+        "mediaType": registry::manifest::OCI_INDEX,
+        "manifests": manifests,
+    });
+    let mut resp = json_response(body, registry::manifest::OCI_INDEX, link);
+    if artifact_type.is_some() {
+        resp.headers_mut().insert(
+            OCI_FILTERS_APPLIED,
+            HeaderValue::from_static("artifactType"),
+        );
+    }
+    Ok(resp)
+}
+
+// ---- manifests ------------------------------------------------------------------------
+
+async fn get_manifest(
+    reg: &Registry,
+    repo: &RepoName,
+    reference: &Reference,
+    head: bool,
+) -> ApiResult {
+    let m = reg.get_manifest(repo, reference).await?;
+    let b = response(StatusCode::OK)
+        .header(header::CONTENT_TYPE, &m.media_type)
+        .header(header::CONTENT_LENGTH, m.content.len())
+        .header(DOCKER_CONTENT_DIGEST, &m.digest)
+        .header(header::ETAG, format!("\"{}\"", m.digest));
+    Ok(finish(
+        b,
+        if head {
+            Body::empty()
+        } else {
+            Body::from(m.content)
+        },
+    ))
+}
+
+async fn put_manifest(
+    reg: &Registry,
+    repo: &RepoName,
+    reference: &Reference,
+    req: Req,
+) -> ApiResult {
+    let limit = reg.limits().max_manifest_bytes;
+    let too_large = || ApiError::from(RegistryError::ManifestTooLarge { limit });
+    if req.content_length()?.is_some_and(|l| l > limit) {
+        return Err(too_large());
+    }
+    let content_type = req.header(header::CONTENT_TYPE).map(str::to_owned);
+    let bytes = axum::body::to_bytes(req.body, limit as usize)
+        .await
+        .map_err(|e| {
+            let is_limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if is_limit {
+                too_large()
+            } else {
+                ApiError::bad_request(
+                    "MANIFEST_INVALID",
+                    format!("could not read the manifest: {e}"),
+                )
+            }
+        })?;
+    let put = reg
+        .put_manifest(repo, reference, content_type.as_deref(), &bytes)
+        .await?;
+    let mut b = response(StatusCode::CREATED)
+        .header(
+            header::LOCATION,
+            format!("/v2/{repo}/manifests/{}", put.digest),
+        )
+        .header(header::CONTENT_LENGTH, "0")
+        .header(DOCKER_CONTENT_DIGEST, put.digest.as_str());
+    if let Some(subject) = &put.subject {
+        b = b.header(OCI_SUBJECT, subject.as_str());
+    }
+    Ok(finish(b, Body::empty()))
+}
+
+// ---- blobs ---------------------------------------------------------------------------------
+
+/// Parses a single `bytes=` range; anything else (several ranges, other
+/// units) is ignored and the whole blob is served, as RFC 9110 allows.
+fn parse_byte_range(v: &str) -> Option<ByteRange> {
+    let spec = v.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    match (a.is_empty(), b.is_empty()) {
+        (true, false) => b.parse().ok().map(ByteRange::Suffix),
+        (false, true) => a.parse().ok().map(ByteRange::From),
+        (false, false) => Some(ByteRange::FromTo(a.parse().ok()?, b.parse().ok()?)),
+        (true, true) => None,
+    }
+}
+
+async fn get_blob(
+    reg: &Registry,
+    repo: &RepoName,
+    digest: &crate::digest::Digest,
+    req: Req,
+) -> ApiResult {
+    let common = |b: axum::http::response::Builder| {
+        b.header(DOCKER_CONTENT_DIGEST, digest.as_str())
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::ACCEPT_RANGES, "bytes")
+            .header(header::ETAG, format!("\"{digest}\""))
+            .header(header::CACHE_CONTROL, "max-age=31536000")
+    };
+    if req.method == Method::HEAD {
+        let size = reg.blob_size(repo, digest).await?;
+        let b = common(response(StatusCode::OK)).header(header::CONTENT_LENGTH, size);
+        return Ok(finish(b, Body::empty()));
+    }
+    let range = req.header(header::RANGE).and_then(parse_byte_range);
+    let blob = reg.open_blob(repo, digest, range).await?;
+    let b = match &blob.range {
+        Some(r) => common(response(StatusCode::PARTIAL_CONTENT))
+            .header(header::CONTENT_LENGTH, r.end - r.start)
+            .header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{}", r.start, r.end - 1, blob.size),
+            ),
+        None => common(response(StatusCode::OK)).header(header::CONTENT_LENGTH, blob.size),
+    };
+    Ok(finish(b, Body::from_stream(blob.stream)))
+}
+
+// ---- uploads --------------------------------------------------------------------------------
+
+async fn start_upload(reg: &Registry, repo: &RepoName, req: Req) -> ApiResult {
+    if let Some(mount) = req.param("mount") {
+        let digest = registry::parse_digest(mount)?;
+        let from = req.param("from").map(registry::parse_name).transpose()?;
+        if reg.mount(repo, &digest, from.as_ref()).await?.is_some() {
+            return Ok(blob_created(repo, digest.as_str()));
+        }
+        // Not mountable: fall back to a new upload session (202).
+    } else if let Some(d) = req.param("digest") {
+        let digest = registry::parse_digest(d)?;
+        reg.upload_monolithic(repo, &digest, req.into_stream())
+            .await?;
+        return Ok(blob_created(repo, digest.as_str()));
+    }
+    let status = reg.start_upload(repo).await?;
+    Ok(upload_accepted(repo, &status, StatusCode::ACCEPTED))
+}
+
+async fn upload_status(reg: &Registry, repo: &RepoName, id: &str) -> ApiResult {
+    let status = reg.upload_status(repo, id).await?;
+    Ok(upload_accepted(repo, &status, StatusCode::NO_CONTENT))
+}
+
+/// `Content-Range` of a chunk: the spec's `<start>-<end>`, or the HTTP form
+/// `bytes <start>-<end>/<total>` some clients send. Returns (start, length).
+fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let v = v.trim();
+    let v = v
+        .strip_prefix("bytes")
+        .map(|r| r.trim_start_matches([' ', '=']))
+        .unwrap_or(v);
+    let range = v.split('/').next()?;
+    let (a, b) = range.split_once('-')?;
+    let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (b >= a).then(|| (a, b - a + 1))
+}
+
+/// The chunk's start and length from `Content-Range` and `Content-Length`,
+/// which must agree when both are given.
+fn chunk_bounds(req: &Req) -> Result<(Option<u64>, Option<u64>), ApiError> {
+    let len = req.content_length()?;
+    let Some(cr) = req.header(header::CONTENT_RANGE) else {
+        return Ok((None, len));
+    };
+    let (start, range_len) = parse_content_range(cr).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "BLOB_UPLOAD_INVALID",
+            "malformed Content-Range",
+        )
+    })?;
+    if len.is_some_and(|l| l != range_len) {
+        return Err(ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "BLOB_UPLOAD_INVALID",
+            "Content-Range does not match Content-Length",
+        ));
+    }
+    Ok((Some(start), Some(range_len)))
+}
+
+async fn patch_upload(reg: &Registry, repo: &RepoName, id: &str, req: Req) -> ApiResult {
+    let (start, len) = chunk_bounds(&req)?;
+    let status = reg
+        .upload_chunk(repo, id, start, len, req.into_stream())
+        .await?;
+    Ok(upload_accepted(repo, &status, StatusCode::ACCEPTED))
+}
+
+async fn put_upload(reg: &Registry, repo: &RepoName, id: &str, req: Req) -> ApiResult {
+    let digest = req
+        .param("digest")
+        .ok_or_else(|| {
+            ApiError::bad_request("DIGEST_INVALID", "the digest query parameter is required")
+        })
+        .and_then(|d| registry::parse_digest(d).map_err(ApiError::from))?;
+    let (start, len) = chunk_bounds(&req)?;
+    reg.complete_upload(repo, id, &digest, start, len, req.into_stream())
+        .await?;
+    Ok(blob_created(repo, digest.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(parse_route("_catalog"), Some(Route::Catalog));
+        assert_eq!(parse_route("a/b/tags/list"), Some(Route::Tags("a/b")));
+        assert_eq!(
+            parse_route("a/manifests/x/manifests/v1"),
+            Some(Route::Manifest("a/manifests/x", "v1"))
+        );
+        assert_eq!(
+            parse_route("a/blobs/uploads/"),
+            Some(Route::UploadStart("a"))
+        );
+        assert_eq!(
+            parse_route("a/blobs/uploads/123"),
+            Some(Route::Upload("a", "123"))
+        );
+        assert_eq!(
+            parse_route("a/blobs/sha256:00"),
+            Some(Route::Blob("a", "sha256:00"))
+        );
+        assert_eq!(
+            parse_route("a/referrers/sha256:00"),
+            Some(Route::Referrers("a", "sha256:00"))
+        );
+        assert_eq!(parse_route("a/unknown"), None);
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_byte_range("bytes=0-9"), Some(ByteRange::FromTo(0, 9)));
+        assert_eq!(parse_byte_range("bytes=5-"), Some(ByteRange::From(5)));
+        assert_eq!(parse_byte_range("bytes=-5"), Some(ByteRange::Suffix(5)));
+        assert_eq!(parse_byte_range("bytes=0-1,3-4"), None);
+        assert_eq!(parse_byte_range("items=0-1"), None);
+        assert_eq!(parse_content_range("0-99"), Some((0, 100)));
+        assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, 100)));
+        assert_eq!(parse_content_range("9-3"), None);
+        assert_eq!(parse_content_range("x-y"), None);
+    }
+}

@@ -1,0 +1,238 @@
+//! Settings, in two steps: what the user wrote (a TOML file, `WHARF_*`
+//! environment variables, flags; later ones win) is merged into one TOML
+//! table, then deserialized once into validated [`Settings`].
+//!
+//! A leaf module: nothing here opens files other than the config itself.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Every setting, with the embedded default: one machine, nothing to install.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the SQLite catalog and local blobs live by default.
+    pub data_dir: PathBuf,
+    pub catalog: CatalogSettings,
+    pub storage: StorageSettings,
+    pub registry: RegistrySettings,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogSettings {
+    /// `sqlite://PATH`; defaults to `<data_dir>/catalog.db`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// `filesystem` (the default) or `memory` (tests; nothing persists).
+    pub backend: StorageBackend,
+    /// Root of the filesystem backend; defaults to `<data_dir>/blobs`.
+    pub path: Option<PathBuf>,
+    /// fsync blobs before they become visible (survives power loss).
+    pub fsync: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Filesystem,
+    Memory,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySettings {
+    /// Manifests above this size get 413.
+    pub max_manifest_bytes: u64,
+    /// When false, every DELETE answers 405 UNSUPPORTED.
+    pub delete_enabled: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            data_dir: PathBuf::from("./wharf-data"),
+            catalog: CatalogSettings::default(),
+            storage: StorageSettings::default(),
+            registry: RegistrySettings::default(),
+        }
+    }
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            backend: StorageBackend::Filesystem,
+            path: None,
+            fsync: true,
+        }
+    }
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        let d = crate::registry::Limits::default();
+        RegistrySettings {
+            max_manifest_bytes: d.max_manifest_bytes,
+            delete_enabled: d.delete_enabled,
+        }
+    }
+}
+
+/// Every key, as `section.key`; `WHARF_SECTION_KEY` sets it from the
+/// environment. Unknown `WHARF_*` variables are ignored (they may belong to
+/// other tools); unknown keys in the file are an error.
+const KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "catalog.url",
+    "storage.backend",
+    "storage.path",
+    "storage.fsync",
+    "registry.max_manifest_bytes",
+    "registry.delete_enabled",
+];
+
+impl Settings {
+    /// Settings for tests and embedding: the defaults, under `data_dir`.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Settings {
+        Settings {
+            data_dir: data_dir.into(),
+            ..Settings::default()
+        }
+    }
+
+    /// Merges the config file (if any), the environment and `overrides`
+    /// (`section.key`, value; from flags) and validates the result.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, String)],
+    ) -> Result<Settings, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("WHARF_") else {
+                continue;
+            };
+            let wanted = rest.to_ascii_lowercase();
+            if let Some(key) = KEYS.iter().find(|k| k.replace('.', "_") == wanted) {
+                set(&mut table, key, &value);
+            }
+        }
+        for (key, value) in overrides {
+            set(&mut table, key, value);
+        }
+        table
+            .try_into::<Settings>()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    pub fn catalog_url(&self) -> String {
+        self.catalog
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("catalog.db").display()))
+    }
+
+    pub fn storage_path(&self) -> PathBuf {
+        self.storage
+            .path
+            .clone()
+            .unwrap_or_else(|| crate::store::default_local_root(&self.data_dir))
+    }
+
+    pub fn limits(&self) -> crate::registry::Limits {
+        crate::registry::Limits {
+            max_manifest_bytes: self.registry.max_manifest_bytes,
+            delete_enabled: self.registry.delete_enabled,
+        }
+    }
+}
+
+/// Sets `section.key` in the table; a value that parses as a TOML scalar
+/// (bool, integer) is taken as one, anything else as a string.
+fn set(table: &mut toml::Table, key: &str, raw: &str) {
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| v.is_bool() || v.is_integer())
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    match key.split_once('.') {
+        Some((section, k)) => {
+            let entry = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let Some(t) = entry.as_table_mut() {
+                t.insert(k.to_owned(), value);
+            }
+        }
+        None => {
+            table.insert(key.to_owned(), value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_env_and_flags_layer_in_order() {
+        let s = Settings::load(None, Vec::new(), &[]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:5000");
+        assert!(s.registry.delete_enabled);
+        let env = vec![
+            ("WHARF_LISTEN".to_string(), "0.0.0.0:6000".to_string()),
+            (
+                "WHARF_REGISTRY_DELETE_ENABLED".to_string(),
+                "false".to_string(),
+            ),
+            ("WHARF_SERVER_BIN".to_string(), "/ignored".to_string()),
+        ];
+        let s = Settings::load(None, env, &[("listen", "127.0.0.1:7000".into())]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:7000");
+        assert!(!s.registry.delete_enabled);
+    }
+
+    #[test]
+    fn example_config_parses_and_bad_keys_fail() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/server.toml");
+        Settings::load(Some(&example), Vec::new(), &[]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[storage]\nbakend = \"s3\"\n").unwrap();
+        let err = Settings::load(Some(&bad), Vec::new(), &[]).unwrap_err();
+        assert!(err.to_string().contains("bakend"), "{err}");
+    }
+}

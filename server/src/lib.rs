@@ -1,0 +1,115 @@
+//! wharf-server: an OCI distribution registry (and, later, the control plane
+//! of wharf's runner nodes).
+//!
+//! Layers, each calling only the ones below it:
+//! `api` (HTTP, axum) -> `registry` (the spec's rules) -> `catalog` (SQL)
+//! and `store` (blob bytes). `digest`, `names` and `config` are leaves that
+//! any layer may use.
+
+pub mod api;
+pub mod catalog;
+pub mod config;
+pub mod digest;
+pub mod names;
+pub mod registry;
+pub mod store;
+
+use std::sync::Arc;
+
+pub use api::AppState;
+pub use config::Settings;
+
+use crate::config::StorageBackend;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Opens the catalog and the blob store the settings name.
+pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
+    std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::DataDir {
+        path: settings.data_dir.clone(),
+        source,
+    })?;
+    let catalog = catalog::Catalog::open(&settings.catalog_url()).await?;
+    let store = match settings.storage.backend {
+        StorageBackend::Filesystem => {
+            store::BlobStore::local(&settings.storage_path(), settings.storage.fsync)?
+        }
+        StorageBackend::Memory => store::BlobStore::in_memory(),
+    };
+    let registry = registry::Registry::new(catalog, store, settings.limits());
+    Ok(AppState {
+        registry: Arc::new(registry),
+    })
+}
+
+/// The HTTP application.
+pub fn app(state: AppState) -> axum::Router {
+    api::router(state)
+}
+
+/// Serves `app` on an already bound listener until `shutdown` resolves.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    use axum::serve::ListenerExt;
+    // Nagle would hold back the small responses that dominate pulls.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(StartError::Serve)
+}
+
+/// Binds the configured address and serves until SIGINT or SIGTERM.
+pub async fn serve(settings: &Settings) -> Result<(), StartError> {
+    let state = build_state(settings).await?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    tracing::info!(
+        listen = %settings.listen,
+        data_dir = %settings.data_dir.display(),
+        "wharf-server is serving the registry"
+    );
+    serve_on(listener, app(state), shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,731 @@
+//! The registry service: the rules of the OCI distribution spec.
+//!
+//! Called by the HTTP layer (`api`); calls the catalog and the blob store.
+//! It knows nothing of axum or sqlx: requests arrive as validated names,
+//! digests and byte streams, answers leave as plain structs.
+//!
+//! # The consistency rule
+//! Bytes first, then the catalog row. A blob's bytes are written under a
+//! staging key (`uploads/...`), hashed while they stream, compared with the
+//! digest the client named, and only then copied under `blobs/<digest>`;
+//! only after that copy has returned is the catalog row written that makes
+//! the blob visible. A crash at any point therefore leaves at worst
+//! unreferenced bytes (for the garbage collector), never a row pointing at
+//! missing or partial bytes, and nothing readable under a digest it does not
+//! match. Upload sessions follow the same order: a chunk's part object is
+//! written whole before the catalog row that appends it to the session.
+
+pub mod error;
+pub mod manifest;
+
+use std::collections::HashMap;
+use std::io;
+use std::ops::Range;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+
+pub use self::error::{RegistryError, Result};
+use crate::catalog::{Catalog, NewManifest, Referrer, StoredManifest, Upload};
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::names::{Reference, RepoName, valid_tag};
+use crate::store::{BlobStore, ObjectRead};
+
+/// A request or response body as the service sees it.
+pub type ByteStream = BoxStream<'static, Result<Bytes, io::Error>>;
+
+/// Upper bound on one page of tags, repositories or referrers.
+pub const MAX_PAGE: u32 = 100_000;
+
+/// Hashers of in-progress uploads kept in memory; past this many (abandoned
+/// sessions) the cache is dropped and completions re-read their parts.
+const MAX_CACHED_HASHERS: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_manifest_bytes: u64,
+    pub delete_enabled: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_manifest_bytes: 4 * 1024 * 1024,
+            delete_enabled: true,
+        }
+    }
+}
+
+/// A `Range: bytes=...` request, before it is resolved against a size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `a-b`, inclusive.
+    FromTo(u64, u64),
+    /// `a-`
+    From(u64),
+    /// `-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    fn resolve(self, size: u64) -> Option<Range<u64>> {
+        let r = match self {
+            ByteRange::FromTo(a, b) if a <= b && a < size => a..(b.saturating_add(1)).min(size),
+            ByteRange::From(a) if a < size => a..size,
+            ByteRange::Suffix(n) if n > 0 && size > 0 => size.saturating_sub(n)..size,
+            _ => return None,
+        };
+        Some(r)
+    }
+}
+
+/// A blob about to be streamed to a client.
+pub struct BlobBody {
+    pub size: u64,
+    /// Set when a range was asked for (a 206 answer).
+    pub range: Option<Range<u64>>,
+    pub stream: ByteStream,
+}
+
+/// Where an upload session stands.
+#[derive(Debug, Clone)]
+pub struct UploadStatus {
+    pub id: String,
+    pub size: u64,
+}
+
+pub struct PutManifest {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// The `last` to ask for the next page, when there is one.
+    pub next: Option<String>,
+}
+
+pub struct Registry {
+    catalog: Catalog,
+    store: BlobStore,
+    limits: Limits,
+    /// sha256 state of uploads at their current size, so a completion need
+    /// not read the bytes again. A cache only: any replica can complete any
+    /// upload by re-hashing its parts.
+    hashers: Mutex<HashMap<String, (u64, Hasher)>>,
+}
+
+pub fn parse_name(name: &str) -> Result<RepoName> {
+    RepoName::parse(name).ok_or_else(|| RegistryError::NameInvalid(name.to_owned()))
+}
+
+pub fn parse_digest(s: &str) -> Result<Digest> {
+    s.parse::<Digest>()
+        .map_err(|e| RegistryError::DigestInvalid(format!("invalid digest {s:?}: {e}")))
+}
+
+pub fn parse_reference(s: &str) -> Result<Reference> {
+    if s.contains(':') {
+        parse_digest(s).map(Reference::Digest)
+    } else if valid_tag(s) {
+        Ok(Reference::Tag(s.to_owned()))
+    } else {
+        Err(RegistryError::ManifestInvalid(format!("invalid tag {s:?}")))
+    }
+}
+
+/// Upload ids are UUIDs we made; anything else is unknown, and never reaches
+/// the store as part of a key.
+fn check_upload_id(id: &str) -> Result<()> {
+    uuid::Uuid::parse_str(id)
+        .map(|_| ())
+        .map_err(|_| RegistryError::BlobUploadUnknown(id.to_owned()))
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+impl Registry {
+    pub fn new(catalog: Catalog, store: BlobStore, limits: Limits) -> Self {
+        Registry {
+            catalog,
+            store,
+            limits,
+            hashers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    // ---- blobs ------------------------------------------------------------
+
+    /// Size of a blob the repository may serve.
+    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        self.catalog
+            .repository_blob_size(repo.as_str(), digest.as_str())
+            .await?
+            .ok_or_else(|| RegistryError::BlobUnknown(digest.to_string()))
+    }
+
+    pub async fn open_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<BlobBody> {
+        let size = self.blob_size(repo, digest).await?;
+        let wanted = match range {
+            Some(r) => Some(
+                r.resolve(size)
+                    .ok_or(RegistryError::RangeNotSatisfiable { size })?,
+            ),
+            None => None,
+        };
+        let key = BlobStore::blob_key(digest);
+        let read = match self.store.read(&key, wanted.clone()).await {
+            Ok(read) => read,
+            Err(crate::store::StoreError::NotFound(_)) => {
+                tracing::error!(%digest, "catalog lists a blob the store does not have");
+                return Err(RegistryError::BlobUnknown(digest.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let ObjectRead { range, stream, .. } = read;
+        Ok(BlobBody {
+            size,
+            range: wanted.map(|_| range),
+            stream,
+        })
+    }
+
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        self.check_deletes()?;
+        if self
+            .catalog
+            .unlink_blob(repo.as_str(), digest.as_str())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(RegistryError::BlobUnknown(digest.to_string()))
+        }
+    }
+
+    fn check_deletes(&self) -> Result<()> {
+        if self.limits.delete_enabled {
+            Ok(())
+        } else {
+            Err(RegistryError::Unsupported(
+                "deletes are disabled on this registry".into(),
+            ))
+        }
+    }
+
+    /// Cross-repository mount. `Ok(None)` means the blob is not available to
+    /// mount and the client should upload it (the 202 fallback).
+    pub async fn mount(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<Option<u64>> {
+        let size = match from {
+            Some(from) => {
+                self.catalog
+                    .repository_blob_size(from.as_str(), digest.as_str())
+                    .await?
+            }
+            None => self.catalog.blob_size(digest.as_str()).await?,
+        };
+        let Some(size) = size else { return Ok(None) };
+        self.catalog
+            .link_blob(repo.as_str(), digest.as_str(), size)
+            .await?;
+        Ok(Some(size))
+    }
+
+    // ---- uploads --------------------------------------------------------------
+
+    /// The whole blob in one request (`POST ?digest=`).
+    pub async fn upload_monolithic(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: ByteStream,
+    ) -> Result<u64> {
+        // Staged under a session id that has no catalog row: if we die here,
+        // only an orphan object under uploads/ remains.
+        let staging = BlobStore::upload_part_key(&new_id(), "monolithic");
+        let mut hasher = digest.algorithm().hasher();
+        let size = self
+            .write_object(&staging, body, Some(&mut hasher), None)
+            .await?;
+        if hasher.finish() != *digest {
+            self.store.delete(&staging).await?;
+            return Err(digest_mismatch(digest));
+        }
+        let key = BlobStore::blob_key(digest);
+        if self.store.size(&key).await? == Some(size) {
+            self.store.delete(&staging).await?;
+        } else {
+            self.store.rename(&staging, &key).await?;
+        }
+        // The bytes are in place under their digest: now the row.
+        self.catalog
+            .link_blob(repo.as_str(), digest.as_str(), size)
+            .await?;
+        Ok(size)
+    }
+
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
+        let id = new_id();
+        self.catalog.create_upload(&id, repo.as_str()).await?;
+        Ok(UploadStatus { id, size: 0 })
+    }
+
+    async fn load_upload(&self, repo: &RepoName, id: &str) -> Result<Upload> {
+        check_upload_id(id)?;
+        match self.catalog.upload(id).await? {
+            Some(u) if u.repository == repo.as_str() => Ok(u),
+            _ => Err(RegistryError::BlobUploadUnknown(id.to_owned())),
+        }
+    }
+
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadStatus> {
+        let u = self.load_upload(repo, id).await?;
+        Ok(UploadStatus {
+            id: id.to_owned(),
+            size: u.size,
+        })
+    }
+
+    /// Appends a chunk. `start` is the first byte of a `Content-Range`, which
+    /// must be where the upload ends; `len` the length the client announced.
+    pub async fn upload_chunk(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        start: Option<u64>,
+        len: Option<u64>,
+        body: ByteStream,
+    ) -> Result<UploadStatus> {
+        let upload = self.load_upload(repo, id).await?;
+        let size = self.append(id, &upload, start, len, body).await?;
+        Ok(UploadStatus {
+            id: id.to_owned(),
+            size,
+        })
+    }
+
+    /// Writes one chunk as a part object, then appends it in the catalog if
+    /// the upload has not moved meanwhile. Returns the new size.
+    async fn append(
+        &self,
+        id: &str,
+        upload: &Upload,
+        start: Option<u64>,
+        len: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64> {
+        if start.is_some_and(|s| s != upload.size) {
+            return Err(RegistryError::UploadOutOfOrder {
+                upload: id.to_owned(),
+                size: upload.size,
+            });
+        }
+        let mut hasher = self.take_hasher(id, upload.size);
+        let key = BlobStore::upload_part_key(id, &new_id());
+        let written = self.write_object(&key, body, hasher.as_mut(), len).await?;
+        if written == 0 {
+            self.store.delete(&key).await?;
+            self.put_hasher(id, upload.size, hasher);
+            return Ok(upload.size);
+        }
+        if !self
+            .catalog
+            .append_upload_part(id, upload.size, key.as_ref(), written)
+            .await?
+        {
+            // Another request appended first (or cancelled the upload).
+            self.store.delete(&key).await?;
+            let now = self.load_upload_any(id).await?;
+            return Err(RegistryError::UploadOutOfOrder {
+                upload: id.to_owned(),
+                size: now.size,
+            });
+        }
+        let size = upload.size + written;
+        self.put_hasher(id, size, hasher);
+        Ok(size)
+    }
+
+    async fn load_upload_any(&self, id: &str) -> Result<Upload> {
+        self.catalog
+            .upload(id)
+            .await?
+            .ok_or_else(|| RegistryError::BlobUploadUnknown(id.to_owned()))
+    }
+
+    /// `PUT ?digest=`: the optional last chunk, then verification and commit.
+    pub async fn complete_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        start: Option<u64>,
+        len: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let mut upload = self.load_upload(repo, id).await?;
+        let size = self.append(id, &upload, start, len, body).await?;
+        if size != upload.size {
+            upload = self.load_upload(repo, id).await?;
+        }
+        let computed = match self.take_hasher(id, upload.size) {
+            Some(h) if h.algorithm() == digest.algorithm() => h.finish(),
+            _ => self.rehash(id, &upload, digest.algorithm()).await?,
+        };
+        if computed != *digest {
+            self.discard_upload(id).await?;
+            return Err(digest_mismatch(digest));
+        }
+        let key = BlobStore::blob_key(digest);
+        if self.store.size(&key).await? != Some(upload.size) {
+            match upload.parts.as_slice() {
+                [] => {
+                    let w = self.store.writer(key.clone()).await;
+                    w.finish().await?;
+                }
+                // Copy, not rename: if we die before the catalog row below,
+                // the session still has its part and can be completed again.
+                [one] => self.store.copy(&one.key.as_str().into(), &key).await?,
+                many => self.concat(many, &key).await?,
+            }
+        }
+        // Bytes verified and in place: now the row, and the session ends.
+        self.catalog
+            .finish_upload(id, repo.as_str(), digest.as_str(), upload.size)
+            .await?;
+        self.remove_upload_objects(id).await;
+        Ok(upload.size)
+    }
+
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        self.load_upload(repo, id).await?;
+        self.discard_upload(id).await
+    }
+
+    async fn discard_upload(&self, id: &str) -> Result<()> {
+        self.take_hasher(id, u64::MAX);
+        self.catalog.delete_upload(id).await?;
+        self.remove_upload_objects(id).await;
+        Ok(())
+    }
+
+    async fn remove_upload_objects(&self, id: &str) {
+        let prefix = object_store::path::Path::from(format!("uploads/{id}"));
+        if let Err(e) = self.store.delete_prefix(&prefix).await {
+            tracing::warn!(upload = id, error = %e, "could not remove an upload's parts; GC will");
+        }
+    }
+
+    async fn rehash(&self, id: &str, upload: &Upload, algorithm: Algorithm) -> Result<Digest> {
+        let mut hasher = algorithm.hasher();
+        for part in &upload.parts {
+            let read = self
+                .store
+                .read(&part.key.as_str().into(), None)
+                .await
+                .map_err(|e| {
+                    tracing::error!(upload = id, error = %e, "upload part unreadable");
+                    RegistryError::BlobUploadInvalid(format!(
+                        "upload {id} lost a part; start it again"
+                    ))
+                })?;
+            let mut stream = read.stream;
+            while let Some(chunk) = stream.next().await {
+                hasher.update(&chunk.map_err(crate::store::StoreError::from)?);
+            }
+        }
+        Ok(hasher.finish())
+    }
+
+    async fn concat(
+        &self,
+        parts: &[crate::catalog::UploadPart],
+        to: &object_store::path::Path,
+    ) -> Result<()> {
+        let mut w = self.store.writer(to.clone()).await;
+        for part in parts {
+            let mut stream = self
+                .store
+                .read(&part.key.as_str().into(), None)
+                .await?
+                .stream;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(b) => w.write(b).await?,
+                    Err(e) => {
+                        w.abort().await;
+                        return Err(crate::store::StoreError::from(e).into());
+                    }
+                }
+            }
+        }
+        w.finish().await?;
+        Ok(())
+    }
+
+    /// Streams `body` into a new object at `key`, hashing on the way. The
+    /// object exists only if every byte arrived (and `len` bytes, if given).
+    async fn write_object(
+        &self,
+        key: &object_store::path::Path,
+        mut body: ByteStream,
+        mut hasher: Option<&mut Hasher>,
+        len: Option<u64>,
+    ) -> Result<u64> {
+        let mut w = self.store.writer(key.clone()).await;
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    w.abort().await;
+                    return Err(RegistryError::BodyRead(e));
+                }
+            };
+            if let Some(h) = hasher.as_deref_mut() {
+                h.update(&chunk);
+            }
+            if let Err(e) = w.write(chunk).await {
+                w.abort().await;
+                return Err(e.into());
+            }
+        }
+        if let Some(len) = len
+            && w.written() != len
+        {
+            let got = w.written();
+            w.abort().await;
+            return Err(RegistryError::SizeInvalid(format!(
+                "announced {len} bytes but {got} arrived"
+            )));
+        }
+        Ok(w.finish().await?)
+    }
+
+    fn take_hasher(&self, id: &str, at: u64) -> Option<Hasher> {
+        let mut map = self.hashers.lock().unwrap_or_else(|p| p.into_inner());
+        match map.remove(id) {
+            Some((size, h)) if size == at => Some(h),
+            _ if at == 0 => Some(Algorithm::Sha256.hasher()),
+            _ => None,
+        }
+    }
+
+    fn put_hasher(&self, id: &str, at: u64, hasher: Option<Hasher>) {
+        let Some(h) = hasher else { return };
+        let mut map = self.hashers.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_CACHED_HASHERS {
+            map.clear();
+        }
+        map.insert(id.to_owned(), (at, h));
+    }
+
+    // ---- manifests -------------------------------------------------------------
+
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: &[u8],
+    ) -> Result<PutManifest> {
+        let parsed = manifest::parse(content_type, bytes)?;
+        let digest = match reference {
+            Reference::Digest(d) => {
+                let computed = Digest::of(d.algorithm(), bytes);
+                if computed != *d {
+                    return Err(digest_mismatch(d));
+                }
+                computed
+            }
+            Reference::Tag(_) => Digest::of(Algorithm::Sha256, bytes),
+        };
+        if let Some(missing) = self
+            .catalog
+            .missing_blobs(repo.as_str(), &parsed.blobs)
+            .await?
+            .into_iter()
+            .next()
+        {
+            return Err(RegistryError::ManifestBlobUnknown(missing));
+        }
+        if let Some(missing) = self
+            .catalog
+            .missing_manifests(repo.as_str(), &parsed.manifests)
+            .await?
+            .into_iter()
+            .next()
+        {
+            return Err(RegistryError::ManifestBlobUnknown(missing));
+        }
+        let subject = parsed.subject.as_ref().map(|s| s.to_string());
+        let new = NewManifest {
+            digest: digest.as_str(),
+            media_type: &parsed.media_type,
+            artifact_type: parsed.artifact_type.as_deref(),
+            subject: subject.as_deref(),
+            annotations: parsed.annotations.as_deref(),
+            content: bytes,
+            blobs: &parsed.blobs,
+            manifests: &parsed.manifests,
+        };
+        let tag = match reference {
+            Reference::Tag(t) => Some(t.as_str()),
+            Reference::Digest(_) => None,
+        };
+        self.catalog.put_manifest(repo.as_str(), &new, tag).await?;
+        Ok(PutManifest {
+            digest,
+            subject: parsed.subject,
+        })
+    }
+
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<StoredManifest> {
+        let found = match reference {
+            Reference::Digest(d) => {
+                self.catalog
+                    .manifest_by_digest(repo.as_str(), d.as_str())
+                    .await?
+            }
+            Reference::Tag(t) => self.catalog.manifest_by_tag(repo.as_str(), t).await?,
+        };
+        found.ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string()))
+    }
+
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        self.check_deletes()?;
+        let deleted = match reference {
+            Reference::Digest(d) => {
+                self.catalog
+                    .delete_manifest(repo.as_str(), d.as_str())
+                    .await?
+            }
+            Reference::Tag(t) => self.catalog.delete_tag(repo.as_str(), t).await?,
+        };
+        if deleted {
+            Ok(())
+        } else {
+            Err(RegistryError::ManifestUnknown(reference.to_string()))
+        }
+    }
+
+    // ---- listings ------------------------------------------------------------------
+
+    pub async fn tags(
+        &self,
+        repo: &RepoName,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<Page<String>> {
+        if !self.catalog.repository_exists(repo.as_str()).await? {
+            return Err(RegistryError::NameUnknown(repo.to_string()));
+        }
+        let limit = n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+        if limit == 0 {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+        let items = self
+            .catalog
+            .tags(repo.as_str(), last.unwrap_or(""), limit + 1)
+            .await?;
+        Ok(page(items, limit, |t| t.clone()))
+    }
+
+    pub async fn repositories(&self, n: Option<u32>, last: Option<&str>) -> Result<Page<String>> {
+        let limit = n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+        if limit == 0 {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+        let items = self
+            .catalog
+            .repositories(last.unwrap_or(""), limit + 1)
+            .await?;
+        Ok(page(items, limit, |r| r.clone()))
+    }
+
+    /// Manifests whose subject is `subject`, optionally of one artifact type.
+    /// Never "unknown": a subject nobody refers to has an empty list.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<Page<Referrer>> {
+        let limit = n.unwrap_or(1000).clamp(1, MAX_PAGE);
+        let rows = self
+            .catalog
+            .referrers(
+                repo.as_str(),
+                subject.as_str(),
+                artifact_type,
+                last.unwrap_or(""),
+                limit + 1,
+            )
+            .await?;
+        Ok(page(rows, limit, |r| r.digest.clone()))
+    }
+}
+
+fn page<T>(mut items: Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Page<T> {
+    let next = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(key)
+    } else {
+        None
+    };
+    Page { items, next }
+}
+
+fn digest_mismatch(d: &Digest) -> RegistryError {
+    RegistryError::DigestInvalid(format!("content does not match digest {d}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ByteRange;
+
+    #[test]
+    fn ranges_resolve_against_size() {
+        assert_eq!(ByteRange::FromTo(0, 9).resolve(100), Some(0..10));
+        assert_eq!(ByteRange::FromTo(90, 200).resolve(100), Some(90..100));
+        assert_eq!(ByteRange::From(99).resolve(100), Some(99..100));
+        assert_eq!(ByteRange::Suffix(10).resolve(100), Some(90..100));
+        assert_eq!(ByteRange::Suffix(1000).resolve(100), Some(0..100));
+        assert_eq!(ByteRange::From(100).resolve(100), None);
+        assert_eq!(ByteRange::FromTo(5, 4).resolve(100), None);
+        assert_eq!(ByteRange::Suffix(0).resolve(100), None);
+        assert_eq!(ByteRange::From(0).resolve(0), None);
+    }
+}

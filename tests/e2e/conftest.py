@@ -1,0 +1,101 @@
+"""Fixtures for the end-to-end tests: a real wharf-server process and offline test images."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from clients import Docker, Podman, TestImages
+from support import WharfServer, run, server_binary
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # Keep each phase's report on the item so fixtures can tell whether the test failed.
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def _failed(request) -> bool:
+    return any(
+        getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
+        for when in ("setup", "call")
+    )
+
+
+@pytest.fixture
+def wharf(request, tmp_path):
+    """A wharf-server on a free loopback port with a fresh data dir.
+
+    Has .host ("127.0.0.1:PORT"), .docker_host ("localhost:PORT"), .url, .data_dir,
+    .api() (a RegistryApi), .start(), .stop(), .restart(), .kill9().
+    """
+    binary = server_binary()
+    if not binary.is_file():
+        pytest.fail(f"wharf-server binary not found at {binary}: run `cargo build -p wharf-server`")
+    server = WharfServer(binary, tmp_path / "data", tmp_path / "wharf-server.log")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        if _failed(request):
+            print(server.log_tail())
+
+
+@pytest.fixture(scope="session")
+def docker():
+    cli = Docker()
+    info = run([cli.binary, "info", "--format", "{{.ServerVersion}}"], check=False, timeout=60)
+    if info.returncode != 0:
+        pytest.fail(f"docker daemon not reachable with {cli.binary}: {info.stderr.strip()}")
+    return cli
+
+
+@pytest.fixture(scope="session")
+def images(docker, tmp_path_factory):
+    """The session's offline images (busybox, and a > 200 MB multi-layer one)."""
+    built = TestImages(docker, tmp_path_factory.mktemp("images"))
+    yield built
+    built.remove_all()
+
+
+@pytest.fixture
+def docker_refs(docker):
+    """Tags a local image under registry names; untags them all afterwards."""
+
+    class Refs:
+        def __init__(self):
+            self.made: list[str] = []
+
+        def tag(self, src: str, dst: str) -> str:
+            docker("tag", src, dst)
+            self.made.append(dst)
+            return dst
+
+        def track(self, ref: str) -> str:
+            self.made.append(ref)
+            return ref
+
+    refs = Refs()
+    yield refs
+    for ref in refs.made:
+        docker("rmi", ref, check=False)
+
+
+@pytest.fixture
+def podman():
+    """Makes podman instances with private storage; removes it afterwards."""
+    roots: list[Path] = []
+
+    def make() -> Podman:
+        roots.append(Path(tempfile.mkdtemp(prefix="wharf-podman-")))
+        return Podman(roots[-1])
+
+    yield make
+    for root in roots:
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,301 @@
+"""Helpers shared by the end-to-end tests: the server process and raw HTTP.
+
+Nothing here knows about pytest; conftest.py turns these into fixtures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urljoin
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT = 30.0
+HTTP_TIMEOUT = 60.0
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def digest_of(data: bytes, algorithm: str) -> str:
+    return f"{algorithm}:" + hashlib.new(algorithm, data).hexdigest()
+
+
+def digest_matches(data: bytes, digest: str) -> bool:
+    algorithm, _, _ = digest.partition(":")
+    return digest_of(data, algorithm) == digest
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_binary() -> Path:
+    """WHARF_SERVER_BIN, else $CARGO_TARGET_DIR (or ./target)/debug/wharf-server."""
+    explicit = os.environ.get("WHARF_SERVER_BIN")
+    if explicit:
+        return Path(explicit)
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO_ROOT / "target")
+    return target / "debug" / "wharf-server"
+
+
+def run(cmd, *, timeout: float = 600, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command, capture text output, and fail loudly with both streams."""
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    proc = subprocess.run(
+        [str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kwargs
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"command failed with exit code {proc.returncode}: {' '.join(map(str, cmd))}\n"
+            f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+        )
+    return proc
+
+
+def describe(resp: requests.Response) -> str:
+    """Everything the server said, for assertion messages."""
+    body = resp.content[:2000]
+    try:
+        body = body.decode()
+    except UnicodeDecodeError:
+        body = repr(body)
+    headers = "\n".join(f"  {k}: {v}" for k, v in resp.headers.items())
+    return f"{resp.request.method} {resp.request.url} -> {resp.status_code}\n{headers}\n  body: {body}"
+
+
+def error_codes(resp: requests.Response) -> list[str]:
+    """The `code`s of a distribution-spec error body, [] if there is none."""
+    try:
+        return [e.get("code") for e in resp.json().get("errors", [])]
+    except (ValueError, AttributeError):
+        return []
+
+
+class WharfServer:
+    """One wharf-server process bound to a fixed port and data dir, restartable."""
+
+    def __init__(self, binary: Path, data_dir: Path, log_path: Path, port: int | None = None):
+        self.binary = binary
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def docker_host(self) -> str:
+        # docker treats localhost and 127.0.0.0/8 as insecure-allowed registries.
+        return f"localhost:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def api(self) -> "RegistryApi":
+        return RegistryApi(self.url)
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "server already running"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "info")
+        env.setdefault("RUST_BACKTRACE", "1")
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== wharf-server start #{self.starts} on {self.host} =====\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [str(self.binary), "serve", "--listen", self.host, "--data-dir", str(self.data_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"wharf-server exited with {self.proc.returncode} before answering /v2/\n{self.log_tail()}"
+                )
+            try:
+                resp = requests.get(f"{self.url}/v2/", timeout=2)
+                if resp.status_code == 200:
+                    return
+                last = describe(resp)
+            except requests.RequestException as exc:
+                last = repr(exc)
+            time.sleep(0.1)
+        raise AssertionError(f"wharf-server not ready after {READY_TIMEOUT}s: {last}\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """Graceful stop: SIGTERM, then SIGKILL after 15 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill9(self) -> None:
+        assert self.proc is not None and self.proc.poll() is None, "server is not running"
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_tail(self, lines: int = 200) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return "(no server log)"
+        return f"--- wharf-server log {self.log_path} (last {lines} lines) ---\n" + "\n".join(
+            text[-lines:]
+        )
+
+
+class RegistryApi:
+    """Thin distribution-spec client on `requests`, for the tests that speak HTTP."""
+
+    def __init__(self, base_url: str):
+        self.base = base_url
+        self.session = requests.Session()
+
+    def url(self, path_or_location: str) -> str:
+        return urljoin(self.base + "/", path_or_location)
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", HTTP_TIMEOUT)
+        return self.session.request(method, self.url(path), **kwargs)
+
+    # --- reads ---
+    def get_blob(self, repo: str, digest: str) -> requests.Response:
+        return self.request("GET", f"/v2/{repo}/blobs/{digest}")
+
+    def get_manifest(self, repo: str, ref: str, method: str = "GET") -> requests.Response:
+        accept = ", ".join(
+            [
+                "application/vnd.oci.image.manifest.v1+json",
+                "application/vnd.oci.image.index.v1+json",
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "application/vnd.docker.distribution.manifest.list.v2+json",
+            ]
+        )
+        return self.request(method, f"/v2/{repo}/manifests/{ref}", headers={"Accept": accept})
+
+    def manifest_digest(self, repo: str, ref: str) -> str:
+        resp = self.get_manifest(repo, ref, method="HEAD")
+        assert resp.status_code == 200, describe(resp)
+        digest = resp.headers.get("Docker-Content-Digest")
+        assert digest, f"no Docker-Content-Digest header\n{describe(resp)}"
+        return digest
+
+    def manifest_json(self, repo: str, ref: str) -> tuple[dict, bytes, requests.Response]:
+        resp = self.get_manifest(repo, ref)
+        assert resp.status_code == 200, describe(resp)
+        return resp.json(), resp.content, resp
+
+    def tags(self, repo: str) -> list[str]:
+        resp = self.request("GET", f"/v2/{repo}/tags/list")
+        assert resp.status_code == 200, describe(resp)
+        return resp.json().get("tags") or []
+
+    def assert_blob(self, repo: str, digest: str) -> bytes:
+        """GET a blob that must exist and hash to its digest."""
+        resp = self.get_blob(repo, digest)
+        assert resp.status_code == 200, describe(resp)
+        assert digest_matches(resp.content, digest), f"blob bytes do not hash to {digest}"
+        return resp.content
+
+    # --- uploads ---
+    def start_upload(self, repo: str) -> str:
+        resp = self.request("POST", f"/v2/{repo}/blobs/uploads/")
+        assert resp.status_code == 202, describe(resp)
+        return self.url(resp.headers["Location"])
+
+    def patch_chunk(self, location: str, chunk: bytes, offset: int) -> tuple[str, int]:
+        """PATCH one chunk with Content-Range; returns (next location, bytes stored)."""
+        resp = self.request(
+            "PATCH",
+            location,
+            data=chunk,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
+            },
+        )
+        assert resp.status_code == 202, describe(resp)
+        stored = parse_range_end(resp) + 1
+        assert stored == offset + len(chunk), f"server reports {stored} bytes stored\n{describe(resp)}"
+        return self.url(resp.headers["Location"]), stored
+
+    def finish_upload(self, location: str, digest: str, body: bytes = b"") -> requests.Response:
+        sep = "&" if "?" in location else "?"
+        headers = {"Content-Type": "application/octet-stream"}
+        return self.request("PUT", f"{location}{sep}digest={digest}", data=body, headers=headers)
+
+    def upload_status(self, location: str) -> requests.Response:
+        return self.request("GET", location)
+
+    def push_chunks(self, location: str, data: bytes, offset: int, chunk_size: int, on_chunk=None):
+        """PATCH data[offset:] in chunks; returns the last location."""
+        while offset < len(data):
+            location, offset = self.patch_chunk(location, data[offset : offset + chunk_size], offset)
+            if on_chunk:
+                on_chunk(location, offset)
+        return location
+
+    def chunked_upload(self, repo: str, data: bytes, chunk_size: int, digest: str | None = None) -> str:
+        digest = digest or sha256_digest(data)
+        location = self.push_chunks(self.start_upload(repo), data, 0, chunk_size)
+        resp = self.finish_upload(location, digest)
+        assert resp.status_code == 201, describe(resp)
+        return digest
+
+    def monolithic_upload(self, repo: str, data: bytes, digest: str | None = None) -> requests.Response:
+        """Single POST ?digest= with the whole blob. A registry may instead answer
+        202 with a Location (spec: then the client PUTs the blob there)."""
+        digest = digest or sha256_digest(data)
+        resp = self.request(
+            "POST",
+            f"/v2/{repo}/blobs/uploads/?digest={digest}",
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        if resp.status_code == 202:
+            return self.finish_upload(self.url(resp.headers["Location"]), digest, body=data)
+        return resp
+
+
+RANGE_RE = re.compile(r"^0-(\d+)$")
+
+
+def parse_range_end(resp: requests.Response) -> int:
+    """The inclusive end offset N of a `Range: 0-N` upload-progress header."""
+    value = resp.headers.get("Range", "")
+    match = RANGE_RE.match(value.strip())
+    assert match, f"upload Range header is not '0-N': {value!r}\n{describe(resp)}"
+    return int(match.group(1))
