@@ -63,6 +63,8 @@ CREATE TABLE tags (
         REFERENCES manifests(repository_id, digest) ON DELETE CASCADE
 ) WITHOUT ROWID;
 CREATE INDEX tags_manifest ON tags(repository_id, manifest_digest);
+-- The spec lists tags in case-insensitive order.
+CREATE INDEX tags_order ON tags(repository_id, lower(name), name);
 
 -- Upload sessions. Their bytes are objects under uploads/<id>/, one per
 -- accepted chunk, in the order of upload_parts.seq.

@@ -391,13 +391,16 @@ impl Catalog {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Tag names after `last`, in lexical (byte) order.
+    /// Tag names after `last`, in the spec's lexical order: case-insensitive,
+    /// ties (`Beta`, `beta`) broken by bytes so paging never skips one.
     pub async fn tags(&self, repository: &str, last: &str, limit: u32) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id
-              WHERE r.name = ? AND t.name > ? ORDER BY t.name LIMIT ?",
+              WHERE r.name = ? AND (lower(t.name), t.name) > (lower(?), ?)
+              ORDER BY lower(t.name), t.name LIMIT ?",
         )
         .bind(repository)
+        .bind(last)
         .bind(last)
         .bind(limit as i64)
         .fetch_all(&self.pool)
@@ -556,4 +559,158 @@ fn stored_manifest(row: sqlx::sqlite::SqliteRow) -> Result<StoredManifest> {
         media_type: row.try_get(1)?,
         content: row.try_get(2)?,
     })
+}
+
+// ---- users, grants and public patterns ------------------------------------------
+
+/// A user as the catalog holds it.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub id: i64,
+    pub name: String,
+    pub password_hash: String,
+    pub is_admin: bool,
+    pub is_robot: bool,
+    pub password_changed_at: i64,
+}
+
+fn user_record(r: sqlx::sqlite::SqliteRow) -> Result<UserRecord> {
+    Ok(UserRecord {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        password_hash: r.try_get(2)?,
+        is_admin: r.try_get(3)?,
+        is_robot: r.try_get::<String, _>(4)? == "robot",
+        password_changed_at: r.try_get(5)?,
+    })
+}
+
+const USER_COLUMNS: &str = "id, name, password_hash, is_admin, kind, password_changed_at";
+
+impl Catalog {
+    pub async fn user_count(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Creates a user; false when the name is taken.
+    pub async fn create_user(
+        &self,
+        name: &str,
+        password_hash: &str,
+        is_admin: bool,
+        is_robot: bool,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "INSERT INTO users (name, password_hash, is_admin, kind, password_changed_at, created_at)
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(password_hash)
+        .bind(is_admin)
+        .bind(if is_robot { "robot" } else { "user" })
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn user(&self, name: &str) -> Result<Option<UserRecord>> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?"));
+        sqlx::query(sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(user_record)
+            .transpose()
+    }
+
+    pub async fn users(&self) -> Result<Vec<UserRecord>> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users ORDER BY name"));
+        sqlx::query(sql)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(user_record)
+            .collect()
+    }
+
+    pub async fn delete_user(&self, name: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM users WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn set_password(&self, name: &str, password_hash: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE users SET password_hash = ?, password_changed_at = ? WHERE name = ?",
+        )
+        .bind(password_hash)
+        .bind(now_ms())
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Sets (replaces) a user's actions on a pattern; false if no such user.
+    pub async fn set_grant(&self, user: &str, pattern: &str, actions: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO grants (user_id, pattern, actions)
+             SELECT id, ?, ? FROM users WHERE name = ?
+             ON CONFLICT (user_id, pattern) DO UPDATE SET actions = excluded.actions",
+        )
+        .bind(pattern)
+        .bind(actions)
+        .bind(user)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn revoke_grant(&self, user: &str, pattern: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM grants WHERE pattern = ? AND user_id = (SELECT id FROM users WHERE name = ?)",
+        )
+        .bind(pattern)
+        .bind(user)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// (pattern, actions) pairs of a user.
+    pub async fn grants(&self, user_id: i64) -> Result<Vec<(String, String)>> {
+        let rows =
+            sqlx::query("SELECT pattern, actions FROM grants WHERE user_id = ? ORDER BY pattern")
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    pub async fn set_public(&self, pattern: &str, public: bool) -> Result<bool> {
+        let sql = if public {
+            "INSERT INTO public_patterns (pattern) VALUES (?) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM public_patterns WHERE pattern = ?"
+        };
+        let done = sqlx::query(sql).bind(pattern).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn public_patterns(&self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT pattern FROM public_patterns ORDER BY pattern")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
 }

@@ -31,6 +31,46 @@ pub struct Settings {
     pub catalog: CatalogSettings,
     pub storage: StorageSettings,
     pub registry: RegistrySettings,
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Require tokens on /v2/. Off in the embedded default (open on loopback).
+    pub enabled: bool,
+    /// The `service` of the token protocol, and the tokens' audience.
+    pub service: String,
+    /// The tokens' issuer.
+    pub issuer: String,
+    /// Token endpoint URL sent in challenges; default `http://<Host>/token`.
+    pub realm: Option<String>,
+    /// Lifetime of access tokens.
+    pub token_ttl_secs: u64,
+    /// Lifetime of the refresh tokens `docker login` keeps.
+    pub refresh_ttl_secs: u64,
+    /// PKCS#8 PEM P-256 key that signs tokens; default `<data_dir>/token-key.pem`,
+    /// generated on first start.
+    pub key_path: Option<PathBuf>,
+    /// Failed logins allowed per user and per client address in a window.
+    pub max_failed_logins: u32,
+    pub failed_login_window_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            enabled: false,
+            service: "wharf-registry".into(),
+            issuer: "wharf".into(),
+            realm: None,
+            token_ttl_secs: 300,
+            refresh_ttl_secs: 30 * 24 * 3600,
+            key_path: None,
+            max_failed_logins: 5,
+            failed_login_window_secs: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -75,6 +115,7 @@ impl Default for Settings {
             catalog: CatalogSettings::default(),
             storage: StorageSettings::default(),
             registry: RegistrySettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -111,6 +152,15 @@ const KEYS: &[&str] = &[
     "storage.fsync",
     "registry.max_manifest_bytes",
     "registry.delete_enabled",
+    "auth.enabled",
+    "auth.service",
+    "auth.issuer",
+    "auth.realm",
+    "auth.token_ttl_secs",
+    "auth.refresh_ttl_secs",
+    "auth.key_path",
+    "auth.max_failed_logins",
+    "auth.failed_login_window_secs",
 ];
 
 impl Settings {
@@ -169,6 +219,23 @@ impl Settings {
             .path
             .clone()
             .unwrap_or_else(|| crate::store::default_local_root(&self.data_dir))
+    }
+
+    pub fn auth_config(&self) -> crate::auth::AuthConfig {
+        let a = &self.auth;
+        crate::auth::AuthConfig {
+            issuer: a.issuer.clone(),
+            service: a.service.clone(),
+            realm: a.realm.clone().filter(|r| !r.is_empty()),
+            token_ttl_secs: a.token_ttl_secs.max(1),
+            refresh_ttl_secs: a.refresh_ttl_secs.max(1),
+            key_path: a
+                .key_path
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("token-key.pem")),
+            max_failures: a.max_failed_logins,
+            failure_window_secs: a.failed_login_window_secs,
+        }
     }
 
     pub fn limits(&self) -> crate::registry::Limits {

@@ -6,7 +6,9 @@
 //! and `store` (blob bytes). `digest`, `names` and `config` are leaves that
 //! any layer may use.
 
+pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod digest;
@@ -41,6 +43,8 @@ pub enum StartError {
     },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
 }
 
 /// Opens the catalog and the blob store the settings name.
@@ -56,9 +60,18 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
         }
         StorageBackend::Memory => store::BlobStore::in_memory(),
     };
+    let auth = if settings.auth.enabled {
+        let auth = auth::Auth::new(catalog.clone(), settings.auth_config())?;
+        let admin_password = std::env::var("WHARF_ADMIN_PASSWORD").ok();
+        auth.ensure_admin(admin_password.as_deref()).await?;
+        Some(Arc::new(auth))
+    } else {
+        None
+    };
     let registry = registry::Registry::new(catalog, store, settings.limits());
     Ok(AppState {
         registry: Arc::new(registry),
+        auth,
     })
 }
 
@@ -78,6 +91,7 @@ pub async fn serve_on(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -93,8 +107,16 @@ pub async fn serve(settings: &Settings) -> Result<(), StartError> {
             addr: settings.listen,
             source,
         })?;
+    if !settings.auth.enabled && !settings.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %settings.listen,
+            "AUTH IS OFF and the registry listens on a non-loopback address: anyone who can \
+             reach it can push, pull and delete. Set [auth] enabled = true (see config/server.toml)."
+        );
+    }
     tracing::info!(
         listen = %settings.listen,
+        auth = settings.auth.enabled,
         data_dir = %settings.data_dir.display(),
         "wharf-server is serving the registry"
     );

@@ -1,11 +1,14 @@
-//! The `wharf-server` binary: argument parsing, logging, and a call into the
+//! The `wharf-server` binary: argument parsing, logging, and calls into the
 //! library.
 
+use std::io::Read;
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use wharf_server::Settings;
+use wharf_server::admin;
+use wharf_server::catalog::Catalog;
 
 #[derive(Parser)]
 #[command(
@@ -32,9 +35,75 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Give a user actions (pull,push,delete) on a repository pattern such as team/*.
+    Grant {
+        user: String,
+        pattern: String,
+        actions: String,
+    },
+    /// Take back a user's grant on a pattern.
+    Revoke { user: String, pattern: String },
+    /// Let anyone pull (without logging in) from repositories matching a pattern.
+    Public {
+        pattern: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Manage robot accounts (credentials for machines).
+    #[command(subcommand)]
+    Robot(RobotCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; the password is read from standard input.
+    Add {
+        name: String,
+        #[arg(long)]
+        admin: bool,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// List users, their kind and grants.
+    List,
+    /// Remove a user and their grants.
+    Remove { name: String },
+    /// Change a user's password (read from standard input).
+    Passwd {
+        name: String,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RobotCommand {
+    /// Create a robot with pull rights on patterns; prints its secret once.
+    Add {
+        name: String,
+        #[arg(long, required = true)]
+        pull: Vec<String>,
+    },
+}
+
+/// The password on standard input, without its trailing newline.
+fn read_password() -> anyhow::Result<String> {
+    let mut s = String::new();
+    std::io::stdin()
+        .take(4096)
+        .read_to_string(&mut s)
+        .context("reading the password from standard input")?;
+    let pw = s.trim_end_matches(['\n', '\r']).to_owned();
+    if pw.is_empty() {
+        bail!("no password on standard input");
+    }
+    Ok(pw)
+}
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -42,23 +111,97 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let mut overrides = Vec::new();
     if let Some(dir) = &cli.data_dir {
         overrides.push(("data_dir", dir.display().to_string()));
     }
-    match cli.command {
-        Command::Serve { listen } => {
-            if let Some(l) = listen {
-                overrides.push(("listen", l));
-            }
-            let settings = Settings::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
+    if let Command::Serve { listen: Some(l) } = &cli.command {
+        overrides.push(("listen", l.clone()));
+    }
+    let result = Settings::load(cli.config.as_deref(), std::env::vars(), &overrides)
+        .map_err(anyhow::Error::from)
+        .and_then(|settings| {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(wharf_server::serve(&settings))?;
+            rt.block_on(run(cli.command, settings))
+        });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line (with its causes), no backtrace.
+            eprintln!("wharf-server: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn open_catalog(settings: &Settings) -> anyhow::Result<Catalog> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    Ok(Catalog::open(&settings.catalog_url()).await?)
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    if let Command::Serve { .. } = command {
+        wharf_server::serve(&settings).await?;
+        return Ok(());
+    }
+    let catalog = open_catalog(&settings).await?;
+    match command {
+        Command::Serve { .. } => unreachable!("handled above"),
+        Command::User(UserCommand::Add { name, admin, .. }) => {
+            admin::add_user(&catalog, &name, &read_password()?, admin).await?;
+            println!("created user {name}{}", if admin { " (admin)" } else { "" });
+        }
+        Command::User(UserCommand::List) => {
+            for line in admin::list_users(&catalog).await? {
+                println!("{line}");
+            }
+        }
+        Command::User(UserCommand::Remove { name }) => {
+            admin::remove_user(&catalog, &name).await?;
+            println!("removed user {name}");
+        }
+        Command::User(UserCommand::Passwd { name, .. }) => {
+            admin::set_password(&catalog, &name, &read_password()?).await?;
+            println!("changed the password of {name}");
+        }
+        Command::Grant {
+            user,
+            pattern,
+            actions,
+        } => {
+            let granted = admin::grant(&catalog, &user, &pattern, &actions).await?;
+            println!("granted {granted} on {pattern} to {user}");
+        }
+        Command::Revoke { user, pattern } => {
+            admin::revoke(&catalog, &user, &pattern).await?;
+            println!("revoked {user}'s grant on {pattern}");
+        }
+        Command::Public { pattern, state } => {
+            let on = state == "on";
+            admin::set_public(&catalog, &pattern, on).await?;
+            println!(
+                "{pattern} is {}",
+                if on {
+                    "public (anonymous pull)"
+                } else {
+                    "private"
+                }
+            );
+        }
+        Command::Robot(RobotCommand::Add { name, pull }) => {
+            let secret = admin::add_robot(&catalog, &name, &pull).await?;
+            eprintln!(
+                "created robot {name} with pull on {}; its secret (shown once):",
+                pull.join(", ")
+            );
+            println!("{secret}");
         }
     }
     Ok(())

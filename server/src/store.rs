@@ -108,7 +108,9 @@ impl BlobStore {
 
     pub async fn writer(&self, key: Path) -> ObjectWriter {
         ObjectWriter {
-            inner: BufWriter::with_capacity(self.inner.clone(), key, self.part_size),
+            // Two parts in flight at most: memory per upload stays ~2 parts.
+            inner: BufWriter::with_capacity(self.inner.clone(), key, self.part_size)
+                .with_max_concurrency(2),
             written: 0,
         }
     }

@@ -41,12 +41,12 @@ class Docker:
     def inspect(self, ref: str) -> dict:
         return json.loads(self("image", "inspect", ref).stdout)[0]
 
-    def push(self, ref: str) -> str:
-        """docker push; returns the manifest digest docker reports."""
+    def push(self, ref: str) -> tuple[str, str]:
+        """docker push; returns the manifest digest docker reports, and its output."""
         out = self("push", ref).stdout
         match = PUSH_DIGEST_RE.search(out)
         assert match, f"no digest in docker push output:\n{out}"
-        return match.group(1)
+        return match.group(1), out
 
     def pull(self, ref: str) -> str:
         out = self("pull", ref).stdout
@@ -111,6 +111,9 @@ class TestImages:
         self.big = self._build_big()
 
     def _build_busybox(self) -> TestImage:
+        with open(BUSYBOX, "rb") as f:
+            # A dynamically linked busybox names its loader in the first page.
+            assert b"ld-linux" not in f.read(4096), f"{BUSYBOX} is not static: install busybox-static"
         rootfs = self.workdir / "rootfs"
         (rootfs / "bin").mkdir(parents=True)
         for d in ("etc", "tmp", "proc", "sys", "dev"):

@@ -22,8 +22,7 @@ def pytest_runtest_makereport(item, call):
 
 def _failed(request) -> bool:
     return any(
-        getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
-        for when in ("setup", "call")
+        getattr(getattr(request.node, f"rep_{when}", None), "failed", False) for when in ("setup", "call")
     )
 
 
@@ -45,6 +44,8 @@ def wharf(request, tmp_path):
         server.stop()
         if _failed(request):
             print(server.log_tail())
+    panics = server.panics()
+    assert not panics, "wharf-server panicked:\n" + "\n".join(panics) + "\n" + server.log_tail()
 
 
 @pytest.fixture(scope="session")

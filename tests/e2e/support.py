@@ -53,9 +53,7 @@ def server_binary() -> Path:
 def run(cmd, *, timeout: float = 600, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """Run a command, capture text output, and fail loudly with both streams."""
     kwargs.setdefault("stdin", subprocess.DEVNULL)
-    proc = subprocess.run(
-        [str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kwargs
-    )
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"command failed with exit code {proc.returncode}: {' '.join(map(str, cmd))}\n"
@@ -117,6 +115,7 @@ class WharfServer:
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
         env.setdefault("RUST_BACKTRACE", "1")
+        env["NO_COLOR"] = "1"  # plain log text for humans and for panics()
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== wharf-server start #{self.starts} on {self.host} =====\n".encode())
             log.flush()
@@ -134,9 +133,8 @@ class WharfServer:
         last = "no answer"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"wharf-server exited with {self.proc.returncode} before answering /v2/\n{self.log_tail()}"
-                )
+                code = self.proc.returncode
+                raise AssertionError(f"wharf-server exited with {code} before ready\n{self.log_tail()}")
             try:
                 resp = requests.get(f"{self.url}/v2/", timeout=2)
                 if resp.status_code == 200:
@@ -167,14 +165,20 @@ class WharfServer:
         self.stop()
         self.start()
 
+    def panics(self) -> list[str]:
+        """Log lines where the server panicked (a handler panic is a bug even if it recovered)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        return [line for line in text.splitlines() if "panicked at" in line]
+
     def log_tail(self, lines: int = 200) -> str:
         try:
             text = self.log_path.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             return "(no server log)"
-        return f"--- wharf-server log {self.log_path} (last {lines} lines) ---\n" + "\n".join(
-            text[-lines:]
-        )
+        return f"--- wharf-server log {self.log_path} (last {lines} lines) ---\n" + "\n".join(text[-lines:])
 
 
 class RegistryApi:

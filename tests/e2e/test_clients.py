@@ -12,7 +12,7 @@ import oras.oci
 import pytest
 
 from clients import skopeo
-from support import RegistryApi, digest_matches, error_codes, describe, sha256_digest
+from support import RegistryApi, describe, digest_matches, error_codes, sha256_digest
 
 NO_TLS = ("--src-tls-verify=false", "--dest-tls-verify=false")
 
@@ -32,11 +32,11 @@ def assert_image_in_registry(api: RegistryApi, repo: str, ref: str, digest: str)
 def docker_roundtrip(docker, images, image, wharf, docker_refs, repo: str) -> tuple[str, dict]:
     """Push a session image, check it in the registry, delete it locally, pull it back.
 
-    Returns the pushed manifest digest and the registry's manifest."""
+    Returns the registry ref and the manifest the registry serves for it."""
     src = images.ensure(image)
     original_layers = docker.inspect(src)["RootFS"]["Layers"]
     ref = docker_refs.tag(src, f"{wharf.docker_host}/{repo}:1")
-    pushed = docker.push(ref)
+    pushed, _ = docker.push(ref)
     manifest = assert_image_in_registry(wharf.api(), repo, "1", pushed)
 
     docker.remove_image(image.image_id)
@@ -55,6 +55,16 @@ def test_docker_push_pull_run(wharf, docker, images, docker_refs):
     ref, _ = docker_roundtrip(docker, images, images.busybox, wharf, docker_refs, "e2e/busybox")
     out = docker("run", "--rm", "--network", "none", ref, "echo", "hello").stdout
     assert out == "hello\n"
+
+
+def test_docker_cross_repo_mount(wharf, docker, images, docker_refs):
+    """docker mounts layers it already pushed to another repository of the same registry."""
+    src = images.ensure(images.busybox)
+    first, _ = docker.push(docker_refs.tag(src, f"{wharf.docker_host}/mount/a:1"))
+    second, out = docker.push(docker_refs.tag(src, f"{wharf.docker_host}/mount/b:1"))
+    assert second == first
+    assert "Mounted from mount/a" in out, out
+    assert_image_in_registry(wharf.api(), "mount/b", "1", second)
 
 
 def test_docker_big_multilayer_image(wharf, docker, images, docker_refs):
@@ -122,10 +132,15 @@ def test_skopeo_list_tags(wharf, images):
     skopeo_push_busybox(wharf, images, "skopeo/bb:1")
     for tag in ("2", "v3.0"):
         # registry-to-registry copy within wharf (blobs may be mounted)
-        skopeo("copy", *NO_TLS, f"docker://{wharf.host}/skopeo/bb:1", f"docker://{wharf.host}/skopeo/bb:{tag}")
+        skopeo(
+            "copy", *NO_TLS, f"docker://{wharf.host}/skopeo/bb:1", f"docker://{wharf.host}/skopeo/bb:{tag}"
+        )
     listed = json.loads(skopeo("list-tags", "--tls-verify=false", f"docker://{wharf.host}/skopeo/bb").stdout)
     assert sorted(listed["Tags"]) == ["1", "2", "v3.0"]
     assert sorted(wharf.api().tags("skopeo/bb")) == ["1", "2", "v3.0"]
+    catalog = wharf.api().request("GET", "/v2/_catalog")
+    assert catalog.status_code == 200, describe(catalog)
+    assert catalog.json()["repositories"] == ["skopeo/bb"], describe(catalog)
 
 
 def test_skopeo_delete(wharf, images):
@@ -166,6 +181,31 @@ def test_podman_push_pull(wharf, images, podman, tmp_path):
     puller("pull", "--tls-verify=false", ref)
     assert puller("image", "inspect", "--format", "{{.Digest}}", ref).stdout.strip() == digest
     assert puller.image_id(ref) == image_id
+
+
+def test_podman_image_index_pulled_by_docker(wharf, docker, images, podman, docker_refs, tmp_path):
+    """podman pushes an OCI image index; wharf serves it as is and docker pulls and runs it."""
+    pusher = podman()
+    pusher("load", "-i", images.busybox.archive)
+    image_id = images.busybox.image_id.removeprefix("sha256:")
+    index_ref = f"{wharf.host}/podman/index:multi"
+    pusher("manifest", "create", index_ref)
+    pusher("manifest", "add", index_ref, f"containers-storage:{image_id}")
+    digest_file = tmp_path / "digest"
+    pusher("manifest", "push", "--all", "--tls-verify=false", "--digestfile", digest_file,
+           index_ref, f"docker://{index_ref}")  # fmt: skip
+    digest = digest_file.read_text().strip()
+
+    api = wharf.api()
+    index, raw, resp = api.manifest_json("podman/index", "multi")
+    assert digest_matches(raw, digest) and api.manifest_digest("podman/index", "multi") == digest
+    assert resp.headers["Content-Type"].startswith(index["mediaType"]), describe(resp)
+    (entry,) = index["manifests"]
+    assert_image_in_registry(api, "podman/index", entry["digest"], entry["digest"])
+
+    ref = docker_refs.track(f"{wharf.docker_host}/podman/index:multi")
+    assert docker.pull(ref) == digest
+    assert docker("run", "--rm", "--network", "none", ref, "echo", "hello").stdout == "hello\n"
 
 
 # --- oras-py ----------------------------------------------------------------

@@ -149,28 +149,30 @@ def check_blob_after_crash(api: RegistryApi, attempt: Attempt) -> str | None:
     return f"{attempt.kind} blob {attempt.digest} {why}:\n{describe(resp)}"
 
 
-def check_upload_after_crash(api: RegistryApi, attempt: Attempt) -> str | None:
-    """An interrupted upload session resumes to a correct blob, or is a clean 404."""
+def check_upload_after_crash(api: RegistryApi, attempt: Attempt) -> tuple[str, str | None]:
+    """An interrupted upload session resumes to a correct blob, or is a clean 404.
+
+    Returns (outcome, problem or None)."""
+    what = f"interrupted {attempt.kind} upload (acked {attempt.acked}, sent {attempt.sent} bytes)"
     status = api.upload_status(attempt.location)
     if status.status_code == 404:
-        if error_codes(status) not in (["BLOB_UPLOAD_UNKNOWN"], ["BLOB_UPLOAD_INVALID"]):
-            return f"404 for interrupted {attempt.kind} upload without BLOB_UPLOAD_UNKNOWN:\n{describe(status)}"
-        return None
+        if error_codes(status) != ["BLOB_UPLOAD_UNKNOWN"]:
+            return "bad", f"{what}: 404 without BLOB_UPLOAD_UNKNOWN:\n{describe(status)}"
+        return "refused", None
     if status.status_code != 204:
-        return f"upload status of interrupted {attempt.kind} upload:\n{describe(status)}"
+        return "bad", f"{what}: upload status is not 204 or 404:\n{describe(status)}"
     if attempt.acked == 0:
-        return None  # `Range: 0-0` is ambiguous for an empty upload: nothing to resume
+        return "empty", None  # `Range: 0-0` is ambiguous for an empty upload: nothing to resume
     try:
         stored = parse_range_end(status) + 1
-        if stored > attempt.sent:
-            return f"server claims {stored} bytes but only {attempt.sent} were sent:\n{describe(status)}"
+        assert stored <= attempt.sent, f"server claims {stored} bytes stored\n{describe(status)}"
         location = api.push_chunks(api.url(status.headers["Location"]), attempt.data, stored, CHUNK)
         resp = api.finish_upload(location, attempt.digest)
         assert resp.status_code == 201, describe(resp)
         api.assert_blob(REPO, attempt.digest)
     except AssertionError as exc:
-        return f"resuming {attempt.kind} upload from byte {attempt.acked} failed: {exc}"
-    return None
+        return "bad", f"{what}: resuming failed: {exc}"
+    return f"resumed at byte {stored} (acked {attempt.acked})", None
 
 
 def test_kill9_during_concurrent_pushes(wharf, docker, images, docker_refs):
@@ -186,8 +188,10 @@ def test_kill9_during_concurrent_pushes(wharf, docker, images, docker_refs):
     for loop in (uploaders.fast_chunked_loop, uploaders.monolithic_loop):
         uploaders.spawn(loop)
     wait_for(
-        lambda: len(uploaders.slow_ones()) == SLOW_UPLOADS
-        and all(a.acked >= 2 * CHUNK for a in uploaders.slow_ones()),
+        lambda: (
+            len(uploaders.slow_ones()) == SLOW_UPLOADS
+            and all(a.acked >= 2 * CHUNK for a in uploaders.slow_ones())
+        ),
         60,
         "slow uploads to get going",
     )
@@ -208,7 +212,9 @@ def test_kill9_during_concurrent_pushes(wharf, docker, images, docker_refs):
     for attempt in uploaders.attempts:
         problems.append(check_blob_after_crash(api, attempt))
         if attempt.location and not attempt.completed:
-            problems.append(check_upload_after_crash(api, attempt))
+            outcome, problem = check_upload_after_crash(api, attempt)
+            print(f"interrupted {attempt.kind} upload: {outcome}")
+            problems.append(problem)
     problems = [p for p in problems if p]
 
     # docker retries on its own; whatever it decided, a fresh push must now work.
@@ -216,7 +222,7 @@ def test_kill9_during_concurrent_pushes(wharf, docker, images, docker_refs):
     print(f"docker push across the crash (still pushing at the kill: {docker_still_pushing}) "
           f"exited {docker_push.returncode}:\n{out}")  # fmt: skip
     assert not problems, "\n\n".join(problems)
-    digest = docker.push(ref)
+    digest, _ = docker.push(ref)
     manifest, _, _ = api.manifest_json("crash/big", "1")
     assert api.manifest_digest("crash/big", "1") == digest
     for descriptor in [manifest["config"], *manifest["layers"]]:

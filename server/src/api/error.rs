@@ -9,8 +9,12 @@ use serde_json::json;
 
 use crate::registry::RegistryError;
 
+/// Boxed, so `Result<_, ApiError>` stays one pointer wide on the happy path.
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<Inner>);
+
+#[derive(Debug)]
+struct Inner {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -20,29 +24,29 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
+        ApiError(Box::new(Inner {
             status,
             code,
             message: message.into(),
             detail: serde_json::Value::Null,
             headers: HeaderMap::new(),
-        }
+        }))
     }
 
     pub fn with_header(mut self, name: HeaderName, value: &str) -> Self {
         if let Ok(v) = HeaderValue::from_str(value) {
-            self.headers.insert(name, v);
+            self.0.headers.insert(name, v);
         }
         self
     }
 
     fn with_detail(mut self, detail: serde_json::Value) -> Self {
-        self.detail = detail;
+        self.0.detail = detail;
         self
     }
 
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.0.status
     }
 
     pub fn unsupported_route() -> Self {
@@ -119,11 +123,14 @@ impl From<RegistryError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "errors": [{ "code": self.code, "message": self.message, "detail": self.detail }]
-        });
-        let mut resp = (self.status, axum::Json(body)).into_response();
-        resp.headers_mut().extend(self.headers);
+        let e = *self.0;
+        let mut item = json!({ "code": e.code, "message": e.message });
+        if !e.detail.is_null() {
+            item["detail"] = e.detail;
+        }
+        let body = json!({ "errors": [item] });
+        let mut resp = (e.status, axum::Json(body)).into_response();
+        resp.headers_mut().extend(e.headers);
         resp
     }
 }

@@ -5,6 +5,7 @@
 //! turns HTTP (paths, headers, query strings, bodies) into the service's
 //! typed requests, and the service's answers and errors back into HTTP.
 
+pub mod auth;
 pub mod error;
 
 use std::sync::Arc;
@@ -20,7 +21,9 @@ use axum::routing::any;
 use futures::TryStreamExt;
 use serde_json::json;
 
+use self::auth::Need;
 pub use self::error::ApiError;
+use crate::auth::scope::Actions;
 use crate::names::{Reference, RepoName};
 use crate::registry::{self, ByteRange, ByteStream, Registry, RegistryError};
 
@@ -35,6 +38,8 @@ type ApiResult = Result<Response, ApiError>;
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Arc<Registry>,
+    /// None when auth is off: every request is allowed.
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 /// The whole HTTP surface, so tests can drive it without a socket.
@@ -43,6 +48,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", any(base))
         .route("/v2/", any(base))
         .route("/v2/{*path}", any(dispatch))
+        .route(
+            "/token",
+            axum::routing::get(auth::get_token)
+                .post(auth::post_token)
+                .fallback(auth::token_method_not_allowed),
+        )
         .fallback(|| async { ApiError::unsupported_route() })
         .layer(middleware::from_fn(common_headers))
         .with_state(state)
@@ -63,8 +74,9 @@ async fn common_headers(req: Request, next: Next) -> Response {
     resp
 }
 
-async fn base() -> Response {
-    axum::Json(json!({})).into_response()
+async fn base(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
+    auth::authorize(&state, &headers, &Need::Base)?;
+    Ok(axum::Json(json!({})).into_response())
 }
 
 /// The endpoints under `/v2/<name>/...`. Names contain slashes, so the path
@@ -169,8 +181,10 @@ async fn dispatch(
     let route = parse_route(&path).ok_or_else(ApiError::unsupported_route)?;
     let name = |n: &str| registry::parse_name(n).map_err(ApiError::from);
     let m = req.method.clone();
+    let need = required_access(&route, &m, &req)?;
+    let claims = auth::authorize(&state, &req.headers, &need)?;
     match route {
-        Route::Catalog if m == Method::GET => catalog(reg, req).await,
+        Route::Catalog if m == Method::GET => catalog(&state, claims, req).await,
         Route::Tags(n) if m == Method::GET => tags(reg, &name(n)?, req).await,
         Route::Manifest(n, r) => {
             let repo = name(n)?;
@@ -228,6 +242,28 @@ async fn dispatch(
     }
 }
 
+/// What a request must be allowed to do, from its route and method. Names
+/// are validated here, so a malformed name is a 400 before any auth answer.
+fn required_access(route: &Route<'_>, m: &Method, req: &Req) -> Result<Need, ApiError> {
+    let read = *m == Method::GET || *m == Method::HEAD;
+    let (name, actions) = match route {
+        Route::Catalog => return Ok(Need::Catalog),
+        Route::Tags(n) | Route::Referrers(n, _) => (n, Actions::PULL),
+        Route::Manifest(n, _) | Route::Blob(n, _) if read => (n, Actions::PULL),
+        Route::Manifest(n, _) | Route::Blob(n, _) if *m == Method::DELETE => (n, Actions::DELETE),
+        Route::Manifest(n, _) | Route::Blob(n, _) => (n, Actions::PUSH),
+        Route::UploadStart(n) | Route::Upload(n, _) => (n, Actions::PUSH.union(Actions::PULL)),
+    };
+    let mut repos = vec![(registry::parse_name(name)?, actions)];
+    // A cross-mount reads the source repository: pull is needed there.
+    if let (Route::UploadStart(_), Some(from)) = (route, req.param("from"))
+        && req.param("mount").is_some()
+    {
+        repos.push((registry::parse_name(from)?, Actions::PULL));
+    }
+    Ok(Need::Repos(repos))
+}
+
 // ---- helpers -----------------------------------------------------------------
 
 fn response(status: StatusCode) -> axum::http::response::Builder {
@@ -279,7 +315,7 @@ fn paging(req: &Req) -> Result<(Option<u32>, Option<String>), ApiError> {
         .map(|v| {
             v.parse::<u32>().map_err(|_| {
                 ApiError::bad_request(
-                    "PAGINATION_NUMBER_INVALID",
+                    "UNSUPPORTED",
                     "n must be a non-negative integer",
                 )
             })
@@ -311,9 +347,26 @@ fn json_response(value: serde_json::Value, content_type: &str, link: Option<Stri
 
 // ---- listings ---------------------------------------------------------------------
 
-async fn catalog(reg: &Registry, req: Req) -> ApiResult {
+async fn catalog(
+    state: &AppState,
+    claims: Option<crate::auth::AccessClaims>,
+    req: Req,
+) -> ApiResult {
     let (n, last) = paging(&req)?;
-    let page = reg.repositories(n, last.as_deref()).await?;
+    // With auth on, the listing shows only what the caller may pull.
+    let perms = match (&state.auth, &claims) {
+        (Some(auth), Some(c)) => Some(auth.permissions_of_subject(&c.sub).await?),
+        _ => None,
+    };
+    let visible = |repo: &str| {
+        perms
+            .as_ref()
+            .is_none_or(|p| p.allowed(repo).contains(Actions::PULL))
+    };
+    let page = state
+        .registry
+        .repositories(n, last.as_deref(), &visible)
+        .await?;
     let link = next_link("/v2/_catalog", n, page.next.as_deref(), "");
     Ok(json_response(
         json!({ "repositories": page.items }),
@@ -548,7 +601,9 @@ fn parse_content_range(v: &str) -> Option<(u64, u64)> {
     let range = v.split('/').next()?;
     let (a, b) = range.split_once('-')?;
     let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-    (b >= a).then(|| (a, b - a + 1))
+    (b >= a)
+        .then(|| (b - a).checked_add(1).map(|len| (a, len)))
+        .flatten()
 }
 
 /// The chunk's start and length from `Content-Range` and `Content-Length`,

@@ -658,7 +658,14 @@ impl Registry {
         Ok(page(items, limit, |t| t.clone()))
     }
 
-    pub async fn repositories(&self, n: Option<u32>, last: Option<&str>) -> Result<Page<String>> {
+    /// Repository names in lexical order, keeping only those `visible`
+    /// accepts (the caller's pull rights), a page at a time.
+    pub async fn repositories(
+        &self,
+        n: Option<u32>,
+        last: Option<&str>,
+        visible: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Page<String>> {
         let limit = n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
         if limit == 0 {
             return Ok(Page {
@@ -666,10 +673,22 @@ impl Registry {
                 next: None,
             });
         }
-        let items = self
-            .catalog
-            .repositories(last.unwrap_or(""), limit + 1)
-            .await?;
+        let mut items = Vec::new();
+        let mut cursor = last.unwrap_or("").to_owned();
+        // Read in batches until the page is full (plus one, to know whether
+        // there is a next page) or the catalog ends.
+        let batch = (limit + 1).max(1000);
+        loop {
+            let rows = self.catalog.repositories(&cursor, batch).await?;
+            let exhausted = rows.len() < batch as usize;
+            if let Some(l) = rows.last() {
+                cursor = l.clone();
+            }
+            items.extend(rows.into_iter().filter(|r| visible(r)));
+            if exhausted || items.len() > limit as usize {
+                break;
+            }
+        }
         Ok(page(items, limit, |r| r.clone()))
     }
 
