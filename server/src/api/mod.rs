@@ -314,10 +314,7 @@ fn paging(req: &Req) -> Result<(Option<u32>, Option<String>), ApiError> {
         .param("n")
         .map(|v| {
             v.parse::<u32>().map_err(|_| {
-                ApiError::bad_request(
-                    "UNSUPPORTED",
-                    "n must be a non-negative integer",
-                )
+                ApiError::bad_request("UNSUPPORTED", "n must be a non-negative integer")
             })
         })
         .transpose()?;
