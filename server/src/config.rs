@@ -49,6 +49,10 @@ pub struct AuthSettings {
     pub token_ttl_secs: u64,
     /// Lifetime of the refresh tokens `docker login` keeps.
     pub refresh_ttl_secs: u64,
+    /// Seconds an access token is still accepted past its expiry. Docker
+    /// keeps every token for at least 60 s whatever `expires_in` says, so
+    /// the default matches distribution's 60 s.
+    pub leeway_secs: u64,
     /// PKCS#8 PEM P-256 key that signs tokens; default `<data_dir>/token-key.pem`,
     /// generated on first start.
     pub key_path: Option<PathBuf>,
@@ -66,6 +70,7 @@ impl Default for AuthSettings {
             realm: None,
             token_ttl_secs: 300,
             refresh_ttl_secs: 30 * 24 * 3600,
+            leeway_secs: 60,
             key_path: None,
             max_failed_logins: 5,
             failed_login_window_secs: 60,
@@ -158,6 +163,7 @@ const KEYS: &[&str] = &[
     "auth.realm",
     "auth.token_ttl_secs",
     "auth.refresh_ttl_secs",
+    "auth.leeway_secs",
     "auth.key_path",
     "auth.max_failed_logins",
     "auth.failed_login_window_secs",
@@ -229,6 +235,7 @@ impl Settings {
             realm: a.realm.clone().filter(|r| !r.is_empty()),
             token_ttl_secs: a.token_ttl_secs.max(1),
             refresh_ttl_secs: a.refresh_ttl_secs.max(1),
+            leeway_secs: a.leeway_secs,
             key_path: a
                 .key_path
                 .clone()

@@ -62,6 +62,8 @@ pub struct AuthConfig {
     pub realm: Option<String>,
     pub token_ttl_secs: u64,
     pub refresh_ttl_secs: u64,
+    /// Seconds a token stays acceptable past its `exp` (and before `nbf`).
+    pub leeway_secs: u64,
     pub key_path: PathBuf,
     pub max_failures: u32,
     pub failure_window_secs: u64,
@@ -380,8 +382,12 @@ impl Auth {
     }
 
     pub fn verify_access(&self, token: &str) -> Result<AccessClaims> {
-        self.keys
-            .verify(token, &self.config.issuer, &self.config.service)
+        self.keys.verify(
+            token,
+            &self.config.issuer,
+            &self.config.service,
+            self.config.leeway_secs,
+        )
     }
 
     fn refresh_audience(&self) -> String {
@@ -407,7 +413,7 @@ impl Auth {
     pub async fn refresh(&self, token: &str) -> Result<UserRecord> {
         let claims: RefreshClaims =
             self.keys
-                .verify(token, &self.config.issuer, &self.refresh_audience())?;
+                .verify(token, &self.config.issuer, &self.refresh_audience(), 0)?;
         match self.catalog.user(&claims.sub).await? {
             Some(u) if u.password_changed_at == claims.pwv => Ok(u),
             _ => Err(AuthError::InvalidToken("refresh token revoked".into())),

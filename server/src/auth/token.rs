@@ -4,7 +4,8 @@
 //! key is generated on first start and kept 0600 in the data directory (or
 //! read from a configured path). Verification pins the algorithm to ES256,
 //! so `alg: none` and HMAC-with-the-public-key confusion are refused, and
-//! checks issuer, audience, expiry and not-before with no leeway.
+//! checks issuer, audience, expiry and not-before, with the leeway the
+//! caller gives (see `auth.leeway_secs`).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -88,12 +89,13 @@ impl TokenKeys {
         token: &str,
         issuer: &str,
         audience: &str,
+        leeway_secs: u64,
     ) -> Result<T, AuthError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::InvalidToken("token too long".into()));
         }
         let mut v = Validation::new(Algorithm::ES256);
-        v.leeway = 0;
+        v.leeway = leeway_secs;
         v.validate_nbf = true;
         v.set_issuer(&[issuer]);
         v.set_audience(&[audience]);
