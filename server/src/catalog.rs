@@ -218,6 +218,16 @@ impl Catalog {
         Ok(())
     }
 
+    pub async fn repositories_with_blob(&self, digest: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+              WHERE rb.digest = ? ORDER BY r.name LIMIT 1000",
+        )
+        .bind(digest)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Removes `repository`'s right to serve the blob. The bytes stay for the
     /// garbage collector, since other repositories may share them.
     pub async fn unlink_blob(&self, repository: &str, digest: &str) -> Result<bool> {

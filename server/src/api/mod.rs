@@ -213,7 +213,9 @@ async fn dispatch(
                 _ => Err(ApiError::method_not_allowed()),
             }
         }
-        Route::UploadStart(n) if m == Method::POST => start_upload(reg, &name(n)?, req).await,
+        Route::UploadStart(n) if m == Method::POST => {
+            start_upload(&state, claims, &name(n)?, req).await
+        }
         Route::Upload(n, id) => {
             let repo = name(n)?;
             let result = match m {
@@ -564,10 +566,33 @@ async fn get_blob(
 
 // ---- uploads --------------------------------------------------------------------------------
 
-async fn start_upload(reg: &Registry, repo: &RepoName, req: Req) -> ApiResult {
+async fn start_upload(
+    state: &AppState,
+    claims: Option<crate::auth::AccessClaims>,
+    repo: &RepoName,
+    req: Req,
+) -> ApiResult {
+    let reg = &state.registry;
     if let Some(mount) = req.param("mount") {
         let digest = registry::parse_digest(mount)?;
-        let from = req.param("from").map(registry::parse_name).transpose()?;
+        let mut from = req.param("from").map(registry::parse_name).transpose()?;
+        // Without `from`, a known blob is mounted from anywhere; with auth
+        // on, only from a repository the caller may pull, so a digest alone
+        // never opens another team's private blob.
+        if let (None, Some(auth), Some(claims)) = (&from, &state.auth, &claims) {
+            let perms = auth.permissions_of_subject(&claims.sub).await?;
+            let holders = reg.repositories_with_blob(&digest).await?;
+            match holders
+                .into_iter()
+                .find(|r| perms.allowed(r.as_str()).contains(Actions::PULL))
+            {
+                Some(r) => from = Some(r),
+                None => {
+                    let status = reg.start_upload(repo).await?;
+                    return Ok(upload_accepted(repo, &status, StatusCode::ACCEPTED));
+                }
+            }
+        }
         if reg.mount(repo, &digest, from.as_ref()).await?.is_some() {
             return Ok(blob_created(repo, digest.as_str()));
         }

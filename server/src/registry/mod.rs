@@ -252,6 +252,17 @@ impl Registry {
         Ok(Some(size))
     }
 
+    /// Repositories that may serve a blob (at most 1000).
+    pub async fn repositories_with_blob(&self, digest: &Digest) -> Result<Vec<RepoName>> {
+        Ok(self
+            .catalog
+            .repositories_with_blob(digest.as_str())
+            .await?
+            .iter()
+            .filter_map(|n| RepoName::parse(n))
+            .collect())
+    }
+
     // ---- uploads --------------------------------------------------------------
 
     /// The whole blob in one request (`POST ?digest=`).
