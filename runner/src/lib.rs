@@ -1,0 +1,6 @@
+//! wharf-runner: the node agent. It pulls images from a registry, unpacks
+//! their layers into a content-addressed store, and runs containers with
+//! namespace and cgroup isolation on an overlayfs rootfs.
+//!
+//! Work in progress: the modules below are the building blocks of the
+//! runner core (see ARCHITECTURE.md for what exists and what is next).
