@@ -4,3 +4,10 @@
 //!
 //! Work in progress: the modules below are the building blocks of the
 //! runner core (see ARCHITECTURE.md for what exists and what is next).
+
+pub mod bundle;
+pub mod cgroups;
+pub mod image;
+pub mod logs;
+pub mod runtime;
+pub mod shim;

@@ -25,14 +25,34 @@ PULL_DIGEST_RE = re.compile(r"^Digest: (sha(?:256|512):[0-9a-f]+)$", re.M)
 
 class Docker:
     """The docker CLI. scripts/test exports DOCKER when /usr/local/bin/docker
-    cannot talk to Debian's dockerd."""
+    cannot talk to Debian's dockerd. `env` is added to every command's
+    environment (e.g. DOCKER_CONFIG, so logins stay private to one test)."""
 
-    def __init__(self, binary: str | None = None):
+    def __init__(self, binary: str | None = None, env: dict | None = None):
         self.binary = binary or os.environ.get("DOCKER") or "docker"
+        self.env = dict(env or {})
 
-    def __call__(self, *args, timeout: float = 900, check: bool = True, env: dict | None = None):
-        full_env = None if env is None else {**os.environ, **env}
-        return run([self.binary, *args], timeout=timeout, check=check, env=full_env)
+    def with_env(self, **env) -> "Docker":
+        return Docker(self.binary, {**self.env, **env})
+
+    def __call__(
+        self,
+        *args,
+        timeout: float = 900,
+        check: bool = True,
+        env: dict | None = None,
+        input: str | None = None,
+    ):
+        extra = {**self.env, **(env or {})}
+        full_env = {**os.environ, **extra} if extra else None
+        kwargs = {"input": input} if input is not None else {}
+        return run([self.binary, *args], timeout=timeout, check=check, env=full_env, **kwargs)
+
+    def login(self, host: str, user: str, password: str, check: bool = True):
+        return self("login", "-u", user, "--password-stdin", host, input=password + "\n", check=check)
+
+    def logout(self, host: str):
+        return self("logout", host)
 
     def image_id(self, ref: str) -> str | None:
         proc = self("image", "inspect", "--format", "{{.Id}}", ref, check=False)
@@ -61,10 +81,13 @@ class Docker:
 
 
 class Podman:
-    """podman with private storage under `root`, so it never touches the host's.
+    """podman with private storage under `root`, so it never touches the host's,
+    and a private auth file (REGISTRY_AUTH_FILE) for `podman login`.
     Keep `root` short: podman refuses a runroot longer than 50 characters."""
 
     def __init__(self, root: Path):
+        self.auth_file = root / "auth.json"
+        self.auth_file.write_text('{"auths": {}}\n')  # podman push stats it: it must exist
         self.base = [
             "podman",
             "--root", root / "storage",
@@ -75,15 +98,18 @@ class Podman:
             "--events-backend", "file",
         ]  # fmt: skip
 
-    def __call__(self, *args, timeout: float = 600, check: bool = True):
-        return run([*self.base, *args], timeout=timeout, check=check)
+    def __call__(self, *args, timeout: float = 600, check: bool = True, input: str | None = None):
+        env = {**os.environ, "REGISTRY_AUTH_FILE": str(self.auth_file)}
+        kwargs = {"input": input} if input is not None else {}
+        return run([*self.base, *args], timeout=timeout, check=check, env=env, **kwargs)
 
     def image_id(self, ref: str) -> str:
         return self("image", "inspect", "--format", "{{.Id}}", ref).stdout.strip()
 
 
-def skopeo(*args, timeout: float = 600, check: bool = True):
-    return run(["skopeo", *args], timeout=timeout, check=check)
+def skopeo(*args, timeout: float = 600, check: bool = True, env: dict | None = None):
+    full_env = None if env is None else {**os.environ, **env}
+    return run(["skopeo", *args], timeout=timeout, check=check, env=full_env)
 
 
 @dataclass

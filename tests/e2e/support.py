@@ -5,12 +5,15 @@ Nothing here knows about pytest; conftest.py turns these into fixtures.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
+import secrets
 import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urljoin
@@ -20,6 +23,8 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 30.0
 HTTP_TIMEOUT = 60.0
+# Auth on, and a log line per request (so the log checks see as much as possible).
+AUTH_ENV = {"WHARF_AUTH_ENABLED": "true", "WHARF_LOG": "debug,sqlx=info"}
 
 
 def sha256_digest(data: bytes) -> str:
@@ -52,7 +57,8 @@ def server_binary() -> Path:
 
 def run(cmd, *, timeout: float = 600, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """Run a command, capture text output, and fail loudly with both streams."""
-    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    if "input" not in kwargs:
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(
@@ -81,16 +87,38 @@ def error_codes(resp: requests.Response) -> list[str]:
         return []
 
 
-class WharfServer:
-    """One wharf-server process bound to a fixed port and data dir, restartable."""
+def new_password(label: str) -> str:
+    """A unique, greppable password (the tests check the server never logs one)."""
+    return f"{label}-pw-{secrets.token_urlsafe(12)}"
 
-    def __init__(self, binary: Path, data_dir: Path, log_path: Path, port: int | None = None):
+
+class WharfServer:
+    """One wharf-server process bound to a fixed port and data dir, restartable.
+
+    `env` is added to the server's environment (e.g. WHARF_AUTH_ENABLED=true),
+    `config` is passed as --config. With auth on, the admin CLI (`cli`,
+    `add_user`, `grant`, ...) manages users on the same data dir and remembers
+    every password and secret it handed out in `users` and `secrets`."""
+
+    def __init__(
+        self,
+        binary: Path,
+        data_dir: Path,
+        log_path: Path,
+        port: int | None = None,
+        env: dict | None = None,
+        config: Path | None = None,
+    ):
         self.binary = binary
         self.data_dir = data_dir
         self.log_path = log_path
         self.port = port or free_port()
+        self.env = dict(env or {})
+        self.config = config
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.users: dict[str, str] = {}  # name -> password (or robot secret)
+        self.secrets: list[str] = []  # every password/secret used against this server
 
     @property
     def host(self) -> str:
@@ -105,22 +133,79 @@ class WharfServer:
     def url(self) -> str:
         return f"http://{self.host}"
 
-    def api(self) -> "RegistryApi":
-        return RegistryApi(self.url)
+    def api(self, user: str | None = None, anonymous: bool = False) -> "RegistryApi":
+        """A raw HTTP client; with `user` (a name from `users`) or `anonymous`,
+        it answers 401 challenges with a token from /token."""
+        if user is not None:
+            return RegistryApi(self.url, credentials=(user, self.users[user]))
+        return RegistryApi(self.url, credentials=() if anonymous else None)
+
+    def command(self, *args) -> list[str]:
+        cmd = [str(self.binary)]
+        if self.config is not None:
+            cmd += ["--config", str(self.config)]
+        return cmd + ["--data-dir", str(self.data_dir), *map(str, args)]
+
+    def cli(self, *args, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        """The admin CLI (`wharf-server --data-dir D ...`) on this server's data dir."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "NO_COLOR": "1"}
+        env.pop("WHARF_ADMIN_PASSWORD", None)
+        kwargs = {"input": input} if input is not None else {}
+        return run(self.command(*args), check=check, timeout=60, env=env, **kwargs)
+
+    def add_user(self, name: str, password: str | None = None, admin: bool = False) -> str:
+        password = password or new_password(name)
+        self.secrets.append(password)
+        flags = ["--admin"] if admin else []
+        out = self.cli("user", "add", name, *flags, "--password-stdin", input=password + "\n").stdout
+        assert f"created user {name}" in out, out
+        self.users[name] = password
+        return password
+
+    def grant(self, user: str, pattern: str, actions: str) -> None:
+        self.cli("grant", user, pattern, actions)
+
+    def public(self, pattern: str, on: bool = True) -> None:
+        self.cli("public", pattern, "on" if on else "off")
+
+    def add_robot(self, name: str, *pull_patterns: str) -> subprocess.CompletedProcess:
+        args = [arg for p in pull_patterns for arg in ("--pull", p)]
+        proc = self.cli("robot", "add", name, *args)
+        secret = proc.stdout.strip()
+        self.secrets.append(secret)
+        self.users[name] = secret
+        return proc
+
+    def secrets_in_log(self) -> list[str]:
+        """Every password/secret (or its Basic-auth encoding) that shows up in the log."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        found = [s for s in self.secrets if s in text]
+        for user, password in self.users.items():
+            basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+            if basic in text:
+                found.append(f"Basic {basic} ({user})")
+        return found
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "server already running"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.starts += 1
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env.setdefault("RUST_LOG", "info")
         env.setdefault("RUST_BACKTRACE", "1")
         env["NO_COLOR"] = "1"  # plain log text for humans and for panics()
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== wharf-server start #{self.starts} on {self.host} =====\n".encode())
             log.flush()
+            cmd = [str(self.binary)]
+            if self.config is not None:
+                cmd += ["--config", str(self.config)]
             self.proc = subprocess.Popen(
-                [str(self.binary), "serve", "--listen", self.host, "--data-dir", str(self.data_dir)],
+                [*cmd, "serve", "--listen", self.host, "--data-dir", str(self.data_dir)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -138,6 +223,9 @@ class WharfServer:
             try:
                 resp = requests.get(f"{self.url}/v2/", timeout=2)
                 if resp.status_code == 200:
+                    return
+                # With auth on, /v2/ answers with a token challenge once it serves.
+                if resp.status_code == 401 and resp.headers.get("WWW-Authenticate", "").startswith("Bearer "):
                     return
                 last = describe(resp)
             except requests.RequestException as exc:
@@ -181,19 +269,51 @@ class WharfServer:
         return f"--- wharf-server log {self.log_path} (last {lines} lines) ---\n" + "\n".join(text[-lines:])
 
 
-class RegistryApi:
-    """Thin distribution-spec client on `requests`, for the tests that speak HTTP."""
+BEARER_PARAM_RE = re.compile(r'(\w+)="([^"]*)"')
 
-    def __init__(self, base_url: str):
+
+def bearer_challenge(resp: requests.Response) -> dict | None:
+    """The parameters of a `WWW-Authenticate: Bearer ...` challenge, None without one."""
+    value = resp.headers.get("WWW-Authenticate", "")
+    if not value.lower().startswith("bearer "):
+        return None
+    return dict(BEARER_PARAM_RE.findall(value))
+
+
+class RegistryApi:
+    """Thin distribution-spec client on `requests`, for the tests that speak HTTP.
+
+    `credentials`: None ignores auth (a 401 is returned as is); `(user, password)`
+    or `()` (anonymous) answers a Bearer challenge like docker does: a token from
+    the challenge's realm for its scope, then the request once more."""
+
+    def __init__(self, base_url: str, credentials: tuple | None = None):
         self.base = base_url
         self.session = requests.Session()
+        self.credentials = credentials
 
     def url(self, path_or_location: str) -> str:
         return urljoin(self.base + "/", path_or_location)
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
         kwargs.setdefault("timeout", HTTP_TIMEOUT)
-        return self.session.request(method, self.url(path), **kwargs)
+        resp = self.session.request(method, self.url(path), **kwargs)
+        challenge = bearer_challenge(resp) if resp.status_code == 401 else None
+        if self.credentials is None or challenge is None:
+            return resp
+        token = self.token(challenge.get("scope"), realm=challenge["realm"], service=challenge.get("service"))
+        headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {token}"}
+        return self.session.request(method, self.url(path), headers=headers, **kwargs)
+
+    def token(self, scope: str | None, realm: str | None = None, service: str | None = None) -> str:
+        """GET /token (Basic auth with the credentials, or anonymous) for a scope."""
+        params = {"service": service or "wharf-registry"}
+        if scope:
+            params["scope"] = scope
+        auth = tuple(self.credentials) if self.credentials else None
+        resp = requests.get(realm or self.url("/token"), params=params, auth=auth, timeout=HTTP_TIMEOUT)
+        assert resp.status_code == 200, describe(resp)
+        return resp.json()["token"]
 
     # --- reads ---
     def get_blob(self, repo: str, digest: str) -> requests.Response:
@@ -294,6 +414,18 @@ class RegistryApi:
         return resp
 
 
+def assert_image_in_registry(api: "RegistryApi", repo: str, ref: str, digest: str) -> dict:
+    """The registry serves `repo:ref` as exactly `digest`, and every blob it names."""
+    assert api.manifest_digest(repo, ref) == digest
+    manifest, raw, resp = api.manifest_json(repo, ref)
+    assert digest_matches(raw, digest), "manifest bytes do not hash to the pushed digest"
+    assert resp.headers.get("Docker-Content-Digest") == digest, describe(resp)
+    for descriptor in [manifest["config"], *manifest["layers"]]:
+        blob = api.assert_blob(repo, descriptor["digest"])
+        assert len(blob) == descriptor["size"], f"size mismatch for {descriptor['digest']}"
+    return manifest
+
+
 RANGE_RE = re.compile(r"^0-(\d+)$")
 
 
@@ -303,3 +435,83 @@ def parse_range_end(resp: requests.Response) -> int:
     match = RANGE_RE.match(value.strip())
     assert match, f"upload Range header is not '0-N': {value!r}\n{describe(resp)}"
     return int(match.group(1))
+
+
+class ThrottledProxy:
+    """A TCP forwarder on a free loopback port to `upstream` ("HOST:PORT") that
+    passes client->server bytes at `rate` bytes/s in total over all connections
+    (server->client bytes are not slowed). Makes a push take as long as a test
+    needs. Use as a context manager; `.host` is "localhost:PORT" (docker treats
+    it as an insecure registry, and wharf's token realm follows the Host header)."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, upstream: str, rate: float):
+        up_host, _, up_port = upstream.rpartition(":")
+        self.upstream = (up_host, int(up_port))
+        self.rate = rate
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.host = f"localhost:{self.port}"
+        self._lock = threading.Lock()
+        self._next_free = time.monotonic()
+        self._closed = False
+        self._sockets: list[socket.socket] = []
+        self.bytes_up = 0
+
+    def __enter__(self) -> "ThrottledProxy":
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._closed = True
+        self.listener.close()
+        for s in list(self._sockets):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _throttle(self, n: int) -> None:
+        with self._lock:
+            start = max(time.monotonic(), self._next_free)
+            self._next_free = start + n / self.rate
+            self.bytes_up += n
+            until = self._next_free
+        delay = until - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, throttled: bool) -> None:
+        try:
+            while True:
+                data = src.recv(self.CHUNK)
+                if not data:
+                    break
+                if throttled:
+                    self._throttle(len(data))
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()

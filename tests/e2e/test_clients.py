@@ -12,21 +12,9 @@ import oras.oci
 import pytest
 
 from clients import skopeo
-from support import RegistryApi, describe, digest_matches, error_codes, sha256_digest
+from support import assert_image_in_registry, describe, digest_matches, error_codes, sha256_digest
 
 NO_TLS = ("--src-tls-verify=false", "--dest-tls-verify=false")
-
-
-def assert_image_in_registry(api: RegistryApi, repo: str, ref: str, digest: str) -> dict:
-    """The registry serves `repo:ref` as exactly `digest`, and every blob it names."""
-    assert api.manifest_digest(repo, ref) == digest
-    manifest, raw, resp = api.manifest_json(repo, ref)
-    assert digest_matches(raw, digest), "manifest bytes do not hash to the pushed digest"
-    assert resp.headers.get("Docker-Content-Digest") == digest, describe(resp)
-    for descriptor in [manifest["config"], *manifest["layers"]]:
-        blob = api.assert_blob(repo, descriptor["digest"])
-        assert len(blob) == descriptor["size"], f"size mismatch for {descriptor['digest']}"
-    return manifest
 
 
 def docker_roundtrip(docker, images, image, wharf, docker_refs, repo: str) -> tuple[str, dict]:

@@ -104,6 +104,16 @@ fn realm(auth: &Auth, headers: &HeaderMap) -> String {
 }
 
 fn unauthorized(auth: &Auth, headers: &HeaderMap, need: &Need, error: Option<&str>) -> ApiError {
+    let value = challenge_value(auth, headers, need, error);
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHORIZED",
+        "authentication required",
+    )
+    .with_header(header::WWW_AUTHENTICATE, &value)
+}
+
+fn challenge_value(auth: &Auth, headers: &HeaderMap, need: &Need, error: Option<&str>) -> String {
     let mut value = format!(
         "Bearer realm=\"{}\",service=\"{}\"",
         realm(auth, headers),
@@ -115,12 +125,7 @@ fn unauthorized(auth: &Auth, headers: &HeaderMap, need: &Need, error: Option<&st
     if let Some(e) = error {
         value.push_str(&format!(",error=\"{e}\""));
     }
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "UNAUTHORIZED",
-        "authentication required",
-    )
-    .with_header(header::WWW_AUTHENTICATE, &value)
+    value
 }
 
 /// Checks the request's bearer token against what the route needs. Returns
@@ -166,11 +171,18 @@ pub fn authorize(
             Some("insufficient_scope"),
         ))
     } else {
+        // 403 with the scope it lacks: the detail keeps docker from
+        // retrying (it retries a bare "denied"), and the insufficient_scope
+        // challenge (RFC 6750 3.1) lets clients such as oras ask for a
+        // token with more actions.
+        let www = challenge_value(auth, headers, need, Some("insufficient_scope"));
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "DENIED",
             "requested access to the resource is denied",
-        ))
+        )
+        .with_detail(serde_json::json!({ "scope": challenge_scope(need) }))
+        .with_header(header::WWW_AUTHENTICATE, &www))
     }
 }
 

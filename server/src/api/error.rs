@@ -40,7 +40,7 @@ impl ApiError {
         self
     }
 
-    fn with_detail(mut self, detail: serde_json::Value) -> Self {
+    pub(crate) fn with_detail(mut self, detail: serde_json::Value) -> Self {
         self.0.detail = detail;
         self
     }

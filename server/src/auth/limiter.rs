@@ -36,7 +36,11 @@ impl Limiter {
             .filter(|(start, n)| {
                 *n >= self.max_failures && now.duration_since(*start) < self.window
             })
-            .map(|(start, _)| (self.window - now.duration_since(*start)).as_secs().max(1))
+            .map(|(start, _)| {
+                // Rounded up: a client that waits exactly this long is let in.
+                let left = self.window - now.duration_since(*start);
+                left.as_secs() + u64::from(left.subsec_nanos() > 0)
+            })
             .max()
     }
 

@@ -250,7 +250,14 @@ impl Drop for Server {
     }
 }
 
+/// The workspace's reqwest is built without a default TLS provider (the
+/// runner picks ring); plain-HTTP clients still need one installed.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn client() -> reqwest::Client {
+    install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -565,5 +572,61 @@ impl Server {
             .and_then(|s| s.parse().ok())
             .map(Some)
             .ok_or_else(|| format!("no status line in {text:?}"))
+    }
+}
+
+// ---- auth -------------------------------------------------------------------------
+
+impl Server {
+    /// A server with auth on. `tweak` may change the settings first; `setup`
+    /// then runs on the catalog before the server starts (to create users,
+    /// grants, public patterns and robots: with auth on and no user,
+    /// `build_state` refuses to start). Returns what `setup` returned.
+    pub async fn start_auth<T>(
+        tweak: impl FnOnce(&mut Settings),
+        setup: impl AsyncFnOnce(&wharf_server::catalog::Catalog) -> T,
+    ) -> (Server, T) {
+        let dir = tempfile::tempdir().expect("temporary data directory");
+        let mut settings = Settings::with_data_dir(dir.path());
+        settings.storage.fsync = false;
+        settings.auth.enabled = true;
+        tweak(&mut settings);
+        std::fs::create_dir_all(&settings.data_dir).expect("create the data directory");
+        let catalog = wharf_server::catalog::Catalog::open(&settings.catalog_url())
+            .await
+            .expect("open the catalog");
+        let out = setup(&catalog).await;
+        drop(catalog);
+        let (addr, task) = launch(&settings).await;
+        let srv = Server {
+            base: format!("http://{addr}"),
+            addr,
+            client: client(),
+            settings,
+            dir: Arc::new(dir),
+            task,
+        };
+        (srv, out)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// A second handle on the running server's catalog (SQLite, WAL), as the
+    /// admin CLI opens it beside a live server.
+    pub async fn catalog(&self) -> wharf_server::catalog::Catalog {
+        wharf_server::catalog::Catalog::open(&self.settings.catalog_url())
+            .await
+            .expect("open the catalog")
+    }
+
+    /// A request carrying `Authorization: Bearer <token>` when given.
+    pub fn request_as(&self, token: Option<&str>, method: Method, path: &str) -> RequestBuilder {
+        let rb = self.request(method, path);
+        match token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
     }
 }
