@@ -5,8 +5,10 @@
 //! Work in progress: the modules below are the building blocks of the
 //! runner core (see ARCHITECTURE.md for what exists and what is next).
 
+pub mod api;
 pub mod bundle;
 pub mod cgroups;
+pub mod daemon;
 pub mod image;
 pub mod logs;
 pub mod runtime;

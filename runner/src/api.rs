@@ -1,0 +1,305 @@
+//! The daemon's local HTTP API: the wire types both sides share, and the
+//! frame format of streamed container output.
+//!
+//! The API is HTTP/1.1 on a unix socket, shaped after the Docker Engine API
+//! (paths, status codes, `{"message": ...}` errors) but not a copy of it.
+//! Called by `daemon` (server side) and `cli` (client side); calls nothing.
+//!
+//! | method + path | body / query | answer |
+//! |---|---|---|
+//! | `GET /_ping` | | `OK` |
+//! | `POST /images/pull` | [`PullRequest`] | 200, NDJSON [`PullEvent`]s; a failure after the 200 is a last event with `error` |
+//! | `GET /images/json` | | `[ImageSummary]` |
+//! | `GET /images/inspect?name=N` | | docker's image inspect JSON |
+//! | `DELETE /images?name=N&force=BOOL` | | `[RemovedImage]`; 409 if a container uses it (unless force) |
+//! | `POST /images/prune?all=BOOL` | | [`PruneReport`] |
+//! | `POST /auth` | [`LoginRequest`] | [`LoginResponse`]; 401 on wrong credentials |
+//! | `DELETE /auth?registry=R` | | 204; 404 when not logged in there |
+//! | `POST /containers/create` | [`CreateRequest`] | 201 [`CreateResponse`]; 404 `No such image: REF` (the CLI then pulls and retries) |
+//! | `POST /containers/{id}/start?attach=BOOL` | | 204, or with attach 200 and a [frame](encode_frame) stream ending with an exit frame |
+//! | `POST /containers/{id}/stop?t=SECONDS` | | 204; 304 when not running |
+//! | `POST /containers/{id}/kill?signal=SIG` | | 204; 409 when not running |
+//! | `POST /containers/{id}/wait` | | [`WaitResponse`] once it has stopped |
+//! | `DELETE /containers/{id}?force=BOOL` | | 204; 409 when running (unless force) |
+//! | `GET /containers/json?all=BOOL` | | `[ContainerSummary]` |
+//! | `GET /containers/{id}/json` | | docker's container inspect JSON |
+//! | `GET /containers/{id}/logs?follow=BOOL&tail=N&timestamps=BOOL` | | 200, frame stream |
+//!
+//! `{id}` is a full id, a unique id prefix, or a name. Errors: 400 for a bad
+//! request, 404 `No such container: X` / `No such image: X`, 409 for a
+//! conflict, 500 for the daemon's own failures; always `{"message": ...}`.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /images/pull`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PullRequest {
+    /// As the user typed it; short names get the default registry.
+    pub reference: String,
+}
+
+/// One line of a pull's NDJSON stream (docker's `docker pull` vocabulary).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PullEvent {
+    /// The layer this is about: the first 12 hex digits of its digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// "Pulling from team/app", "Pulling fs layer", "Already exists",
+    /// "Downloading", "Pull complete", "Digest: sha256:...",
+    /// "Status: Downloaded newer image for REF" /
+    /// "Status: Image is up to date for REF".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status: String,
+    /// Bytes received so far ("Downloading").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<u64>,
+    /// The layer's size ("Downloading", "Pulling fs layer").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// Set on the last event when the pull failed: one line naming what failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /images/json`: one row of `images`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageSummary {
+    /// `sha256:<config digest hex>`, docker's image id.
+    pub id: String,
+    /// `registry/repo:tag` names pointing at it (empty for a dangling image).
+    pub repo_tags: Vec<String>,
+    /// `registry/repo@sha256:...` (the manifest digest).
+    pub repo_digests: Vec<String>,
+    /// Seconds since the epoch, from the image config's `created`.
+    pub created: i64,
+    /// Bytes of the unpacked layers.
+    pub size: u64,
+    /// How many containers use it.
+    pub containers: u64,
+}
+
+/// One line of `rmi`'s answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum RemovedImage {
+    Untagged(String),
+    Deleted(String),
+}
+
+/// `POST /images/prune`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct PruneReport {
+    pub images_deleted: Vec<RemovedImage>,
+    pub space_reclaimed: u64,
+}
+
+/// `POST /auth`: check credentials against the registry and keep them.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoginRequest {
+    /// `host[:port]`, as in references.
+    pub registry: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoginResponse {
+    /// "Login Succeeded".
+    pub status: String,
+}
+
+/// `--pull`: when `run`/`create` pull the image.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    Missing,
+    Never,
+}
+
+/// `--network`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    #[default]
+    None,
+    Host,
+}
+
+/// `POST /containers/create`: everything `run`/`create` take, parsed by
+/// the CLI (sizes in bytes, `--env-file` already read into `env`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CreateRequest {
+    pub image: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Arguments after the image; `None`: the image's Cmd.
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// `--entrypoint` (one string, as docker takes it; "" clears it).
+    #[serde(default)]
+    pub entrypoint: Option<String>,
+    /// `--env-file` lines then `-e` values, `KEY=VALUE` or bare `KEY`
+    /// (the CLI resolves a bare `KEY` from its own environment, as docker).
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// `-m`, bytes.
+    #[serde(default)]
+    pub memory: Option<i64>,
+    /// `--memory-swap`, bytes; -1 unlimited.
+    #[serde(default)]
+    pub memory_swap: Option<i64>,
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub cpu_shares: Option<u64>,
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub read_only: bool,
+    /// `--rm`: the daemon removes the container when it exits.
+    #[serde(default)]
+    pub auto_remove: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateResponse {
+    pub id: String,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct WaitResponse {
+    pub status_code: i64,
+}
+
+/// `GET /containers/json`: one row of `ps`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerSummary {
+    pub id: String,
+    /// The name without docker's leading `/`.
+    pub name: String,
+    /// The image as the user named it.
+    pub image: String,
+    /// The command line, joined with spaces.
+    pub command: String,
+    /// Seconds since the epoch.
+    pub created: i64,
+    /// "created", "running", "exited".
+    pub state: String,
+    /// docker's human text: "Up 3 seconds", "Exited (0) 2 minutes ago", "Created".
+    pub status: String,
+}
+
+/// An error answer: `{"message": "..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub message: String,
+}
+
+/// Frame stream kinds: the first byte of each frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    Stdout = 1,
+    Stderr = 2,
+    /// The last frame of an attached start: JSON [`WaitResponse`].
+    Exit = 3,
+}
+
+/// Frame header length: `[kind, 0, 0, 0, len as u32 big-endian]`, docker's
+/// multiplexed stream format, with kind 3 added for the exit status.
+pub const FRAME_HEADER: usize = 8;
+/// Frames are at most this long (the sender splits bigger payloads).
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// Encodes one frame (payloads over [`MAX_FRAME`] are the caller's to split).
+pub fn encode_frame(kind: FrameKind, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_HEADER + payload.len());
+    out.push(kind as u8);
+    out.extend_from_slice(&[0, 0, 0]);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Decodes the frame at the front of `buf`: `Ok(Some((kind, payload,
+/// consumed)))`, `Ok(None)` when more bytes are needed, `Err` on a bad
+/// header (unknown kind or over [`MAX_FRAME`]).
+pub fn decode_frame(buf: &[u8]) -> Result<Option<(FrameKind, &[u8], usize)>, String> {
+    if buf.len() < FRAME_HEADER {
+        return Ok(None);
+    }
+    let kind = match buf[0] {
+        1 => FrameKind::Stdout,
+        2 => FrameKind::Stderr,
+        3 => FrameKind::Exit,
+        k => return Err(format!("bad frame kind {k}")),
+    };
+    let len = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+    if len > MAX_FRAME {
+        return Err(format!("frame of {len} bytes is over the limit"));
+    }
+    if buf.len() < FRAME_HEADER + len {
+        return Ok(None);
+    }
+    Ok(Some((
+        kind,
+        &buf[FRAME_HEADER..FRAME_HEADER + len],
+        FRAME_HEADER + len,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_wait_for_more_bytes() {
+        let mut buf = encode_frame(FrameKind::Stdout, b"hello\n");
+        buf.extend(encode_frame(FrameKind::Exit, br#"{"StatusCode":3}"#));
+        let (k, p, n) = decode_frame(&buf).unwrap().unwrap();
+        assert_eq!((k, p), (FrameKind::Stdout, &b"hello\n"[..]));
+        let (k, p, _) = decode_frame(&buf[n..]).unwrap().unwrap();
+        assert_eq!(k, FrameKind::Exit);
+        let w: WaitResponse = serde_json::from_slice(p).unwrap();
+        assert_eq!(w.status_code, 3);
+        assert_eq!(decode_frame(&buf[..5]).unwrap(), None);
+        assert_eq!(decode_frame(&buf[..n - 1]).unwrap(), None);
+        assert!(decode_frame(&[9, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn login_request_debug_hides_the_password() {
+        let r = LoginRequest {
+            registry: "r".into(),
+            username: "u".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{r:?}").contains("hunter2"));
+    }
+}
