@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod cgroups;
 pub mod daemon;
 pub mod image;
+pub mod internal;
 pub mod logs;
 pub mod runtime;
 pub mod shim;

@@ -27,3 +27,9 @@ pub struct Config {
     pub default_registry: String,
     pub insecure_registries: Vec<String>,
 }
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    let _ = config;
+    Err(Error::Internal("the daemon is being built".into()))
+}
