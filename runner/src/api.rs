@@ -219,6 +219,10 @@ pub struct ContainerSummary {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ErrorBody {
     pub message: String,
+    /// Set when a container's command could not be started: the exit code
+    /// docker's CLI gives (126 cannot run, 127 not found, 125 otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
 }
 
 /// Frame stream kinds: the first byte of each frame header.
@@ -247,10 +251,13 @@ pub fn encode_frame(kind: FrameKind, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A decoded frame: its kind, its payload, and how many bytes it took.
+pub type Frame<'a> = (FrameKind, &'a [u8], usize);
+
 /// Decodes the frame at the front of `buf`: `Ok(Some((kind, payload,
 /// consumed)))`, `Ok(None)` when more bytes are needed, `Err` on a bad
 /// header (unknown kind or over [`MAX_FRAME`]).
-pub fn decode_frame(buf: &[u8]) -> Result<Option<(FrameKind, &[u8], usize)>, String> {
+pub fn decode_frame(buf: &[u8]) -> Result<Option<Frame<'_>>, String> {
     if buf.len() < FRAME_HEADER {
         return Ok(None);
     }

@@ -5,7 +5,14 @@
 //!
 //! Calls `runtime`, `shim`, `cgroups`; called by `cli::main` only.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxResources;
+
+use crate::cgroups;
+use crate::runtime::HookError;
 
 const RUNTIME_USAGE: &str = "usage: wharf-runner runtime run --bundle DIR [--pid-file FILE] ID";
 
@@ -48,8 +55,35 @@ pub fn runtime_main(args: &[String]) -> i32 {
         eprintln!("{RUNTIME_USAGE}");
         return 125;
     };
-    let _ = pid_file;
-    match crate::runtime::run(&bundle, &id, &mut |_| Ok(())) {
+    let cgroup = match cgroup_of(&bundle) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wharf-runner: container {id}: {e}");
+            return 125;
+        }
+    };
+    let mut before_start = |pid: Pid| -> Result<(), HookError> {
+        if let Some((parent, name, resources)) = &cgroup {
+            let hierarchy = cgroups::detect(Path::new(cgroups::CGROUP_ROOT))?;
+            let fs: Arc<dyn cgroups::CgroupFs> = Arc::new(cgroups::HostFs);
+            // The daemon makes the cgroup before starting us (so a bad limit
+            // fails its `start` cleanly); run standalone, we make it.
+            let mut manager = cgroups::Manager::open(fs.clone(), &hierarchy, parent, name)?;
+            if manager.dirs().is_empty() {
+                manager = cgroups::Manager::create(fs, &hierarchy, parent, name, resources)?;
+            }
+            manager.add_process(pid)?;
+        }
+        Ok(())
+    };
+    let mut started = |pid: Pid| {
+        if let Some(path) = &pid_file
+            && let Err(e) = crate::shim::write_atomic(path, pid.as_raw().to_string().as_bytes())
+        {
+            eprintln!("wharf-runner: pid file {}: {e}", path.display());
+        }
+    };
+    match crate::runtime::run_with_hooks(&bundle, &id, &mut before_start, &mut started) {
         Ok(status) => status.code(),
         Err(e) => {
             eprintln!("wharf-runner: {e}");
@@ -58,8 +92,67 @@ pub fn runtime_main(args: &[String]) -> i32 {
     }
 }
 
-/// `wharf-runner shim ...`: see `shim`.
-pub fn shim_main(_args: &[String]) -> i32 {
-    eprintln!("wharf-runner shim: not built yet");
-    125
+/// The cgroup the bundle asks for: `linux.cgroupsPath` of the form
+/// `/PARENT/NAME` (the daemon writes `/wharf/<id>`), and its resources.
+/// `None` when the spec names none.
+fn cgroup_of(bundle: &Path) -> Result<Option<(String, String, LinuxResources)>, String> {
+    let spec = crate::bundle::load_bundle(bundle).map_err(|e| e.to_string())?;
+    let Some(linux) = spec.linux() else {
+        return Ok(None);
+    };
+    let Some(path) = linux.cgroups_path() else {
+        return Ok(None);
+    };
+    let text = path.to_string_lossy();
+    let parts: Vec<&str> = text.trim_start_matches('/').split('/').collect();
+    let [parent, name] = parts.as_slice() else {
+        return Err(format!(
+            "linux.cgroupsPath {text:?}: the built-in runtime takes /PARENT/NAME"
+        ));
+    };
+    Ok(Some((
+        parent.to_string(),
+        name.to_string(),
+        linux.resources().clone().unwrap_or_default(),
+    )))
+}
+
+const SHIM_USAGE: &str = "usage: wharf-runner shim --bundle DIR ID";
+
+/// `wharf-runner shim --bundle DIR ID`: the container's monitor. Runs
+/// `wharf-runner runtime run --bundle DIR --pid-file DIR/init.pid ID` with
+/// its output logged into DIR and records its end (see `shim`). Started by
+/// the daemon in a session of its own, so it outlives the daemon.
+pub fn shim_main(args: &[String]) -> i32 {
+    let (bundle, id) = match args {
+        [flag, dir, id] if flag == "--bundle" => (PathBuf::from(dir), id.clone()),
+        _ => {
+            eprintln!("{SHIM_USAGE}");
+            return 125;
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("wharf-runner shim: cannot find its own binary: {e}");
+            return 125;
+        }
+    };
+    let command: Vec<std::ffi::OsString> = vec![
+        exe.into(),
+        "runtime".into(),
+        "run".into(),
+        "--bundle".into(),
+        bundle.clone().into(),
+        "--pid-file".into(),
+        bundle.join(crate::shim::INIT_PID_FILE).into(),
+        id.into(),
+    ];
+    match crate::shim::run(&bundle, &command) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("wharf-runner shim: {e}");
+            125
+        }
+    }
 }

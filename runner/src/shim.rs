@@ -8,7 +8,8 @@
 //! nothing of the daemon, images or cgroups.
 //!
 //! Files in the container directory, each written whole (temp + rename):
-//! - `shim.pid`: the monitor's pid; `runtime.pid`: the runtime process's pid.
+//! - `shim.pid`: the monitor's pid; `runtime.pid`: the runtime process's pid;
+//!   `init.pid`: the container's pid (written by the runtime).
 //! - `container-log.json`: the logs (see `logs`).
 //! - `exit.json`: how the container ended; absent while it runs.
 
@@ -26,6 +27,9 @@ pub const LOG_FILE: &str = "container-log.json";
 pub const EXIT_FILE: &str = "exit.json";
 pub const SHIM_PID_FILE: &str = "shim.pid";
 pub const RUNTIME_PID_FILE: &str = "runtime.pid";
+/// The container's own pid (its PID 1, as the host sees it), written by the
+/// runtime once the command was executed.
+pub const INIT_PID_FILE: &str = "init.pid";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {

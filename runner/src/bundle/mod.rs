@@ -265,7 +265,7 @@ pub fn build_spec(
 /// Docker's merge of Entrypoint and Cmd: a user entrypoint replaces the
 /// image's and drops the image's Cmd; user arguments replace the image's
 /// Cmd; the command line is entrypoint followed by cmd.
-fn command_line(
+pub fn command_line(
     image_entrypoint: Option<&[String]>,
     image_cmd: Option<&[String]>,
     opts: &RunOptions,
@@ -288,7 +288,7 @@ fn command_line(
 
 /// The hostname: `-h`, else the host's for `--network host`, else the
 /// container id's first 12 characters; `None` when there is none of these.
-fn hostname(opts: &RunOptions) -> Result<Option<String>, BundleError> {
+pub fn hostname(opts: &RunOptions) -> Result<Option<String>, BundleError> {
     let name = match opts.hostname.as_deref().filter(|h| !h.is_empty()) {
         Some(h) => h.to_string(),
         None if opts.network == NetworkMode::Host => nix::unistd::gethostname()

@@ -38,6 +38,8 @@ pub use fs::{CgroupFs, HostFs};
 
 /// The parent cgroup every container's cgroup is made under.
 pub const DEFAULT_PARENT: &str = "wharf";
+/// Where the cgroup hierarchies are mounted.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// How long [`Manager::destroy`] waits for killed processes to leave.
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -29,6 +29,10 @@ pub enum Error {
     /// 502: a registry answered with an error or could not be reached.
     #[error("{0}")]
     Registry(String),
+    /// 400: the container's command could not be started; `exit_code` is
+    /// what docker's CLI exits with (126, 127, or 125).
+    #[error("{message}")]
+    StartFailed { message: String, exit_code: i64 },
     /// 500: the daemon's own failure (disk, database, cgroups, mounts).
     #[error("{0}")]
     Internal(String),
@@ -37,7 +41,7 @@ pub enum Error {
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::BadRequest(_) | Error::StartFailed { .. } => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
@@ -67,10 +71,15 @@ impl IntoResponse for Error {
         if status == StatusCode::NOT_MODIFIED {
             return status.into_response();
         }
+        let exit_code = match &self {
+            Error::StartFailed { exit_code, .. } => Some(*exit_code),
+            _ => None,
+        };
         (
             status,
             Json(ErrorBody {
                 message: self.to_string(),
+                exit_code,
             }),
         )
             .into_response()

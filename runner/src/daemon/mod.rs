@@ -7,10 +7,15 @@
 //! by `main` only. The CLI never links against this: it speaks HTTP.
 
 pub mod catalog;
+pub mod containers;
 pub mod error;
+pub mod http;
 pub mod images;
+pub mod overlay;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use error::{Error, Result};
 
@@ -28,8 +33,88 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
 }
 
-/// Runs the daemon until SIGTERM/SIGINT.
+/// Runs the daemon until SIGTERM or SIGINT. Running containers are left
+/// running when it stops: the next start re-attaches to them.
 pub async fn run(config: Config) -> Result<()> {
-    let _ = config;
-    Err(Error::Internal("the daemon is being built".into()))
+    let root = &config.root;
+    std::fs::create_dir_all(root)
+        .and_then(|()| std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| Error::Internal(format!("state dir {}: {e}", root.display())))?;
+    let _lock = lock_root(root)?;
+    let pool = catalog::open(root).await?;
+    let images = Arc::new(
+        images::Images::open(
+            root,
+            pool.clone(),
+            images::ImagesConfig {
+                default_registry: config.default_registry.clone(),
+                insecure_registries: config.insecure_registries.clone(),
+            },
+        )
+        .await?,
+    );
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Internal(format!("cannot find the wharf-runner binary: {e}")))?;
+    let containers = containers::Containers::open(root, pool, images.clone(), exe).await?;
+
+    let socket = &config.socket;
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::Internal(format!("socket dir {}: {e}", parent.display())))?;
+    }
+    // The root lock is ours, so a socket file left here is a dead daemon's.
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::Internal(format!("socket {}: {e}", socket.display()))),
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .map_err(|e| Error::Internal(format!("listening on {}: {e}", socket.display())))?;
+    // Only root (and the group, as docker's socket) may drive the daemon.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| Error::Internal(format!("socket {}: {e}", socket.display())))?;
+    tracing::info!(root = %root.display(), socket = %socket.display(), "wharf-runner daemon listening");
+
+    let app = http::router(http::AppState { images, containers });
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    let _ = std::fs::remove_file(socket);
+    served.map_err(|e| Error::Internal(format!("serving {}: {e}", socket.display())))?;
+    tracing::info!("wharf-runner daemon stopped; containers keep running");
+    Ok(())
+}
+
+/// One daemon per state dir: an exclusive lock on `<root>/daemon.lock`,
+/// held for the daemon's life.
+fn lock_root(root: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = root.join("daemon.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        Error::Conflict(format!(
+            "another wharf-runner daemon is using {}",
+            root.display()
+        ))
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
 }

@@ -231,6 +231,18 @@ pub fn run(
     id: &str,
     before_start: &mut dyn FnMut(Pid) -> Result<(), HookError>,
 ) -> Result<ExitStatus, Error> {
+    run_with_hooks(bundle, id, before_start, &mut |_| {})
+}
+
+/// [`run`], and `started` is called with the container's pid once its
+/// command was executed (the point where `runc run` would report the
+/// container running; a caller writes its pid file there).
+pub fn run_with_hooks(
+    bundle: &Path,
+    id: &str,
+    before_start: &mut dyn FnMut(Pid) -> Result<(), HookError>,
+    started: &mut dyn FnMut(Pid),
+) -> Result<ExitStatus, Error> {
     let config = bundle.join("config.json");
     let spec = Spec::load(&config).map_err(|source| Error::Spec {
         path: config.clone(),
@@ -357,6 +369,7 @@ pub fn run(
             },
         });
     }
+    started(child);
     wait_forwarding(child, &forwarded)
 }
 

@@ -1,0 +1,1454 @@
+//! Containers: their catalog rows, their directories, and every step of
+//! their life (create, start, the monitor's end, stop, kill, rm, re-attach
+//! after a daemon restart).
+//!
+//! A container's directory `<root>/containers/<id>/` holds its bundle
+//! (`config.json`, made at each start from the image and the create
+//! request, as docker does), its writable layer (`upper/`, `work/`), the
+//! overlay mountpoint `rootfs/`, the files bind-mounted at `/etc/hostname`,
+//! `/etc/hosts` and `/etc/resolv.conf`, and the monitor's files (see
+//! `shim`: logs, pids, `exit.json`).
+//!
+//! Start: mount the overlay, write the bundle, make the cgroup
+//! (`wharf/<id>`), then spawn `wharf-runner shim` in a session of its own;
+//! the shim runs the runtime, which joins the cgroup and writes `init.pid`
+//! once the command was executed. The container is running from then on
+//! whatever happens to the daemon. When the shim ends (the daemon waits for
+//! its child, or after a restart polls its pid), `finish` reads how it
+//! ended, asks the cgroup whether the OOM killer struck, removes the cgroup
+//! and unmounts the rootfs. A failure at any step undoes the steps before.
+//!
+//! Calls `images` (to resolve image ids), `overlay`, `bundle`, `cgroups`,
+//! `shim` (files), `logs`; called by `api`.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+use sqlx::SqlitePool;
+use tokio::sync::{mpsc, watch};
+
+use super::error::{Error, Result};
+use super::images::{ImageRecord, Images};
+use super::overlay;
+use crate::api::{
+    ContainerSummary, CreateRequest, CreateResponse, FrameKind, Network, WaitResponse, encode_frame,
+};
+use crate::bundle::{self, NetworkMode, RunOptions};
+use crate::cgroups::{self, Hierarchy, HostFs, Manager};
+use crate::logs::{Entry, Stream};
+use crate::shim;
+
+/// The cgroup parent of every container.
+const CGROUP_PARENT: &str = cgroups::DEFAULT_PARENT;
+/// How long `start` waits for the runtime to report the command executed.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the monitor of a re-attached container checks its shim, and
+/// how often log followers look for new lines.
+const POLL: Duration = Duration::from_millis(50);
+/// How long `kill -9` may take to be seen (stop after its timeout, rm -f).
+const KILL_GRACE: Duration = Duration::from_secs(15);
+/// Exit code recorded when a container's monitor died without telling.
+const UNKNOWN_EXIT: i64 = 255;
+/// docker's zero time, for never started/finished.
+const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+const HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n";
+
+/// One row of the `containers` table.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Row {
+    id: String,
+    name: String,
+    image: String,
+    image_id: String,
+    request: String,
+    path: String,
+    args: String,
+    stop_signal: String,
+    state: String,
+    pid: i64,
+    shim_pid: i64,
+    shim_start: i64,
+    exit_code: i64,
+    oom_killed: bool,
+    error: String,
+    created_at: String,
+    started_at: String,
+    finished_at: String,
+    restart_count: i64,
+}
+
+impl Row {
+    fn request(&self) -> Result<CreateRequest> {
+        serde_json::from_str(&self.request)
+            .map_err(|e| Error::Internal(format!("container {}: stored request: {e}", self.id)))
+    }
+
+    fn args(&self) -> Vec<String> {
+        serde_json::from_str(&self.args).unwrap_or_default()
+    }
+
+    fn running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+/// In-memory companion of a row: serializes state changes and tells
+/// waiters when the container stopped.
+struct Live {
+    /// Held across start, finish and remove of this container.
+    lock: tokio::sync::Mutex<()>,
+    /// (how many times it has stopped, its last exit code).
+    exits: watch::Sender<(u64, i64)>,
+}
+
+pub struct Containers {
+    dir: PathBuf,
+    pool: SqlitePool,
+    images: Arc<Images>,
+    hierarchy: std::result::Result<Hierarchy, String>,
+    exe: PathBuf,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+fn internal(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Internal(format!("{what}: {e}"))
+}
+
+/// A new container id: 32 random bytes in hex, as docker's.
+fn new_id() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(internal("reading /dev/urandom"))?;
+    Ok(hex::encode(bytes))
+}
+
+/// docker's rule for names: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
+fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() >= 2
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
+}
+
+const ADJECTIVES: &[&str] = &[
+    "brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry",
+    "nimble", "proud", "quiet", "rapid", "steady", "tender", "upbeat", "vivid", "witty", "zealous",
+];
+const NOUNS: &[&str] = &[
+    "anchor", "barge", "buoy", "cargo", "crane", "dock", "ferry", "harbor", "hull", "keel",
+    "lantern", "mast", "pier", "quay", "rudder", "sail", "skiff", "tug", "wharf", "yacht",
+];
+
+fn random_name(id: &str) -> String {
+    let n = u64::from_str_radix(&id[..12], 16).unwrap_or(0);
+    let a = ADJECTIVES[(n % ADJECTIVES.len() as u64) as usize];
+    let b = NOUNS[((n / 97) % NOUNS.len() as u64) as usize];
+    format!("{a}_{b}_{}", &id[..4])
+}
+
+/// A signal by docker's names: `KILL`, `SIGKILL`, `9`.
+pub fn parse_signal(s: &str) -> Result<Signal> {
+    let bad = || Error::BadRequest(format!("invalid signal: {s}"));
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| bad());
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>().map_err(|_| bad())
+}
+
+/// Clock ticks since boot at which `pid` started; `None` when it is gone
+/// or a zombie (a dead monitor whose parent has not reaped it).
+fn process_start(pid: i64) -> Option<i64> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // After the comm: state is field 3, starttime field 22 (1-based).
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+fn read_pid(path: &Path) -> Option<i64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// docker's `units.HumanDuration`.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let h = s / 3600;
+    if s < 1 {
+        "Less than a second".into()
+    } else if s == 1 {
+        "1 second".into()
+    } else if s < 60 {
+        format!("{s} seconds")
+    } else if s / 60 == 1 {
+        "About a minute".into()
+    } else if s < 3600 {
+        format!("{} minutes", s / 60)
+    } else if h == 1 {
+        "About an hour".into()
+    } else if h < 48 {
+        format!("{h} hours")
+    } else if h < 24 * 7 * 2 {
+        format!("{} days", h / 24)
+    } else if h < 24 * 30 * 2 {
+        format!("{} weeks", h / 24 / 7)
+    } else if h < 24 * 365 * 2 {
+        format!("{} months", h / 24 / 30)
+    } else {
+        format!("{} years", h / 24 / 365)
+    }
+}
+
+fn since(rfc3339: &str) -> Duration {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .ok()
+        .and_then(|t| {
+            (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                .to_std()
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn epoch(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .map(|t| t.timestamp())
+        .unwrap_or(0)
+}
+
+fn or_zero(t: &str) -> &str {
+    if t.is_empty() { ZERO_TIME } else { t }
+}
+
+/// The process a container runs, as docker shows it (Path, Args).
+fn process_of(image: &ImageRecord, req: &CreateRequest) -> Result<(String, Vec<String>)> {
+    let config = image.config.config().as_ref();
+    let opts = RunOptions {
+        cmd: req.cmd.clone(),
+        entrypoint: entrypoint_of(req),
+        ..RunOptions::default()
+    };
+    let argv = bundle::command_line(
+        config.and_then(|c| c.entrypoint().as_deref()),
+        config.and_then(|c| c.cmd().as_deref()),
+        &opts,
+    )
+    .map_err(|e| Error::BadRequest(e.to_string()))?;
+    let (path, args) = argv.split_first().expect("command_line is never empty");
+    Ok((path.clone(), args.to_vec()))
+}
+
+/// `--entrypoint ""` clears the image's Entrypoint; a non-empty one is a
+/// single word, as docker takes it.
+fn entrypoint_of(req: &CreateRequest) -> Option<Vec<String>> {
+    req.entrypoint.as_ref().map(|e| {
+        if e.is_empty() {
+            Vec::new()
+        } else {
+            vec![e.clone()]
+        }
+    })
+}
+
+fn run_options(id: &str, req: &CreateRequest, mounts: Vec<oci_spec::runtime::Mount>) -> RunOptions {
+    RunOptions {
+        container_id: id.to_string(),
+        cmd: req.cmd.clone(),
+        entrypoint: entrypoint_of(req),
+        env: req.env.clone(),
+        workdir: req.workdir.clone(),
+        user: req.user.clone(),
+        hostname: req.hostname.clone(),
+        memory: req.memory,
+        memory_swap: req.memory_swap,
+        cpus: req.cpus,
+        cpu_shares: req.cpu_shares,
+        pids_limit: req.pids_limit,
+        network: match req.network {
+            Network::None => NetworkMode::None,
+            Network::Host => NetworkMode::Host,
+        },
+        read_only: req.read_only,
+        tty: false,
+        cgroups_path: format!("/{CGROUP_PARENT}/{id}"),
+        mounts,
+    }
+}
+
+/// Checks what can be checked before anything is made, with docker's
+/// messages.
+fn validate(req: &CreateRequest) -> Result<()> {
+    if let Some(name) = &req.name {
+        let name = name.trim_start_matches('/');
+        if !valid_name(name) {
+            return Err(Error::BadRequest(format!(
+                "Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )));
+        }
+    }
+    if let Some(m) = req.memory
+        && m > 0
+        && m < bundle::MIN_MEMORY
+    {
+        return Err(Error::BadRequest(
+            "Minimum memory limit allowed is 6MB".into(),
+        ));
+    }
+    if let Some(cpus) = req.cpus {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if !(cpus == 0.0 || (0.01..=n as f64).contains(&cpus)) {
+            return Err(Error::BadRequest(format!(
+                "Range of CPUs is from 0.01 to {n}.00, as there are only {n} CPUs available"
+            )));
+        }
+    }
+    if let Some(w) = &req.workdir
+        && !w.starts_with('/')
+    {
+        return Err(Error::BadRequest(format!(
+            "the working directory '{w}' is invalid, it needs to be an absolute path"
+        )));
+    }
+    Ok(())
+}
+
+impl Containers {
+    /// Opens the containers of `root` and re-attaches to the running ones
+    /// (see [`Containers::recover`]).
+    pub async fn open(
+        root: &Path,
+        pool: SqlitePool,
+        images: Arc<Images>,
+        exe: PathBuf,
+    ) -> Result<Arc<Containers>> {
+        let dir = root.join("containers");
+        std::fs::create_dir_all(&dir).map_err(internal("creating the containers dir"))?;
+        let hierarchy = cgroups::detect(Path::new(cgroups::CGROUP_ROOT)).map_err(|e| e.to_string());
+        if let Err(e) = &hierarchy {
+            tracing::warn!(error = %e, "no usable cgroup hierarchy; containers cannot start");
+        }
+        let me = Arc::new(Containers {
+            dir,
+            pool,
+            images,
+            hierarchy,
+            exe,
+            live: Mutex::new(HashMap::new()),
+        });
+        me.recover().await?;
+        Ok(me)
+    }
+
+    fn container_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    fn live(&self, id: &str) -> Arc<Live> {
+        let mut map = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(id.to_string())
+            .or_insert_with(|| {
+                Arc::new(Live {
+                    lock: tokio::sync::Mutex::new(()),
+                    exits: watch::channel((0, 0)).0,
+                })
+            })
+            .clone()
+    }
+
+    fn cgroup(&self, id: &str) -> Result<Manager> {
+        let h = self
+            .hierarchy
+            .as_ref()
+            .map_err(|e| Error::Internal(e.clone()))?;
+        Manager::open(Arc::new(HostFs), h, CGROUP_PARENT, id)
+            .map_err(|e| Error::Internal(format!("cgroup of {id}: {e}")))
+    }
+
+    async fn rows(&self) -> Result<Vec<Row>> {
+        Ok(
+            sqlx::query_as::<_, Row>("SELECT * FROM containers ORDER BY created_at DESC")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn row(&self, id: &str) -> Result<Option<Row>> {
+        Ok(
+            sqlx::query_as::<_, Row>("SELECT * FROM containers WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Finds a container by full id, name (with or without docker's
+    /// leading `/`) or unique id prefix.
+    async fn resolve(&self, name: &str) -> Result<Row> {
+        let not_found = || Error::NotFound(format!("No such container: {name}"));
+        if name.is_empty() || name.len() > 256 {
+            return Err(not_found());
+        }
+        let plain = name.trim_start_matches('/');
+        if let Some(row) =
+            sqlx::query_as::<_, Row>("SELECT * FROM containers WHERE id = ? OR name = ?")
+                .bind(plain)
+                .bind(plain)
+                .fetch_optional(&self.pool)
+                .await?
+        {
+            return Ok(row);
+        }
+        if !plain.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(not_found());
+        }
+        let mut found = sqlx::query_as::<_, Row>(
+            "SELECT * FROM containers WHERE substr(id, 1, length(?1)) = ?1 LIMIT 2",
+        )
+        .bind(plain.to_ascii_lowercase())
+        .fetch_all(&self.pool)
+        .await?;
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(not_found()),
+            _ => Err(Error::NotFound(format!(
+                "multiple IDs found with provided prefix: {name}"
+            ))),
+        }
+    }
+
+    /// How many containers use each image id (for `rmi` and `images`).
+    pub async fn images_in_use(&self) -> Result<HashMap<String, u64>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT image_id, count(*) FROM containers GROUP BY image_id")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(i, n)| (i, n as u64)).collect())
+    }
+
+    /// `create`: checks the request, resolves the image and records the
+    /// container with its (empty) directory. The bundle is made at start.
+    pub async fn create(&self, req: CreateRequest) -> Result<CreateResponse> {
+        validate(&req)?;
+        let image = self.images.find(&req.image).await?;
+        let (path, args) = process_of(&image, &req)?;
+        let stop_signal = image
+            .config
+            .config()
+            .as_ref()
+            .and_then(|c| c.stop_signal().clone())
+            .unwrap_or_else(|| "SIGTERM".to_string());
+        parse_signal(&stop_signal)?;
+        let id = new_id()?;
+        let name = match &req.name {
+            Some(n) => n.trim_start_matches('/').to_string(),
+            None => random_name(&id),
+        };
+        let dir = self.container_dir(&id);
+        let made = (|| {
+            std::fs::create_dir(&dir)?;
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            for sub in ["upper", "work", "rootfs"] {
+                std::fs::create_dir(dir.join(sub))?;
+            }
+            Ok::<_, std::io::Error>(())
+        })();
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(Error::Internal(format!("creating {}: {e}", dir.display())));
+        }
+        let request = serde_json::to_string(&req).map_err(Error::internal)?;
+        let inserted = sqlx::query(
+            "INSERT INTO containers (id, name, image, image_id, request, path, args, stop_signal, state, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'created', ?)",
+        )
+        .bind(&id)
+        .bind(&name)
+        .bind(&req.image)
+        .bind(&image.id)
+        .bind(&request)
+        .bind(&path)
+        .bind(serde_json::to_string(&args).map_err(Error::internal)?)
+        .bind(&stop_signal)
+        .bind(now())
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = inserted {
+            let _ = std::fs::remove_dir_all(&dir);
+            if let sqlx::Error::Database(db) = &e
+                && db.is_unique_violation()
+            {
+                let other = self.resolve(&name).await.map(|r| r.id).unwrap_or_default();
+                return Err(Error::Conflict(format!(
+                    "Conflict. The container name \"/{name}\" is already in use by container \"{other}\". You have to remove (or rename) that container to be able to reuse that name."
+                )));
+            }
+            return Err(e.into());
+        }
+        tracing::info!(container = %id, %name, image = %req.image, "created");
+        Ok(CreateResponse {
+            id,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// `start` without attaching: returns once the command runs (or fails
+    /// with the reason and the exit code docker would give).
+    pub async fn start(self: &Arc<Self>, name: &str) -> Result<()> {
+        let row = self.resolve(name).await?;
+        if row.running() {
+            return Ok(());
+        }
+        let live = self.live(&row.id);
+        let mut rx = live.exits.subscribe();
+        rx.borrow_and_update();
+        self.launch(&row).await?;
+        let dir = self.container_dir(&row.id);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if dir.join(shim::INIT_PID_FILE).exists() {
+                return Ok(());
+            }
+            if rx.has_changed().unwrap_or(true) {
+                // It ended before the command ran: the runtime's reason is
+                // the last thing it logged.
+                let code = rx.borrow().1;
+                let reason = last_stderr(&dir).unwrap_or_else(|| format!("exit code {code}"));
+                return Err(Error::StartFailed {
+                    message: format!("failed to start container {}: {reason}", row.name),
+                    exit_code: code,
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Internal(format!(
+                    "container {} did not start within {} s",
+                    row.id,
+                    START_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// `start --attach`: starts the container and streams its output from
+    /// now on as frames, ending with an exit frame.
+    pub async fn start_attached(self: &Arc<Self>, name: &str) -> Result<mpsc::Receiver<Bytes>> {
+        let row = self.resolve(name).await?;
+        if row.running() {
+            return Err(Error::Conflict(format!(
+                "container {} is already running",
+                row.name
+            )));
+        }
+        let live = self.live(&row.id);
+        let mut rx = live.exits.subscribe();
+        rx.borrow_and_update();
+        let log = self.container_dir(&row.id).join(shim::LOG_FILE);
+        let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        self.launch(&row).await?;
+        let (tx, out) = mpsc::channel(64);
+        tokio::spawn(follow(log, offset, rx, tx, false, true));
+        Ok(out)
+    }
+
+    /// Makes everything a start needs and spawns the monitor. Undoes what
+    /// it made on failure.
+    async fn launch(self: &Arc<Self>, row: &Row) -> Result<()> {
+        let live = self.live(&row.id);
+        let guard = live.lock.lock().await;
+        // Re-read under the lock: another start may have won.
+        let row = self
+            .row(&row.id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("No such container: {}", row.id)))?;
+        if row.running() {
+            return Err(Error::Conflict(format!(
+                "container {} is already running",
+                row.name
+            )));
+        }
+        let req = row.request()?;
+        let image = self.images.find(&row.image_id).await.map_err(|e| match e {
+            Error::NotFound(_) => Error::NotFound(format!(
+                "No such image: {} (container {} was made from it)",
+                row.image, row.name
+            )),
+            e => e,
+        })?;
+        let dir = self.container_dir(&row.id);
+        let rootfs = dir.join("rootfs");
+        for sub in ["upper", "work", "rootfs"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(internal("container dir"))?;
+        }
+        for stale in [
+            shim::EXIT_FILE,
+            shim::INIT_PID_FILE,
+            shim::RUNTIME_PID_FILE,
+            shim::SHIM_PID_FILE,
+        ] {
+            let _ = std::fs::remove_file(dir.join(stale));
+        }
+        let store = self.images.store();
+        let mut lower = Vec::with_capacity(image.layers.len());
+        for digest in image.layers.iter().rev() {
+            let link = store
+                .layer_link(digest)
+                .map_err(|e| Error::Internal(format!("image {}: {e}", image.id)))?;
+            lower.push(store.root().join(link));
+        }
+        if lower.is_empty() {
+            // overlay needs a lower dir; an image without layers gets an
+            // empty one.
+            let empty = dir.join("empty");
+            std::fs::create_dir_all(&empty).map_err(internal("container dir"))?;
+            lower.push(empty);
+        }
+        let layout = overlay::Layout {
+            lower,
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            target: rootfs.clone(),
+        };
+        overlay::mount(&layout).map_err(Error::internal)?;
+        let undo_mount = || {
+            if let Err(e) = overlay::unmount(&rootfs) {
+                tracing::warn!(error = %e, "unmounting {}", rootfs.display());
+            }
+        };
+        let spec = match self.write_bundle(&row.id, &req, &image, &dir) {
+            Ok(spec) => spec,
+            Err(e) => {
+                undo_mount();
+                return Err(e);
+            }
+        };
+        let resources = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone())
+            .unwrap_or_default();
+        let hierarchy = match &self.hierarchy {
+            Ok(h) => h,
+            Err(e) => {
+                undo_mount();
+                return Err(Error::Internal(format!("cgroups: {e}")));
+            }
+        };
+        if let Ok(old) = self.cgroup(&row.id) {
+            let _ = old.destroy();
+        }
+        let manager = match Manager::create(
+            Arc::new(HostFs),
+            hierarchy,
+            CGROUP_PARENT,
+            &row.id,
+            &resources,
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                undo_mount();
+                return Err(Error::Internal(format!(
+                    "container {}: cgroup: {e}",
+                    row.name
+                )));
+            }
+        };
+        let spawned = self.spawn_shim(&row.id, &dir);
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = manager.destroy();
+                undo_mount();
+                return Err(e);
+            }
+        };
+        let shim_pid = child.id().map_or(0, i64::from);
+        let shim_start = process_start(shim_pid).unwrap_or(0);
+        sqlx::query(
+            "UPDATE containers SET state = 'running', pid = 0, shim_pid = ?, shim_start = ?,
+             exit_code = 0, oom_killed = 0, error = '', started_at = ?, finished_at = '' WHERE id = ?",
+        )
+        .bind(shim_pid)
+        .bind(shim_start)
+        .bind(now())
+        .bind(&row.id)
+        .execute(&self.pool)
+        .await?;
+        drop(guard);
+        tracing::info!(container = %row.id, shim = shim_pid, "started");
+        let me = Arc::clone(self);
+        let id = row.id.clone();
+        tokio::spawn(async move {
+            me.watch_pid(&id).await;
+            let mut child = child;
+            if let Err(e) = child.wait().await {
+                tracing::warn!(container = %id, error = %e, "waiting for the monitor");
+            }
+            me.finish(&id).await;
+        });
+        Ok(())
+    }
+
+    /// Records the container's pid once the runtime wrote it.
+    async fn watch_pid(&self, id: &str) {
+        let path = self.container_dir(id).join(shim::INIT_PID_FILE);
+        let exit = self.container_dir(id).join(shim::EXIT_FILE);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(pid) = read_pid(&path) {
+                let _ =
+                    sqlx::query("UPDATE containers SET pid = ? WHERE id = ? AND state = 'running'")
+                        .bind(pid)
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await;
+                return;
+            }
+            if exit.exists() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn write_bundle(
+        &self,
+        id: &str,
+        req: &CreateRequest,
+        image: &ImageRecord,
+        dir: &Path,
+    ) -> Result<oci_spec::runtime::Spec> {
+        let host_network = req.network == Network::Host;
+        let probe = run_options(id, req, Vec::new());
+        let hostname = bundle::hostname(&probe)
+            .map_err(|e| Error::BadRequest(e.to_string()))?
+            .unwrap_or_default();
+        let hosts = if host_network {
+            std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| HOSTS.to_string())
+        } else {
+            HOSTS.to_string()
+        };
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let resolv = if host_network {
+            resolv
+        } else {
+            // Loopback resolvers of the host are not reachable from the
+            // container's own network namespace (docker drops them too).
+            resolv
+                .lines()
+                .filter(|l| {
+                    let mut w = l.split_whitespace();
+                    !(w.next() == Some("nameserver")
+                        && w.next()
+                            .is_some_and(|a| a.starts_with("127.") || a == "::1"))
+                })
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
+        let files = [
+            ("hostname", "/etc/hostname", format!("{hostname}\n")),
+            ("hosts", "/etc/hosts", hosts),
+            ("resolv.conf", "/etc/resolv.conf", resolv),
+        ];
+        let mut mounts = Vec::new();
+        for (file, dest, content) in files {
+            let path = dir.join(file);
+            shim::write_atomic(&path, content.as_bytes()).map_err(internal("container files"))?;
+            mounts.push(
+                bundle::bind_mount(&path, dest, false)
+                    .map_err(|e| Error::Internal(e.to_string()))?,
+            );
+        }
+        let opts = run_options(id, req, mounts);
+        let spec =
+            bundle::build_spec(&image.config, &opts, &dir.join("rootfs")).map_err(|e| match e {
+                bundle::BundleError::Write { .. } | bundle::BundleError::Read { .. } => {
+                    Error::Internal(e.to_string())
+                }
+                e => Error::BadRequest(e.to_string()),
+            })?;
+        bundle::write_bundle(dir, &spec).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(spec)
+    }
+
+    fn spawn_shim(&self, id: &str, dir: &Path) -> Result<tokio::process::Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("shim.log"))
+            .map_err(internal("shim log"))?;
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg("shim")
+            .arg("--bundle")
+            .arg(dir)
+            .arg(id)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(false);
+        // SAFETY: setsid is async-signal-safe; nothing else runs between
+        // fork and exec. Its own session keeps the shim (and so the
+        // container) alive when the daemon or its terminal goes away.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        cmd.spawn().map_err(|e| {
+            Error::Internal(format!("starting the monitor {}: {e}", self.exe.display()))
+        })
+    }
+
+    /// The container's monitor ended: record how, clean up the cgroup and
+    /// the mount, tell the waiters, and remove it when `--rm` asked.
+    async fn finish(self: &Arc<Self>, id: &str) {
+        let live = self.live(id);
+        let guard = live.lock.lock().await;
+        let dir = self.container_dir(id);
+        let (code, finished) = match shim::read_exit(&dir) {
+            Some(r) => (i64::from(r.exit_code), r.finished_at),
+            None => (UNKNOWN_EXIT, now()),
+        };
+        let mut oom = false;
+        match self.cgroup(id) {
+            Ok(m) => {
+                oom = m.oom_killed().unwrap_or(false);
+                if let Err(e) = m.destroy() {
+                    tracing::warn!(container = %id, error = %e, "removing the cgroup");
+                }
+            }
+            Err(e) => tracing::warn!(container = %id, error = %e, "cgroup"),
+        }
+        if let Err(e) = overlay::unmount(&dir.join("rootfs")) {
+            tracing::warn!(container = %id, error = %e, "unmounting the rootfs");
+        }
+        let error = if shim::read_exit(&dir).is_none() {
+            "the container's monitor ended without recording an exit status".to_string()
+        } else {
+            String::new()
+        };
+        let updated = sqlx::query(
+            "UPDATE containers SET state = 'exited', pid = 0, shim_pid = 0, shim_start = 0,
+             exit_code = ?, oom_killed = ?, error = ?, finished_at = ? WHERE id = ?",
+        )
+        .bind(code)
+        .bind(oom)
+        .bind(&error)
+        .bind(&finished)
+        .bind(id)
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = updated {
+            tracing::error!(container = %id, error = %e, "recording the exit");
+        }
+        tracing::info!(container = %id, exit_code = code, oom_killed = oom, "exited");
+        live.exits.send_modify(|(n, c)| {
+            *n += 1;
+            *c = code;
+        });
+        let auto_remove = self
+            .row(id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.request().ok())
+            .is_some_and(|r| r.auto_remove);
+        drop(guard);
+        if auto_remove && let Err(e) = self.remove_stopped(id).await {
+            tracing::warn!(container = %id, error = %e, "auto-remove");
+        }
+    }
+
+    /// On daemon start: containers whose monitor still runs are watched
+    /// again; the others are finished with what their monitor recorded.
+    /// Directories without a row (a crash during create or rm) go.
+    async fn recover(self: &Arc<Self>) -> Result<()> {
+        let rows = self.rows().await?;
+        for row in &rows {
+            if !row.running() {
+                continue;
+            }
+            let alive = process_start(row.shim_pid).is_some_and(|s| s == row.shim_start);
+            let me = Arc::clone(self);
+            let id = row.id.clone();
+            if alive {
+                tracing::info!(container = %id, shim = row.shim_pid, "re-attached");
+                let (pid, start) = (row.shim_pid, row.shim_start);
+                let pid_file = self.container_dir(&id).join(shim::INIT_PID_FILE);
+                if row.pid == 0
+                    && let Some(p) = read_pid(&pid_file)
+                {
+                    sqlx::query("UPDATE containers SET pid = ? WHERE id = ?")
+                        .bind(p)
+                        .bind(&id)
+                        .execute(&self.pool)
+                        .await?;
+                }
+                tokio::spawn(async move {
+                    while process_start(pid) == Some(start) {
+                        tokio::time::sleep(POLL * 4).await;
+                    }
+                    me.finish(&id).await;
+                });
+            } else {
+                me.finish(&id).await;
+            }
+        }
+        let known: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if known.contains(name.as_str()) {
+                    continue;
+                }
+                tracing::warn!(dir = %entry.path().display(), "removing a container dir without a catalog row");
+                let _ = overlay::unmount(&entry.path().join("rootfs"));
+                if let Ok(m) = self.cgroup(&name) {
+                    let _ = m.destroy();
+                }
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    async fn signal(&self, row: &Row, sig: Signal) -> Result<()> {
+        let pid = if row.pid > 0 {
+            row.pid
+        } else {
+            read_pid(&self.container_dir(&row.id).join(shim::INIT_PID_FILE)).unwrap_or(0)
+        };
+        if pid <= 1 {
+            return Err(Error::Conflict(format!(
+                "container {} is not running",
+                row.id
+            )));
+        }
+        match kill(Pid::from_raw(pid as i32), sig) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(Error::Internal(format!(
+                "signalling container {}: {e}",
+                row.id
+            ))),
+        }
+    }
+
+    /// Waits until the container's stop count moves past `seen`.
+    async fn wait_stopped(rx: &mut watch::Receiver<(u64, i64)>, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, rx.changed()).await.is_ok()
+    }
+
+    /// `kill -s SIG`.
+    pub async fn kill(&self, name: &str, signal: &str) -> Result<()> {
+        let sig = parse_signal(signal)?;
+        let row = self.resolve(name).await?;
+        if !row.running() {
+            return Err(Error::Conflict(format!(
+                "cannot kill container: {name}: container {} is not running",
+                row.id
+            )));
+        }
+        self.signal(&row, sig).await
+    }
+
+    /// `stop -t`: the image's stop signal, then SIGKILL after `timeout`.
+    pub async fn stop(&self, name: &str, timeout: Option<u64>) -> Result<()> {
+        let row = self.resolve(name).await?;
+        if !row.running() {
+            return Err(Error::NotModified(format!(
+                "container {name} is already stopped"
+            )));
+        }
+        let live = self.live(&row.id);
+        let mut rx = live.exits.subscribe();
+        rx.borrow_and_update();
+        let sig = parse_signal(&row.stop_signal).unwrap_or(Signal::SIGTERM);
+        self.signal(&row, sig).await?;
+        if Self::wait_stopped(&mut rx, Duration::from_secs(timeout.unwrap_or(10))).await {
+            return Ok(());
+        }
+        tracing::info!(container = %row.id, "did not stop in time; killing it");
+        self.signal(&row, Signal::SIGKILL).await?;
+        if Self::wait_stopped(&mut rx, KILL_GRACE).await {
+            Ok(())
+        } else {
+            Err(Error::Internal(format!(
+                "container {} did not exit after SIGKILL",
+                row.id
+            )))
+        }
+    }
+
+    /// `wait`: blocks until the container is not running; its exit code.
+    pub async fn wait(&self, name: &str) -> Result<WaitResponse> {
+        let row = self.resolve(name).await?;
+        let live = self.live(&row.id);
+        let mut rx = live.exits.subscribe();
+        rx.borrow_and_update();
+        let row = self.row(&row.id).await?.unwrap_or(row);
+        if !row.running() {
+            return Ok(WaitResponse {
+                status_code: row.exit_code,
+            });
+        }
+        rx.changed()
+            .await
+            .map_err(|_| Error::Internal("the daemon is shutting down".into()))?;
+        let code = rx.borrow().1;
+        Ok(WaitResponse { status_code: code })
+    }
+
+    /// `rm [-f]`.
+    pub async fn remove(&self, name: &str, force: bool) -> Result<()> {
+        let row = self.resolve(name).await?;
+        if row.running() {
+            if !force {
+                return Err(Error::Conflict(format!(
+                    "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
+                    row.id
+                )));
+            }
+            let live = self.live(&row.id);
+            let mut rx = live.exits.subscribe();
+            rx.borrow_and_update();
+            self.signal(&row, Signal::SIGKILL).await?;
+            if !Self::wait_stopped(&mut rx, KILL_GRACE).await {
+                return Err(Error::Internal(format!(
+                    "container {} did not exit after SIGKILL",
+                    row.id
+                )));
+            }
+        }
+        self.remove_stopped(&row.id).await
+    }
+
+    async fn remove_stopped(&self, id: &str) -> Result<()> {
+        let live = self.live(id);
+        let _guard = live.lock.lock().await;
+        let Some(row) = self.row(id).await? else {
+            return Ok(());
+        };
+        if row.running() {
+            return Err(Error::Conflict(format!("container {id} is running again")));
+        }
+        let dir = self.container_dir(id);
+        overlay::unmount(&dir.join("rootfs"))
+            .map_err(|e| Error::Internal(format!("unmounting {}: {e}", dir.display())))?;
+        if let Ok(m) = self.cgroup(id) {
+            m.destroy()
+                .map_err(|e| Error::Internal(format!("removing the cgroup of {id}: {e}")))?;
+        }
+        // The row goes first: a crash after it leaves a dir that the next
+        // start removes (see recover), never a row without its files.
+        sqlx::query("DELETE FROM containers WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(container = %id, error = %e, "removing {}", dir.display());
+        }
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        tracing::info!(container = %id, "removed");
+        Ok(())
+    }
+
+    /// `ps [-a]`.
+    pub async fn list(&self, all: bool) -> Result<Vec<ContainerSummary>> {
+        let rows = self.rows().await?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| all || r.running())
+            .map(|r| {
+                let status = match r.state.as_str() {
+                    "running" => format!("Up {}", human_duration(since(&r.started_at))),
+                    "exited" => format!(
+                        "Exited ({}) {} ago",
+                        r.exit_code,
+                        human_duration(since(&r.finished_at))
+                    ),
+                    _ => "Created".to_string(),
+                };
+                let mut command = vec![r.path.clone()];
+                command.extend(r.args());
+                ContainerSummary {
+                    id: r.id.clone(),
+                    name: r.name.clone(),
+                    image: r.image.clone(),
+                    command: command.join(" "),
+                    created: epoch(&r.created_at),
+                    state: r.state.clone(),
+                    status,
+                }
+            })
+            .collect())
+    }
+
+    /// `inspect`: docker's keys.
+    pub async fn inspect(&self, name: &str) -> Result<serde_json::Value> {
+        let r = self.resolve(name).await?;
+        let req = r.request()?;
+        let dir = self.container_dir(&r.id);
+        let image = self.images.find(&r.image_id).await.ok();
+        let config = image.as_ref().and_then(|i| i.config.config().clone());
+        let mut env: Vec<String> = config
+            .as_ref()
+            .and_then(|c| c.env().clone())
+            .unwrap_or_default();
+        env.extend(req.env.iter().cloned());
+        let hostname = bundle::hostname(&run_options(&r.id, &req, Vec::new()))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let lower: Vec<String> = image
+            .map(|i| {
+                i.layers
+                    .iter()
+                    .rev()
+                    .filter_map(|d| self.images.store().layer_path(d).ok())
+                    .map(|p| p.display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let entrypoint = match &req.entrypoint {
+            Some(e) if e.is_empty() => None,
+            Some(e) => Some(vec![e.clone()]),
+            None => config.as_ref().and_then(|c| c.entrypoint().clone()),
+        };
+        let cmd = match &req.cmd {
+            Some(c) if !c.is_empty() => Some(c.clone()),
+            _ if req.entrypoint.is_some() => None,
+            _ => config.as_ref().and_then(|c| c.cmd().clone()),
+        };
+        let network = match req.network {
+            Network::None => "none",
+            Network::Host => "host",
+        };
+        Ok(json!({
+            "Id": r.id,
+            "Created": r.created_at,
+            "Path": r.path,
+            "Args": r.args(),
+            "State": {
+                "Status": r.state,
+                "Running": r.running(),
+                "Paused": false,
+                "Restarting": false,
+                "OOMKilled": r.oom_killed,
+                "Dead": false,
+                "Pid": if r.running() { r.pid } else { 0 },
+                "ExitCode": r.exit_code,
+                "Error": r.error,
+                "StartedAt": or_zero(&r.started_at),
+                "FinishedAt": or_zero(&r.finished_at),
+            },
+            "Image": r.image_id,
+            "ResolvConfPath": dir.join("resolv.conf"),
+            "HostnamePath": dir.join("hostname"),
+            "HostsPath": dir.join("hosts"),
+            "LogPath": dir.join(shim::LOG_FILE),
+            "Name": format!("/{}", r.name),
+            "RestartCount": r.restart_count,
+            "Driver": "overlay",
+            "Platform": "linux",
+            "HostConfig": {
+                "NetworkMode": network,
+                "AutoRemove": req.auto_remove,
+                "ReadonlyRootfs": req.read_only,
+                "Memory": req.memory.unwrap_or(0),
+                "MemorySwap": req.memory_swap.unwrap_or(0),
+                "NanoCpus": req.cpus.map_or(0, |c| (c * 1e9).round() as i64),
+                "CpuShares": req.cpu_shares.unwrap_or(0),
+                "PidsLimit": req.pids_limit,
+                "CgroupParent": CGROUP_PARENT,
+            },
+            "GraphDriver": {
+                "Name": "overlay",
+                "Data": {
+                    "LowerDir": lower.join(":"),
+                    "UpperDir": dir.join("upper"),
+                    "WorkDir": dir.join("work"),
+                    "MergedDir": dir.join("rootfs"),
+                },
+            },
+            "Config": {
+                "Hostname": hostname,
+                "User": req.user.clone().or_else(|| config.as_ref().and_then(|c| c.user().clone())).unwrap_or_default(),
+                "Env": env,
+                "Cmd": cmd,
+                "Entrypoint": entrypoint,
+                "Image": r.image,
+                "WorkingDir": req.workdir.clone().or_else(|| config.as_ref().and_then(|c| c.working_dir().clone())).unwrap_or_default(),
+                "Labels": config.as_ref().and_then(|c| c.labels().clone()).unwrap_or_default(),
+                "StopSignal": r.stop_signal,
+            },
+            "NetworkSettings": {
+                "IPAddress": "",
+                "Gateway": "",
+                "MacAddress": "",
+                "Networks": {},
+            },
+        }))
+    }
+
+    /// `logs [-f] [--tail N] [-t]` as a frame stream.
+    pub async fn logs(
+        &self,
+        name: &str,
+        follow_on: bool,
+        tail: Option<usize>,
+        timestamps: bool,
+    ) -> Result<mpsc::Receiver<Bytes>> {
+        let row = self.resolve(name).await?;
+        let live = self.live(&row.id);
+        let mut rx = live.exits.subscribe();
+        rx.borrow_and_update();
+        let path = self.container_dir(&row.id).join(shim::LOG_FILE);
+        let (tx, out) = mpsc::channel(64);
+        let running = self.row(&row.id).await?.is_some_and(|r| r.running());
+        let offset = match tail {
+            Some(n) => tail_offset(&path, n).map_err(internal("reading the log"))?,
+            None => 0,
+        };
+        tokio::spawn(async move {
+            if follow_on && running {
+                follow(path, offset, rx, tx, timestamps, false).await;
+            } else {
+                let mut reader = LogTail::new(path, offset);
+                if let Ok(entries) = reader.read_new() {
+                    send_entries(&tx, &entries, timestamps).await;
+                }
+            }
+        });
+        Ok(out)
+    }
+}
+
+/// The last line the container (or the runtime) wrote on stderr.
+fn last_stderr(dir: &Path) -> Option<String> {
+    let entries = crate::logs::read_entries(&dir.join(shim::LOG_FILE), Some(50)).ok()?;
+    entries
+        .iter()
+        .rev()
+        .find(|e| e.stream == Stream::Stderr && !e.log.trim().is_empty())
+        .map(|e| {
+            let line = e.log.trim();
+            line.strip_prefix("wharf-runner: ")
+                .unwrap_or(line)
+                .to_string()
+        })
+}
+
+/// The byte offset from which the last `n` entries of the log start.
+fn tail_offset(path: &Path, n: usize) -> std::io::Result<u64> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    // Only complete lines count.
+    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if n == 0 {
+        return Ok(end as u64);
+    }
+    let mut seen = 0;
+    for (i, b) in bytes[..end].iter().enumerate().rev() {
+        if *b == b'\n' && i + 1 != end {
+            seen += 1;
+            if seen == n {
+                return Ok(i as u64 + 1);
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Reads a growing json-file log from an offset, whole lines only.
+struct LogTail {
+    path: PathBuf,
+    offset: u64,
+}
+
+impl LogTail {
+    fn new(path: PathBuf, offset: u64) -> LogTail {
+        LogTail { path, offset }
+    }
+
+    fn read_new(&mut self) -> std::io::Result<Vec<Entry>> {
+        let mut file = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        file.seek(SeekFrom::Start(self.offset))?;
+        // Bounded per call; the follower comes back for the rest.
+        let mut buf = Vec::new();
+        file.take(4 << 20).read_to_end(&mut buf)?;
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+            return Ok(Vec::new());
+        };
+        self.offset += end as u64 + 1;
+        Ok(buf[..end]
+            .split(|&b| b == b'\n')
+            .filter_map(|line| serde_json::from_slice::<Entry>(line).ok())
+            .collect())
+    }
+}
+
+/// Sends entries as frames; false when the receiver is gone.
+async fn send_entries(tx: &mpsc::Sender<Bytes>, entries: &[Entry], timestamps: bool) -> bool {
+    for e in entries {
+        let kind = match e.stream {
+            Stream::Stdout => FrameKind::Stdout,
+            Stream::Stderr => FrameKind::Stderr,
+        };
+        let payload = if timestamps {
+            format!("{} {}", e.time, e.log)
+        } else {
+            e.log.clone()
+        };
+        if tx
+            .send(Bytes::from(encode_frame(kind, payload.as_bytes())))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// Streams the log from `offset` until the container stops (then the rest
+/// of the log, and with `exit_frame` the exit code).
+async fn follow(
+    path: PathBuf,
+    offset: u64,
+    mut stopped: watch::Receiver<(u64, i64)>,
+    tx: mpsc::Sender<Bytes>,
+    timestamps: bool,
+    exit_frame: bool,
+) {
+    let mut reader = LogTail::new(path, offset);
+    loop {
+        let done = stopped.has_changed().unwrap_or(true);
+        loop {
+            match reader.read_new() {
+                Ok(entries) if entries.is_empty() => break,
+                Ok(entries) => {
+                    if !send_entries(&tx, &entries, timestamps).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading a container log");
+                    break;
+                }
+            }
+        }
+        if done {
+            if exit_frame {
+                let code = stopped.borrow_and_update().1;
+                let body =
+                    serde_json::to_vec(&WaitResponse { status_code: code }).unwrap_or_default();
+                let _ = tx
+                    .send(Bytes::from(encode_frame(FrameKind::Exit, &body)))
+                    .await;
+            }
+            return;
+        }
+        tokio::select! {
+            _ = stopped.changed() => {}
+            _ = tokio::time::sleep(POLL) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_dockers_rule() {
+        assert!(valid_name("web-1"));
+        assert!(valid_name("a.b_c"));
+        assert!(!valid_name("-x"));
+        assert!(!valid_name("a"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name("a b"));
+    }
+
+    #[test]
+    fn signals_by_name_or_number() {
+        assert_eq!(parse_signal("KILL").unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal("sigterm").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("10").unwrap(), Signal::SIGUSR1);
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("999").is_err());
+    }
+
+    #[test]
+    fn human_durations_as_docker() {
+        assert_eq!(
+            human_duration(Duration::from_millis(300)),
+            "Less than a second"
+        );
+        assert_eq!(human_duration(Duration::from_secs(5)), "5 seconds");
+        assert_eq!(human_duration(Duration::from_secs(70)), "About a minute");
+        assert_eq!(human_duration(Duration::from_secs(300)), "5 minutes");
+        assert_eq!(human_duration(Duration::from_secs(3700)), "About an hour");
+        assert_eq!(human_duration(Duration::from_secs(5 * 3600)), "5 hours");
+        assert_eq!(human_duration(Duration::from_secs(3 * 86400)), "3 days");
+    }
+
+    #[test]
+    fn tail_offsets_count_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        std::fs::write(&p, "a\nb\nc\npartial").unwrap();
+        assert_eq!(tail_offset(&p, 1).unwrap(), 4);
+        assert_eq!(tail_offset(&p, 2).unwrap(), 2);
+        assert_eq!(tail_offset(&p, 10).unwrap(), 0);
+        assert_eq!(tail_offset(&p, 0).unwrap(), 6);
+        assert_eq!(tail_offset(&dir.path().join("none"), 3).unwrap(), 0);
+    }
+
+    #[test]
+    fn the_process_start_time_of_this_process_is_known() {
+        let me = i64::from(std::process::id());
+        assert!(process_start(me).is_some());
+        assert_eq!(process_start(0), None);
+    }
+}
