@@ -1134,3 +1134,444 @@ fn remove_blob(store: &Store, digest: &str) -> io::Result<u64> {
         Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u8) -> String {
+        format!("sha256:{}", hex::encode([n; 32]))
+    }
+
+    async fn images(default_registry: &str) -> (tempfile::TempDir, Images) {
+        let root = tempfile::tempdir().unwrap();
+        let pool = super::super::catalog::open(root.path()).await.unwrap();
+        let images = Images::open(
+            root.path(),
+            pool,
+            ImagesConfig {
+                default_registry: default_registry.into(),
+                insecure_registries: vec![],
+            },
+        )
+        .await
+        .unwrap();
+        (root, images)
+    }
+
+    /// Records a fake image `n` (config digest(n), layers as given).
+    async fn add(images: &Images, n: u8, layers: &[u8], names: &[(&str, &str)]) -> String {
+        let img = NewImage {
+            id: digest(n),
+            manifest_digest: digest(n.wrapping_add(100)),
+            index_digest: None,
+            config_json: json!({
+                "architecture": "amd64", "os": "linux",
+                "created": "2024-05-06T07:08:09Z",
+                "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"], "ExposedPorts": {"80/tcp": {}}},
+                "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| digest(l.wrapping_add(200))).collect::<Vec<_>>()},
+            })
+            .to_string(),
+            layers: layers.iter().map(|l| (digest(*l), 10)).collect(),
+            created: 1_714_979_289,
+        };
+        let names: Vec<(String, &str)> = names.iter().map(|(n, k)| (n.to_string(), *k)).collect();
+        images.insert(&img, &names).await.unwrap();
+        img.id
+    }
+
+    #[tokio::test]
+    async fn names_ids_and_prefixes_resolve() {
+        let (_root, im) = images("localhost:5000").await;
+        let a = add(
+            &im,
+            0xab,
+            &[1, 2],
+            &[
+                ("localhost:5000/busybox:latest", "tag"),
+                ("localhost:5000/busybox@sha256:0000000000000000000000000000000000000000000000000000000000000001", "digest"),
+            ],
+        )
+        .await;
+        let b = add(&im, 0xac, &[1], &[("reg.example.com/team/app:1.0", "tag")]).await;
+        for (name, want) in [
+            ("busybox", &a),
+            ("busybox:latest", &a),
+            ("localhost:5000/busybox", &a),
+            (
+                "busybox@sha256:0000000000000000000000000000000000000000000000000000000000000001",
+                &a,
+            ),
+            ("reg.example.com/team/app:1.0", &b),
+            (a.as_str(), &a),
+            (&a[7..], &a),
+            ("sha256:abab", &a),
+            ("abab", &a),
+            ("acac", &b),
+        ] {
+            assert_eq!(&im.find(name).await.unwrap().id, want, "{name}");
+        }
+        // "a" is a prefix of both ids: ambiguous, as unknown in docker.
+        for name in [
+            "a",
+            "sha256:a",
+            "busybox:1",
+            "team/app:1.0",
+            "nope",
+            "sha256:zz",
+            "",
+        ] {
+            let e = im.find(name).await.unwrap_err();
+            assert!(matches!(e, Error::NotFound(_)), "{name}: {e}");
+            assert_eq!(e.to_string(), format!("No such image: {name}"));
+        }
+        let rec = im.find("busybox").await.unwrap();
+        assert_eq!(rec.layers, vec![digest(1), digest(2)]);
+        assert_eq!(
+            rec.config.config().as_ref().unwrap().cmd().as_deref(),
+            Some(&["/bin/sh".to_string()][..])
+        );
+    }
+
+    #[tokio::test]
+    async fn docker_hub_short_names_get_library() {
+        let (_root, im) = images("").await;
+        let a = add(&im, 1, &[1], &[("docker.io/library/busybox:latest", "tag")]).await;
+        assert_eq!(im.find("busybox").await.unwrap().id, a);
+        assert_eq!(im.find("docker.io/busybox").await.unwrap().id, a);
+        assert_eq!(im.find("library/busybox:latest").await.unwrap().id, a);
+    }
+
+    #[tokio::test]
+    async fn a_tag_moves_and_the_old_image_dangles() {
+        let (_root, im) = images("localhost:5000").await;
+        let a = add(&im, 1, &[1], &[("localhost:5000/app:1", "tag")]).await;
+        let b = add(&im, 2, &[2], &[("localhost:5000/app:1", "tag")]).await;
+        assert_eq!(im.find("app:1").await.unwrap().id, b);
+        let list = im.list(&HashMap::from([(b.clone(), 2)])).await.unwrap();
+        assert_eq!(list.len(), 2);
+        let row = |id: &str| list.iter().find(|s| s.id == id).unwrap().clone();
+        assert!(row(&a).repo_tags.is_empty());
+        assert_eq!(row(&b).repo_tags, vec!["localhost:5000/app:1"]);
+        assert_eq!((row(&b).containers, row(&a).containers), (2, 0));
+        assert_eq!((row(&b).size, row(&b).created), (10, 1_714_979_289));
+
+        // Same image, same names: up to date.
+        let again = NewImage {
+            id: b.clone(),
+            manifest_digest: digest(102),
+            index_digest: None,
+            config_json: "{}".into(),
+            layers: vec![(digest(2), 10)],
+            created: 0,
+        };
+        let names = [("localhost:5000/app:1".to_string(), "tag")];
+        assert!(im.insert(&again, &names).await.unwrap());
+        let moved = [("localhost:5000/app:2".to_string(), "tag")];
+        assert!(!im.insert(&again, &moved).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn inspect_has_dockers_keys() {
+        let (_root, im) = images("localhost:5000").await;
+        let a = add(&im, 1, &[1, 2], &[("localhost:5000/app:1", "tag")]).await;
+        let v = im.inspect("app:1").await.unwrap();
+        assert_eq!(v["Id"], json!(a));
+        assert_eq!(v["RepoTags"], json!(["localhost:5000/app:1"]));
+        assert_eq!(v["RepoDigests"], json!([]));
+        assert_eq!(v["Created"], json!("2024-05-06T07:08:09Z"));
+        assert_eq!(
+            (v["Os"].clone(), v["Architecture"].clone()),
+            (json!("linux"), json!("amd64"))
+        );
+        assert_eq!(v["Size"], json!(20));
+        assert_eq!(v["Config"]["Cmd"], json!(["/bin/sh"]));
+        assert_eq!(v["Config"]["Entrypoint"], Value::Null);
+        assert_eq!(v["Config"]["WorkingDir"], json!(""));
+        assert_eq!(v["Config"]["ExposedPorts"], json!({"80/tcp": {}}));
+        assert_eq!(v["RootFS"]["Type"], json!("layers"));
+        assert_eq!(v["RootFS"]["Layers"], json!([digest(201), digest(202)]));
+    }
+
+    #[tokio::test]
+    async fn rmi_untags_then_deletes_as_docker() {
+        let (_root, im) = images("localhost:5000").await;
+        let dg = "localhost:5000/app@sha256:0000000000000000000000000000000000000000000000000000000000000001";
+        let a = add(
+            &im,
+            1,
+            &[1],
+            &[
+                ("localhost:5000/app:1", "tag"),
+                ("localhost:5000/app:2", "tag"),
+                (dg, "digest"),
+            ],
+        )
+        .await;
+        let none = HashMap::new();
+        let used = HashMap::from([(a.clone(), 1)]);
+        // By id with two tags: must force.
+        let e = im.remove(&a[7..19], false, &none).await.unwrap_err();
+        assert!(matches!(e, Error::Conflict(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("referenced in multiple repositories"),
+            "{e}"
+        );
+        // By name with another tag left: untag only, even in use.
+        assert_eq!(
+            im.remove("app:1", false, &used).await.unwrap(),
+            vec![RemovedImage::Untagged("localhost:5000/app:1".into())]
+        );
+        // The last tag of an image in use: conflict, docker's message.
+        let e = im.remove("app:2", false, &used).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "conflict: unable to remove repository reference \"app:2\" (must force) - container is using its referenced image {}",
+                &a[7..19]
+            )
+        );
+        // Forced: untagged (with its repo's digest name), but kept.
+        assert_eq!(
+            im.remove("app:2", true, &used).await.unwrap(),
+            vec![
+                RemovedImage::Untagged("localhost:5000/app:2".into()),
+                RemovedImage::Untagged(dg.into())
+            ]
+        );
+        assert_eq!(im.find(&a).await.unwrap().id, a);
+        // Dangling and in use: prune keeps it; rmi by id must force and
+        // even then does not delete it.
+        assert!(
+            im.prune(false, &used)
+                .await
+                .unwrap()
+                .images_deleted
+                .is_empty()
+        );
+        assert!(matches!(
+            im.remove(&a, false, &used).await,
+            Err(Error::Conflict(_))
+        ));
+        assert_eq!(im.remove(&a, true, &used).await.unwrap(), vec![]);
+        // Not in use any more: deleted.
+        assert_eq!(
+            im.remove(&a, false, &none).await.unwrap(),
+            vec![RemovedImage::Deleted(a.clone())]
+        );
+        assert!(im.find(&a).await.is_err());
+        assert!(im.list(&none).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn rmi_of_a_single_name_deletes_and_prune_all_takes_the_rest() {
+        let (_root, im) = images("localhost:5000").await;
+        let a = add(&im, 1, &[1], &[("localhost:5000/a:1", "tag")]).await;
+        let b = add(&im, 2, &[1], &[("localhost:5000/b:1", "tag")]).await;
+        let c = add(&im, 3, &[3], &[]).await;
+        let none = HashMap::new();
+        assert_eq!(
+            im.remove("a:1", false, &none).await.unwrap(),
+            vec![
+                RemovedImage::Untagged("localhost:5000/a:1".into()),
+                RemovedImage::Deleted(a.clone())
+            ]
+        );
+        // The layer b shares with a is still b's.
+        assert_eq!(im.find("b:1").await.unwrap().layers, vec![digest(1)]);
+        let r = im.prune(false, &none).await.unwrap();
+        assert_eq!(r.images_deleted, vec![RemovedImage::Deleted(c.clone())]);
+        let r = im
+            .prune(true, &HashMap::from([(b.clone(), 1)]))
+            .await
+            .unwrap();
+        assert!(r.images_deleted.is_empty());
+        let r = im.prune(true, &none).await.unwrap();
+        assert_eq!(
+            r.images_deleted,
+            vec![
+                RemovedImage::Untagged("localhost:5000/b:1".into()),
+                RemovedImage::Deleted(b.clone())
+            ]
+        );
+        let e = im.remove("nope", false, &none).await.unwrap_err();
+        assert_eq!(e.to_string(), "No such image: nope");
+    }
+
+    fn progress() -> (EventProgress, mpsc::UnboundedReceiver<PullEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let r = Reference::parse_with_default("team/app:1.0", "localhost:5000").unwrap();
+        (EventProgress::new(tx, &r), rx)
+    }
+
+    #[test]
+    fn progress_becomes_dockers_vocabulary_with_throttled_downloads() {
+        let (p, _rx) = progress();
+        let d = digest(0x12);
+        let t0 = Instant::now();
+        let ev = |e| p.translate(e, t0);
+        assert_eq!(
+            ev(ProgressEvent::Resolved {
+                digest: &d,
+                layers: 2
+            })
+            .unwrap(),
+            PullEvent {
+                id: Some("1.0".into()),
+                status: "Pulling from team/app".into(),
+                ..Default::default()
+            }
+        );
+        let e = ev(ProgressEvent::LayerStarted {
+            digest: &d,
+            size: 1000,
+        })
+        .unwrap();
+        assert_eq!(
+            (e.id.as_deref(), e.status.as_str(), e.total),
+            (Some("121212121212"), "Pulling fs layer", Some(1000))
+        );
+        assert_eq!(
+            ev(ProgressEvent::LayerExists {
+                digest: &d,
+                size: 1
+            })
+            .unwrap()
+            .status,
+            "Already exists"
+        );
+        let bytes = |done, at| {
+            p.translate(
+                ProgressEvent::LayerBytes {
+                    digest: &d,
+                    done,
+                    total: 1000,
+                },
+                at,
+            )
+        };
+        let first = bytes(10, t0).unwrap();
+        assert_eq!(
+            (first.status.as_str(), first.current, first.total),
+            ("Downloading", Some(10), Some(1000))
+        );
+        assert_eq!(bytes(20, t0 + Duration::from_millis(50)), None);
+        assert_eq!(
+            bytes(30, t0 + Duration::from_millis(150)).unwrap().current,
+            Some(30)
+        );
+        // The end always goes out.
+        assert_eq!(
+            bytes(1000, t0 + Duration::from_millis(151)).unwrap().status,
+            "Download complete"
+        );
+        assert_eq!(
+            ev(ProgressEvent::LayerDone { digest: &d }).unwrap().status,
+            "Pull complete"
+        );
+        assert_eq!(ev(ProgressEvent::Done { digest: &d }), None);
+    }
+
+    #[test]
+    fn errors_are_one_line_with_the_right_status() {
+        let r = Reference::parse_with_default("nope", "localhost:5000").unwrap();
+        let root = Path::new("/var/lib/wharf-runner");
+        let e = pull_error(
+            PullError::Client(ClientError::NotFound {
+                reference: r.to_string(),
+            }),
+            &r,
+            root,
+        );
+        assert!(matches!(e, Error::NotFound(_)));
+        assert_eq!(
+            e.to_string(),
+            "manifest for localhost:5000/nope:latest not found: manifest unknown"
+        );
+        let e = pull_error(
+            PullError::Client(ClientError::Unreachable {
+                host: "localhost:5000".into(),
+                detail: "connection refused".into(),
+            }),
+            &r,
+            root,
+        );
+        assert!(matches!(e, Error::Registry(_)) && e.to_string().contains("localhost:5000"));
+        let e = pull_error(
+            PullError::Client(ClientError::WrongCredentials {
+                host: "localhost:5000".into(),
+            }),
+            &r,
+            root,
+        );
+        assert!(matches!(e, Error::Unauthorized(_)), "{e}");
+        let d = digest(7);
+        let e = pull_error(
+            PullError::Download {
+                digest: d.clone(),
+                source: ClientError::DigestMismatch {
+                    expected: d.clone(),
+                    actual: digest(8),
+                },
+            },
+            &r,
+            root,
+        );
+        assert!(
+            matches!(e, Error::Registry(_)) && e.to_string().contains(&d),
+            "{e}"
+        );
+        let e = pull_error(
+            PullError::Unpack {
+                digest: d.clone(),
+                detail: "tar entry \"x\": write: No space left on device (os error 28)".into(),
+            },
+            &r,
+            root,
+        );
+        assert!(matches!(e, Error::Internal(_)), "{e}");
+        assert!(e.to_string().contains("/var/lib/wharf-runner/tmp") && e.to_string().contains(&d));
+        for e in [
+            Error::NotFound(String::new()),
+            pull_error(
+                PullError::Unpack {
+                    digest: d.clone(),
+                    detail: "a\nb".replace('\n', " "),
+                },
+                &r,
+                root,
+            ),
+        ] {
+            assert!(!e.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn repos_of_names_and_single_references() {
+        assert_eq!(repo_of("localhost:5000/a/b:1"), "localhost:5000/a/b");
+        assert_eq!(
+            repo_of(&format!("localhost:5000/a@{}", digest(1))),
+            "localhost:5000/a"
+        );
+        let n = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        let dg = format!("h:1/a@{}", digest(1));
+        assert!(is_single_reference(&n(&[
+            ("h:1/a:1", "tag"),
+            (&dg, "digest")
+        ])));
+        assert!(!is_single_reference(&n(&[
+            ("h:1/a:1", "tag"),
+            ("h:1/a:2", "tag")
+        ])));
+        assert!(!is_single_reference(&n(&[
+            ("h:1/a:1", "tag"),
+            ("h:1/b:1", "tag")
+        ])));
+        assert!(is_single_reference(&[]));
+    }
+}
