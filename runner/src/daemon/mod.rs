@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod containers;
+pub mod credentials;
 pub mod error;
 pub mod http;
 pub mod images;

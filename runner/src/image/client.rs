@@ -316,19 +316,39 @@ impl RegistryClient {
         {
             return Ok(t.clone());
         }
+        let token = self
+            .request_token(&host, realm, service, Some(scope), self.credentials(r))
+            .await?;
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, token.clone());
+        Ok(token)
+    }
+
+    /// Asks the token realm for a token, with Basic credentials when given
+    /// (`scope` None: a login check, no repository access asked for).
+    async fn request_token(
+        &self,
+        host: &str,
+        realm: &str,
+        service: Option<&str>,
+        scope: Option<&str>,
+        creds: Option<&Credentials>,
+    ) -> Result<String, ClientError> {
         let token_err = |detail: String| ClientError::Token {
-            host: host.clone(),
+            host: host.to_string(),
             realm: realm.to_string(),
             detail,
         };
         if !(realm.starts_with("https://") || realm.starts_with("http://")) {
             return Err(ClientError::BadChallenge {
-                host: host.clone(),
+                host: host.to_string(),
                 detail: format!("realm {realm:?} is not an http(s) URL"),
             });
         }
         let mut url = reqwest::Url::parse(realm).map_err(|e| ClientError::BadChallenge {
-            host: host.clone(),
+            host: host.to_string(),
             detail: format!("realm {realm:?}: {e}"),
         })?;
         {
@@ -336,10 +356,11 @@ impl RegistryClient {
             if let Some(s) = service {
                 q.append_pair("service", s);
             }
-            q.append_pair("scope", scope);
+            if let Some(scope) = scope {
+                q.append_pair("scope", scope);
+            }
         }
         let mut req = self.http.get(url);
-        let creds = self.credentials(r);
         if let Some(c) = creds {
             req = req.basic_auth(&c.username, Some(&c.password));
         }
@@ -347,8 +368,12 @@ impl RegistryClient {
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(match creds {
-                Some(_) => ClientError::WrongCredentials { host },
-                None => ClientError::AuthRequired { host },
+                Some(_) => ClientError::WrongCredentials {
+                    host: host.to_string(),
+                },
+                None => ClientError::AuthRequired {
+                    host: host.to_string(),
+                },
             });
         }
         if !status.is_success() {
@@ -369,11 +394,75 @@ impl RegistryClient {
             .or(ans.access_token)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| token_err("answer has no token".into()))?;
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, token.clone());
         Ok(token)
+    }
+
+    /// Checks credentials against a registry the way `docker login` does:
+    /// `GET /v2/`, and when it answers 401, the challenge it names (Basic:
+    /// the same request with the credentials; Bearer: a token from the
+    /// realm with the credentials, then `GET /v2/` with it). `registry` is
+    /// `host[:port]` as written in references. Nothing is cached.
+    pub async fn check_auth(&self, registry: &str, creds: &Credentials) -> Result<(), ClientError> {
+        let probe = Reference::parse_with_default(&format!("{registry}/login-check"), registry)
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        let host = probe.registry_host().to_string();
+        let url = format!("{}/v2/", self.base_url(&probe));
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| unreachable_err(&host, &e))?;
+        let status = resp.status();
+        if status != StatusCode::UNAUTHORIZED {
+            // An open registry accepts any credentials, as docker sees it.
+            return if status.is_success() {
+                Ok(())
+            } else {
+                Err(ClientError::Status {
+                    host,
+                    status: status.as_u16(),
+                    what: "/v2/".into(),
+                })
+            };
+        }
+        let challenge =
+            challenge_from(resp.headers()).ok_or_else(|| ClientError::BadChallenge {
+                host: host.clone(),
+                detail: "401 without a Basic or Bearer WWW-Authenticate header".into(),
+            })?;
+        let req = self.http.get(&url);
+        let req = match challenge {
+            Challenge::Basic => req.basic_auth(&creds.username, Some(&creds.password)),
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            } => {
+                let token = self
+                    .request_token(
+                        &host,
+                        &realm,
+                        service.as_deref(),
+                        scope.as_deref(),
+                        Some(creds),
+                    )
+                    .await?;
+                req.bearer_auth(token)
+            }
+        };
+        let resp = req.send().await.map_err(|e| unreachable_err(&host, &e))?;
+        match resp.status() {
+            s if s.is_success() => Ok(()),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(ClientError::WrongCredentials { host })
+            }
+            s => Err(ClientError::Status {
+                host,
+                status: s.as_u16(),
+                what: "/v2/".into(),
+            }),
+        }
     }
 
     /// Fetches the manifest (or index) for the reference. Returns its bytes,
