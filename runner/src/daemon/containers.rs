@@ -568,13 +568,13 @@ impl Containers {
             )));
         }
         let live = self.live(&row.id);
-        let mut rx = live.exits.subscribe();
-        rx.borrow_and_update();
+        let rx = live.exits.subscribe();
+        let seen = rx.borrow().0;
         let log = self.container_dir(&row.id).join(shim::LOG_FILE);
         let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         self.launch(&row).await?;
         let (tx, out) = mpsc::channel(64);
-        tokio::spawn(follow(log, offset, rx, tx, false, true));
+        tokio::spawn(follow(log, offset, seen, rx, tx, false, true));
         Ok(out)
     }
 
@@ -966,6 +966,15 @@ impl Containers {
         tokio::time::timeout(timeout, rx.changed()).await.is_ok()
     }
 
+    async fn wait_stopped_after_kill(
+        &self,
+        row: &Row,
+        rx: &mut watch::Receiver<(u64, i64)>,
+    ) -> Result<bool> {
+        self.signal(row, Signal::SIGKILL).await?;
+        Ok(Self::wait_stopped(rx, KILL_GRACE).await)
+    }
+
     /// `kill -s SIG`.
     pub async fn kill(&self, name: &str, signal: &str) -> Result<()> {
         let sig = parse_signal(signal)?;
@@ -990,6 +999,10 @@ impl Containers {
         let live = self.live(&row.id);
         let mut rx = live.exits.subscribe();
         rx.borrow_and_update();
+        // It may have stopped before we subscribed.
+        let Some(row) = self.row(&row.id).await?.filter(Row::running) else {
+            return Ok(());
+        };
         let sig = parse_signal(&row.stop_signal).unwrap_or(Signal::SIGTERM);
         self.signal(&row, sig).await?;
         if Self::wait_stopped(&mut rx, Duration::from_secs(timeout.unwrap_or(10))).await {
@@ -1039,8 +1052,8 @@ impl Containers {
             let live = self.live(&row.id);
             let mut rx = live.exits.subscribe();
             rx.borrow_and_update();
-            self.signal(&row, Signal::SIGKILL).await?;
-            if !Self::wait_stopped(&mut rx, KILL_GRACE).await {
+            let still = self.row(&row.id).await?.is_some_and(|r| r.running());
+            if still && !Self::wait_stopped_after_kill(self, &row, &mut rx).await? {
                 return Err(Error::Internal(format!(
                     "container {} did not exit after SIGKILL",
                     row.id
@@ -1233,8 +1246,8 @@ impl Containers {
     ) -> Result<mpsc::Receiver<Bytes>> {
         let row = self.resolve(name).await?;
         let live = self.live(&row.id);
-        let mut rx = live.exits.subscribe();
-        rx.borrow_and_update();
+        let rx = live.exits.subscribe();
+        let seen = rx.borrow().0;
         let path = self.container_dir(&row.id).join(shim::LOG_FILE);
         let (tx, out) = mpsc::channel(64);
         let running = self.row(&row.id).await?.is_some_and(|r| r.running());
@@ -1244,7 +1257,7 @@ impl Containers {
         };
         tokio::spawn(async move {
             if follow_on && running {
-                follow(path, offset, rx, tx, timestamps, false).await;
+                follow(path, offset, seen, rx, tx, timestamps, false).await;
             } else {
                 let mut reader = LogTail::new(path, offset);
                 if let Ok(entries) = reader.read_new() {
@@ -1352,9 +1365,13 @@ async fn send_entries(tx: &mpsc::Sender<Bytes>, entries: &[Entry], timestamps: b
 
 /// Streams the log from `offset` until the container stops (then the rest
 /// of the log, and with `exit_frame` the exit code).
+/// `seen` is the stop count when the caller subscribed, before it started
+/// anything: any other value means the container stopped (values are
+/// compared because `changed()` below marks versions seen).
 async fn follow(
     path: PathBuf,
     offset: u64,
+    seen: u64,
     mut stopped: watch::Receiver<(u64, i64)>,
     tx: mpsc::Sender<Bytes>,
     timestamps: bool,
@@ -1362,7 +1379,7 @@ async fn follow(
 ) {
     let mut reader = LogTail::new(path, offset);
     loop {
-        let done = stopped.has_changed().unwrap_or(true);
+        let done = stopped.borrow().0 != seen || stopped.has_changed().is_err();
         loop {
             match reader.read_new() {
                 Ok(entries) if entries.is_empty() => break,
@@ -1379,7 +1396,7 @@ async fn follow(
         }
         if done {
             if exit_frame {
-                let code = stopped.borrow_and_update().1;
+                let code = stopped.borrow().1;
                 let body =
                     serde_json::to_vec(&WaitResponse { status_code: code }).unwrap_or_default();
                 let _ = tx
