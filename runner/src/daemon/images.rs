@@ -379,10 +379,10 @@ impl Images {
                 });
             }
         }
-        if is_hex(name) {
-            if let Some(id) = self.by_id_prefix(name).await? {
-                return Ok(Resolved { id, name: None });
-            }
+        if is_hex(name)
+            && let Some(id) = self.by_id_prefix(name).await?
+        {
+            return Ok(Resolved { id, name: None });
         }
         Err(missing())
     }
@@ -655,7 +655,8 @@ impl Images {
         .map_err(Error::internal)
     }
 
-    /// Deletes dangling images (with `all`, every image) no container uses,
+    /// Deletes dangling images (no tag; digest names do not count, as in
+    /// docker) or with `all` every image, that no container uses,
     /// then layer dirs and blobs no image references any more (leftovers of
     /// failed pulls and of crashes).
     pub async fn prune(&self, all: bool, in_use: &HashMap<String, u64>) -> Result<PruneReport> {
@@ -666,7 +667,8 @@ impl Images {
                 .await?
         } else {
             sqlx::query_scalar(
-                "SELECT id FROM images WHERE id NOT IN (SELECT image_id FROM image_names) ORDER BY id",
+                "SELECT id FROM images WHERE id NOT IN
+                   (SELECT image_id FROM image_names WHERE kind = 'tag') ORDER BY id",
             )
             .fetch_all(&self.pool)
             .await?

@@ -1213,6 +1213,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn check_auth_answers_basic_challenges_and_open_registries() {
+        let good = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("alice:pw")
+        );
+        let addr = serve(move |r: &Req| {
+            if r.headers.get("authorization") != Some(&good) {
+                return Resp::new(401, "").header("WWW-Authenticate", "Basic realm=\"reg\"");
+            }
+            Resp::new(200, "{}")
+        })
+        .await;
+        let c = RegistryClient::new(ClientConfig::default()).unwrap();
+        let creds = |p: &str| Credentials {
+            username: "alice".into(),
+            password: p.into(),
+        };
+        c.check_auth(&addr, &creds("pw")).await.unwrap();
+        let e = c.check_auth(&addr, &creds("nope")).await.unwrap_err();
+        assert!(matches!(e, ClientError::WrongCredentials { .. }), "{e}");
+        assert!(!e.to_string().contains("nope"), "{e}");
+
+        let open = serve(|_: &Req| Resp::new(200, "{}")).await;
+        c.check_auth(&open, &creds("any")).await.unwrap();
+        let e = c.check_auth("127.0.0.1:9", &creds("pw")).await.unwrap_err();
+        assert!(matches!(e, ClientError::Unreachable { .. }), "{e}");
+    }
+
+    #[tokio::test]
     async fn bearer_tokens_are_cached_per_scope_and_renewed_on_401() {
         let issued = Arc::new(AtomicUsize::new(0));
         let valid_from = Arc::new(AtomicUsize::new(1));
