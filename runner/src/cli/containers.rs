@@ -237,7 +237,7 @@ pub async fn ps(client: &Client, args: PsArgs) -> Result<i32, Error> {
             None::<&()>,
         )
         .await?;
-    containers.sort_by(|a, b| b.created.cmp(&a.created));
+    containers.sort_by_key(|c| std::cmp::Reverse(c.created));
     let text = ps_output(&containers, &args, format::now());
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
     Ok(0)

@@ -157,7 +157,7 @@ pub async fn images(client: &Client, args: ImagesArgs) -> Result<i32, Error> {
     let mut images: Vec<ImageSummary> = client
         .json(Method::GET, "/images/json", None::<&()>)
         .await?;
-    images.sort_by(|a, b| b.created.cmp(&a.created));
+    images.sort_by_key(|i| std::cmp::Reverse(i.created));
     let text = images_output(&images, &args, format::now());
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
     Ok(0)
