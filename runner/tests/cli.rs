@@ -27,6 +27,8 @@ struct Fake {
     creates: Mutex<Vec<Value>>,
     /// Whether the image is there (a pull makes it so).
     have_image: Mutex<bool>,
+    /// Signalled when a kill arrives (the "slow" container then exits).
+    killed: tokio::sync::Notify,
 }
 
 type Shared = Arc<Fake>;
@@ -114,7 +116,39 @@ async fn start(
     if !attach {
         return StatusCode::NO_CONTENT.into_response();
     }
+    if id == "slow" {
+        // Runs until killed, then exits as a SIGTERM'd process does.
+        let stream = futures::stream::unfold(0, move |step| {
+            let state = state.clone();
+            async move {
+                let frame = match step {
+                    0 => api::encode_frame(FrameKind::Stdout, b"ready\n"),
+                    1 => {
+                        state.killed.notified().await;
+                        api::encode_frame(FrameKind::Exit, br#"{"StatusCode":143}"#)
+                    }
+                    _ => return None,
+                };
+                Some((Ok::<_, std::io::Error>(frame), step + 1))
+            }
+        });
+        return Response::new(Body::from_stream(stream));
+    }
     Response::new(attached_output(id != "cut"))
+}
+
+async fn kill(
+    State(state): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let signal = query.get("signal").cloned().unwrap_or_default();
+    record(
+        &state,
+        format!("POST /containers/{id}/kill signal={signal}"),
+    );
+    state.killed.notify_one();
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn list(State(state): State<Shared>) -> Response {
@@ -168,6 +202,7 @@ async fn fake_daemon(dir: &Path, have_image: bool) -> (PathBuf, Shared) {
         .route("/containers/create", post(create))
         .route("/images/pull", post(pull))
         .route("/containers/{id}/start", post(start))
+        .route("/containers/{id}/kill", post(kill))
         .route("/containers/json", get(list))
         .route("/containers/{id}", delete(remove))
         .route("/containers/{id}/json", get(inspect))
@@ -450,5 +485,37 @@ async fn usage_errors_exit_125_without_a_daemon() {
     assert_eq!(
         out.stderr,
         "\"wharf-runner image rm\" requires at least 1 argument.\nSee 'wharf-runner image rm --help'.\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_to_an_attached_cli_are_forwarded_to_the_container() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, state) = fake_daemon(dir.path(), true).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf-runner"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["start", "-a", "slow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the CLI exits once the container does")
+        .unwrap();
+    assert_eq!(status.code(), Some(143));
+    assert!(
+        state
+            .calls
+            .lock()
+            .unwrap()
+            .contains(&"POST /containers/slow/kill signal=TERM".to_string())
     );
 }

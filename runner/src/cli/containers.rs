@@ -149,12 +149,70 @@ async fn attach_start(client: &Client, container: &str) -> Result<i32, Error> {
         .await?;
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
-    match copy_frames(response.into_body(), &mut stdout, &mut stderr).await? {
+    let copy = copy_frames(response.into_body(), &mut stdout, &mut stderr);
+    match proxy_signals(client, container, copy).await? {
         Some(code) => Ok(i32::try_from(code).unwrap_or(super::EXIT_USAGE)),
         None => Err(Error::Message(
             "wharf-runner: the daemon ended the container's output without its exit status".into(),
         )),
     }
+}
+
+/// Waits for `work` while forwarding the signals a user or a supervisor
+/// sends this process (INT, TERM, HUP, QUIT, USR1, USR2) to the
+/// container, as docker's `--sig-proxy` does: `timeout 5 wharf-runner run
+/// ...` stops the container, not just the CLI.
+async fn proxy_signals<T>(
+    client: &Client,
+    container: &str,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    use tokio::signal::unix::{SignalKind, signal};
+    let kinds = [
+        (SignalKind::interrupt(), "INT"),
+        (SignalKind::terminate(), "TERM"),
+        (SignalKind::hangup(), "HUP"),
+        (SignalKind::quit(), "QUIT"),
+        (SignalKind::user_defined1(), "USR1"),
+        (SignalKind::user_defined2(), "USR2"),
+    ];
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let mut listeners = Vec::new();
+    for (kind, name) in kinds {
+        match signal(kind) {
+            Ok(mut stream) => {
+                let tx = tx.clone();
+                listeners.push(tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        if tx.send(name).is_err() {
+                            break;
+                        }
+                    }
+                }));
+            }
+            Err(e) => tracing::debug!(error = %e, signal = name, "cannot proxy signal"),
+        }
+    }
+    drop(tx);
+    tokio::pin!(work);
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            Some(name) = rx.recv() => {
+                let client = client.clone();
+                let path = format!("/containers/{}/kill?signal={name}", encode(container));
+                tokio::spawn(async move {
+                    if let Err(e) = client.call(Method::POST, &path).await {
+                        tracing::debug!(error = %e, "forwarding a signal");
+                    }
+                });
+            }
+        }
+    };
+    for listener in listeners {
+        listener.abort();
+    }
+    result
 }
 
 /// `start`: prints each container as named; `-a` attaches to one.
