@@ -28,6 +28,9 @@ pub const EXIT_USAGE: i32 = 125;
 
 const RUN_USAGE: &str = "wharf-runner run [OPTIONS] IMAGE [COMMAND] [ARG...]";
 const CREATE_USAGE: &str = "wharf-runner create [OPTIONS] IMAGE [COMMAND] [ARG...]";
+const CONTAINER_RUN_USAGE: &str = "wharf-runner container run [OPTIONS] IMAGE [COMMAND] [ARG...]";
+const CONTAINER_CREATE_USAGE: &str =
+    "wharf-runner container create [OPTIONS] IMAGE [COMMAND] [ARG...]";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -115,10 +118,10 @@ pub enum ContainerCommand {
     #[command(visible_aliases = ["ps", "list"])]
     Ls(PsArgs),
     /// Create and run a new container from an image
-    #[command(disable_help_flag = true, override_usage = RUN_USAGE)]
+    #[command(disable_help_flag = true, override_usage = CONTAINER_RUN_USAGE)]
     Run(RunArgs),
     /// Create a new container
-    #[command(disable_help_flag = true, override_usage = CREATE_USAGE)]
+    #[command(disable_help_flag = true, override_usage = CONTAINER_CREATE_USAGE)]
     Create(ContainerOpts),
     /// Start one or more stopped containers
     Start(StartArgs),
@@ -263,7 +266,12 @@ pub struct LogsArgs {
 #[derive(Debug, Args)]
 pub struct StopArgs {
     /// Seconds to wait before killing the container
-    #[arg(short = 't', long = "time", allow_hyphen_values = true)]
+    #[arg(
+        short = 't',
+        long = "time",
+        visible_alias = "timeout",
+        allow_hyphen_values = true
+    )]
     pub time: Option<i64>,
     #[arg(value_name = "CONTAINER", required = true)]
     pub containers: Vec<String>,

@@ -95,11 +95,16 @@ impl Progress {
                 }
             }
             Mode::Bars { multi, bars } => {
-                let Some(id) = &event.id else {
-                    if !event.status.is_empty() {
-                        let _ = multi.println(&event.status);
+                // Lines without a layer, and "latest: Pulling from ..."
+                // (docker's tag-as-id line), are plain text above the bars.
+                let id = match &event.id {
+                    Some(id) if !event.status.starts_with("Pulling from") => id,
+                    _ => {
+                        if let Some(line) = plain_line(event) {
+                            let _ = multi.println(line);
+                        }
+                        return;
                     }
-                    return;
                 };
                 let bar = bars.entry(id.clone()).or_insert_with(|| {
                     let bar = multi.add(ProgressBar::new(0));

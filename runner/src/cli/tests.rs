@@ -234,3 +234,97 @@ fn ps_table_like_docker() {
     };
     assert!(ps_output(&list, &full, now).starts_with("0123456789abcdef0123456789abcdef\n"));
 }
+
+#[test]
+fn help_stays_on_long_help_for_run_and_create() {
+    for args in [
+        &["run", "--help"][..],
+        &["create", "--help"],
+        &["container", "run", "--help"],
+    ] {
+        let err = parse(args).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp, "{args:?}");
+    }
+    // -h is --hostname there, and still help elsewhere.
+    assert!(matches!(
+        parse(&["create", "-h", "x", "busybox"]).unwrap().command,
+        Command::Create(ContainerOpts { hostname: Some(ref h), .. }) if h == "x"
+    ));
+    assert_eq!(
+        parse(&["ps", "-h"]).unwrap_err().kind(),
+        clap::error::ErrorKind::DisplayHelp
+    );
+}
+
+#[test]
+fn other_commands_parse_like_docker() {
+    match parse(&["stop", "-t", "3", "a", "b"]).unwrap().command {
+        Command::Stop(a) => assert_eq!((a.time, a.containers.len()), (Some(3), 2)),
+        other => panic!("{other:?}"),
+    }
+    match parse(&["logs", "-f", "--tail", "10", "-t", "c"])
+        .unwrap()
+        .command
+    {
+        Command::Logs(a) => assert!(a.follow && a.timestamps && a.tail == "10"),
+        other => panic!("{other:?}"),
+    }
+    assert!(parse(&["logs", "--tail", "ten", "c"]).is_err());
+    match parse(&["kill", "-s", "TERM", "c"]).unwrap().command {
+        Command::Kill(a) => assert_eq!(a.signal, "TERM"),
+        other => panic!("{other:?}"),
+    }
+    match parse(&["inspect", "--type", "image", "-f", "{{.Id}}", "x"])
+        .unwrap()
+        .command
+    {
+        Command::Inspect(a) => {
+            assert_eq!(a.object_type, Some(ObjectType::Image));
+            assert_eq!(a.names.format.as_deref(), Some("{{.Id}}"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        parse(&["image", "ls", "-q"]).unwrap().command,
+        Command::Image(ImageCommand::Ls(ImagesArgs { quiet: true, .. }))
+    ));
+    assert!(matches!(
+        parse(&["container", "ps", "-a"]).unwrap().command,
+        Command::Container(ContainerCommand::Ls(PsArgs { all: true, .. }))
+    ));
+    match parse(&[
+        "--socket",
+        "/tmp/s",
+        "daemon",
+        "--root",
+        "/r",
+        "--insecure-registry",
+        "a:5000",
+        "--insecure-registry",
+        "b",
+    ])
+    .unwrap()
+    {
+        Cli {
+            socket,
+            command: Command::Daemon(d),
+        } => {
+            assert_eq!(socket, std::path::Path::new("/tmp/s"));
+            assert_eq!(d.root, std::path::Path::new("/r"));
+            assert_eq!(d.default_registry, "docker.io");
+            assert_eq!(d.insecure_registries, vec!["a:5000", "b"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    match parse(&["login", "-u", "me", "--password-stdin", "localhost:5000"])
+        .unwrap()
+        .command
+    {
+        Command::Login(a) => {
+            assert_eq!(a.username.as_deref(), Some("me"));
+            assert!(a.password_stdin);
+            assert_eq!(a.server.as_deref(), Some("localhost:5000"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
