@@ -100,7 +100,18 @@ impl Progress {
                 let id = match &event.id {
                     Some(id) if !event.status.starts_with("Pulling from") => id,
                     _ => {
-                        if let Some(line) = plain_line(event) {
+                        let Some(line) = plain_line(event) else {
+                            return;
+                        };
+                        if line.starts_with("Digest: ") || line.starts_with("Status: ") {
+                            // The end of the pull: below the (now final) bars, as docker.
+                            for bar in bars.values() {
+                                if !bar.is_finished() {
+                                    bar.abandon();
+                                }
+                            }
+                            self.sink.line(&line);
+                        } else {
                             let _ = multi.println(line);
                         }
                         return;
@@ -152,9 +163,11 @@ fn text_style() -> ProgressStyle {
 }
 
 fn bar_style() -> ProgressStyle {
-    ProgressStyle::with_template("{prefix}: {msg:12} [{bar:40}] {bytes}/{total_bytes}")
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
+    ProgressStyle::with_template(
+        "{prefix}: {msg:12} [{bar:40}] {decimal_bytes}/{decimal_total_bytes}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
 #[cfg(test)]
