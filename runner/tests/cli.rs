@@ -151,6 +151,26 @@ async fn kill(
     StatusCode::NO_CONTENT.into_response()
 }
 
+async fn login(State(state): State<Shared>, axum::Json(body): axum::Json<Value>) -> Response {
+    record(&state, format!("POST /auth {body}"));
+    if body["password"] != "s3cret" {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "login attempt to http://localhost:5000/v2/ failed with status: 401 Unauthorized",
+        );
+    }
+    axum::Json(json!({"status": "Login Succeeded"})).into_response()
+}
+
+async fn logout(
+    State(state): State<Shared>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let registry = query.get("registry").cloned().unwrap_or_default();
+    record(&state, format!("DELETE /auth registry={registry}"));
+    StatusCode::NO_CONTENT.into_response()
+}
+
 async fn list(State(state): State<Shared>) -> Response {
     record(&state, "GET /containers/json".into());
     let now = std::time::SystemTime::now()
@@ -204,6 +224,7 @@ async fn fake_daemon(dir: &Path, have_image: bool) -> (PathBuf, Shared) {
         .route("/containers/{id}/start", post(start))
         .route("/containers/{id}/kill", post(kill))
         .route("/containers/json", get(list))
+        .route("/auth", post(login).delete(logout))
         .route("/containers/{id}", delete(remove))
         .route("/containers/{id}/json", get(inspect))
         .route("/images/inspect", get(image_inspect))
@@ -223,15 +244,25 @@ struct Output {
 }
 
 async fn cli(socket: &Path, args: &[&str]) -> Output {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf-runner"))
+    cli_with_stdin(socket, args, b"").await
+}
+
+async fn cli_with_stdin(socket: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf-runner"))
         .arg("--socket")
         .arg(socket)
         .args(args)
         .env_remove("WHARF_RUNNER_SOCKET")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let _ = input.write_all(stdin).await;
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
     Output {
         code: out.status.code().unwrap(),
         stdout: String::from_utf8(out.stdout).unwrap(),
@@ -517,5 +548,63 @@ async fn signals_to_an_attached_cli_are_forwarded_to_the_container() {
             .lock()
             .unwrap()
             .contains(&"POST /containers/slow/kill signal=TERM".to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_takes_the_password_from_stdin_and_never_prints_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, state) = fake_daemon(dir.path(), true).await;
+    let out = cli_with_stdin(
+        &socket,
+        &["login", "-u", "me", "--password-stdin", "localhost:5000"],
+        b"s3cret\n",
+    )
+    .await;
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "Login Succeeded\n"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr, "");
+    let call = state.calls.lock().unwrap().last().cloned().unwrap();
+    let body: Value = serde_json::from_str(call.strip_prefix("POST /auth ").unwrap()).unwrap();
+    assert_eq!(
+        body,
+        json!({"registry": "localhost:5000", "username": "me", "password": "s3cret"})
+    );
+
+    let out = cli(&socket, &["login", "-u", "me", "-p", "wrong"]).await;
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr,
+        "WARNING! Using --password via the CLI is insecure. Use --password-stdin.\n\
+         Error response from daemon: login attempt to http://localhost:5000/v2/ failed with status: 401 Unauthorized\n"
+    );
+    assert!(!out.stdout.contains("wrong") && !out.stderr.contains("wrong"));
+    // The default registry is the daemon's to pick.
+    let call = state.calls.lock().unwrap().last().cloned().unwrap();
+    assert!(call.contains(r#""registry":"""#), "{call}");
+
+    // No terminal and no username: docker's refusal, nothing sent.
+    let calls = state.calls.lock().unwrap().len();
+    let out = cli(&socket, &["login"]).await;
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr,
+        "Error: Cannot perform an interactive login from a non TTY device\n"
+    );
+    assert_eq!(state.calls.lock().unwrap().len(), calls);
+
+    let out = cli(&socket, &["logout", "localhost:5000"]).await;
+    assert_eq!(out.code, 0);
+    assert_eq!(
+        out.stdout,
+        "Removing login credentials for localhost:5000\n"
+    );
+    assert_eq!(
+        state.calls.lock().unwrap().last().unwrap(),
+        "DELETE /auth registry=localhost:5000"
     );
 }
