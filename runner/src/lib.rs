@@ -8,6 +8,7 @@
 pub mod api;
 pub mod bundle;
 pub mod cgroups;
+pub mod cli;
 pub mod daemon;
 pub mod image;
 pub mod internal;

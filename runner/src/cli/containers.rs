@@ -1,0 +1,459 @@
+//! The container commands (`run`, `create`, `start`, `ps`, `logs`,
+//! `stop`, `kill`, `rm`, `wait`, `inspect`) with docker's output and exit
+//! codes.
+//!
+//! Called by `cli::dispatch`; calls the daemon through `client`, `images`
+//! (pulls for `run`/`create`), `format` and `bundle::parse`.
+
+use std::io::Write;
+
+use hyper::{Method, StatusCode};
+use serde_json::Value;
+
+use super::client::{Client, Error, copy_frames, encode};
+use super::format::{self, Template};
+use super::progress::Sink;
+use super::{ContainerOpts, FormatNamesArgs, KillArgs, LogsArgs, NamesArgs, ObjectType, PsArgs};
+use super::{RmArgs, RunArgs, StartArgs, StopArgs, images, outln};
+use crate::api::{ContainerSummary, CreateRequest, CreateResponse, PullPolicy, WaitResponse};
+use crate::bundle as parse;
+
+/// Builds the create request from `run`/`create` flags, reading
+/// `--env-file`s and resolving bare `-e KEY` from `lookup` (this
+/// process's environment in real use).
+pub fn create_request(
+    opts: &ContainerOpts,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<CreateRequest, Error> {
+    let Some((image, cmd)) = opts.args.split_first() else {
+        return Err(Error::Message(
+            "\"wharf-runner run\" requires at least 1 argument.".into(),
+        ));
+    };
+    let mut env = Vec::new();
+    for path in &opts.env_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Message(format!("wharf-runner: open {}: {e}", path.display())))?;
+        let lines = parse::parse_env_file_with(&text, &lookup)
+            .map_err(|e| Error::Message(format!("wharf-runner: {}: {e}", path.display())))?;
+        env.extend(lines);
+    }
+    for arg in &opts.env {
+        env.push(
+            parse::resolve_env_arg(arg, &lookup)
+                .map_err(|e| Error::Message(format!("wharf-runner: {e}")))?,
+        );
+    }
+    Ok(CreateRequest {
+        image: image.clone(),
+        name: opts.name.clone(),
+        cmd: (!cmd.is_empty()).then(|| cmd.to_vec()),
+        entrypoint: opts.entrypoint.clone(),
+        env,
+        workdir: opts.workdir.clone(),
+        user: opts.user.clone(),
+        hostname: opts.hostname.clone(),
+        memory: opts.memory,
+        memory_swap: opts.memory_swap,
+        cpus: opts.cpus,
+        cpu_shares: opts.cpu_shares,
+        pids_limit: opts.pids_limit,
+        network: opts.network,
+        read_only: opts.read_only,
+        auto_remove: opts.rm,
+    })
+}
+
+/// docker's "familiar" name with a default tag, as in `Unable to find
+/// image 'busybox:latest' locally`.
+pub fn with_default_tag(reference: &str) -> String {
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    if reference.contains('@') || last.contains(':') {
+        reference.to_string()
+    } else {
+        format!("{reference}:latest")
+    }
+}
+
+/// Creates the container, pulling the image first when `--pull always`,
+/// or when the daemon does not have it (unless `--pull never`).
+async fn create_container(
+    client: &Client,
+    request: &CreateRequest,
+    pull: PullPolicy,
+) -> Result<String, Error> {
+    if pull == PullPolicy::Always {
+        images::pull(client, &request.image, Sink::Stderr, false).await?;
+    }
+    let created: CreateResponse = match client
+        .json(Method::POST, "/containers/create", Some(request))
+        .await
+    {
+        Err(Error::Daemon { status, message })
+            if status == StatusCode::NOT_FOUND
+                && message.starts_with("No such image")
+                && pull == PullPolicy::Missing =>
+        {
+            eprintln!(
+                "Unable to find image '{}' locally",
+                with_default_tag(&request.image)
+            );
+            images::pull(client, &request.image, Sink::Stderr, false).await?;
+            client
+                .json(Method::POST, "/containers/create", Some(request))
+                .await?
+        }
+        other => other?,
+    };
+    for warning in &created.warnings {
+        eprintln!("WARNING: {warning}");
+    }
+    Ok(created.id)
+}
+
+/// `create`: prints the new container's id.
+pub async fn create(client: &Client, opts: ContainerOpts) -> Result<i32, Error> {
+    let request = create_request(&opts, |k| std::env::var(k).ok())?;
+    let id = create_container(client, &request, opts.pull).await?;
+    outln(id);
+    Ok(0)
+}
+
+/// `run`: create, then start detached (print the id) or attached (copy
+/// the output, exit with the container's code).
+pub async fn run(client: &Client, args: RunArgs) -> Result<i32, Error> {
+    let request = create_request(&args.opts, |k| std::env::var(k).ok())?;
+    let id = create_container(client, &request, args.opts.pull).await?;
+    if args.detach {
+        client
+            .call(
+                Method::POST,
+                &format!("/containers/{}/start?attach=false", encode(&id)),
+            )
+            .await?;
+        outln(id);
+        return Ok(0);
+    }
+    attach_start(client, &id).await
+}
+
+/// Starts a container attached and copies its output; the container's
+/// exit code, or an error when the stream ends without one.
+async fn attach_start(client: &Client, container: &str) -> Result<i32, Error> {
+    let response = client
+        .send(
+            Method::POST,
+            &format!("/containers/{}/start?attach=true", encode(container)),
+            None,
+        )
+        .await?;
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let copy = copy_frames(response.into_body(), &mut stdout, &mut stderr);
+    match proxy_signals(client, container, copy).await? {
+        Some(code) => Ok(i32::try_from(code).unwrap_or(super::EXIT_USAGE)),
+        None => Err(Error::Message(
+            "wharf-runner: the daemon ended the container's output without its exit status".into(),
+        )),
+    }
+}
+
+/// Waits for `work` while forwarding the signals a user or a supervisor
+/// sends this process (INT, TERM, HUP, QUIT, USR1, USR2) to the
+/// container, as docker's `--sig-proxy` does: `timeout 5 wharf-runner run
+/// ...` stops the container, not just the CLI.
+async fn proxy_signals<T>(
+    client: &Client,
+    container: &str,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    use tokio::signal::unix::{SignalKind, signal};
+    let kinds = [
+        (SignalKind::interrupt(), "INT"),
+        (SignalKind::terminate(), "TERM"),
+        (SignalKind::hangup(), "HUP"),
+        (SignalKind::quit(), "QUIT"),
+        (SignalKind::user_defined1(), "USR1"),
+        (SignalKind::user_defined2(), "USR2"),
+    ];
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    let mut listeners = Vec::new();
+    for (kind, name) in kinds {
+        match signal(kind) {
+            Ok(mut stream) => {
+                let tx = tx.clone();
+                listeners.push(tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        if tx.send(name).is_err() {
+                            break;
+                        }
+                    }
+                }));
+            }
+            Err(e) => tracing::debug!(error = %e, signal = name, "cannot proxy signal"),
+        }
+    }
+    drop(tx);
+    tokio::pin!(work);
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            Some(name) = rx.recv() => {
+                let client = client.clone();
+                let path = format!("/containers/{}/kill?signal={name}", encode(container));
+                tokio::spawn(async move {
+                    if let Err(e) = client.call(Method::POST, &path).await {
+                        tracing::debug!(error = %e, "forwarding a signal");
+                    }
+                });
+            }
+        }
+    };
+    for listener in listeners {
+        listener.abort();
+    }
+    result
+}
+
+/// `start`: prints each container as named; `-a` attaches to one.
+pub async fn start(client: &Client, args: StartArgs) -> Result<i32, Error> {
+    if args.attach {
+        if args.containers.len() > 1 {
+            return Err(Error::Message(
+                "Error: you cannot start and attach multiple containers at once".into(),
+            ));
+        }
+        return attach_start(client, &args.containers[0]).await;
+    }
+    let mut failed = Vec::new();
+    for name in &args.containers {
+        let path = format!("/containers/{}/start?attach=false", encode(name));
+        match client.call(Method::POST, &path).await {
+            Ok(()) => outln(name),
+            Err(e @ Error::Connect(_)) => return Err(e),
+            Err(e) => {
+                eprintln!("{e}");
+                failed.push(name.as_str());
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(0)
+    } else {
+        Err(Error::Message(format!(
+            "Error: failed to start containers: {}",
+            failed.join(", ")
+        )))
+    }
+}
+
+/// The `ps` table (or ids with `-q`).
+pub fn ps_output(containers: &[ContainerSummary], args: &PsArgs, now: i64) -> String {
+    let id = |c: &ContainerSummary| {
+        if args.no_trunc {
+            c.id.clone()
+        } else {
+            format::short_id(&c.id)
+        }
+    };
+    if args.quiet {
+        return containers.iter().map(|c| id(c) + "\n").collect();
+    }
+    let mut rows = vec![
+        [
+            "CONTAINER ID",
+            "IMAGE",
+            "COMMAND",
+            "CREATED",
+            "STATUS",
+            "PORTS",
+            "NAMES",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for c in containers {
+        rows.push(vec![
+            id(c),
+            c.image.clone(),
+            format::command_cell(&c.command, args.no_trunc),
+            format::ago(c.created, now),
+            c.status.clone(),
+            String::new(),
+            c.name.clone(),
+        ]);
+    }
+    format::table(&rows)
+}
+
+/// `ps`.
+pub async fn ps(client: &Client, args: PsArgs) -> Result<i32, Error> {
+    let mut containers: Vec<ContainerSummary> = client
+        .json(
+            Method::GET,
+            &format!("/containers/json?all={}", args.all),
+            None::<&()>,
+        )
+        .await?;
+    containers.sort_by_key(|c| std::cmp::Reverse(c.created));
+    let text = ps_output(&containers, &args, format::now());
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    Ok(0)
+}
+
+/// `logs`: the frames to stdout/stderr.
+pub async fn logs(client: &Client, args: LogsArgs) -> Result<i32, Error> {
+    let path = format!(
+        "/containers/{}/logs?follow={}&tail={}&timestamps={}",
+        encode(&args.container),
+        args.follow,
+        encode(&args.tail),
+        args.timestamps
+    );
+    let response = client.send(Method::GET, &path, None).await?;
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    copy_frames(response.into_body(), &mut stdout, &mut stderr).await?;
+    Ok(0)
+}
+
+/// Runs one request per container, printing the name on success and the
+/// daemon's error otherwise; 1 when any failed.
+async fn each(
+    client: &Client,
+    containers: &[String],
+    path: impl Fn(&str) -> String,
+    ok_status: Option<StatusCode>,
+    method: Method,
+) -> Result<i32, Error> {
+    let mut code = 0;
+    for name in containers {
+        match client.call(method.clone(), &path(&encode(name))).await {
+            Ok(()) => outln(name),
+            Err(Error::Daemon { status, .. }) if Some(status) == ok_status => outln(name),
+            Err(e @ Error::Connect(_)) => return Err(e),
+            Err(e) => {
+                eprintln!("{e}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// `stop`: a stopped container (304) counts as stopped, as in docker.
+pub async fn stop(client: &Client, args: StopArgs) -> Result<i32, Error> {
+    let query = args.time.map(|t| format!("?t={t}")).unwrap_or_default();
+    each(
+        client,
+        &args.containers,
+        |c| format!("/containers/{c}/stop{query}"),
+        Some(StatusCode::NOT_MODIFIED),
+        Method::POST,
+    )
+    .await
+}
+
+/// `kill`.
+pub async fn kill(client: &Client, args: KillArgs) -> Result<i32, Error> {
+    let signal = encode(&args.signal);
+    each(
+        client,
+        &args.containers,
+        |c| format!("/containers/{c}/kill?signal={signal}"),
+        None,
+        Method::POST,
+    )
+    .await
+}
+
+/// `rm`.
+pub async fn rm(client: &Client, args: RmArgs) -> Result<i32, Error> {
+    each(
+        client,
+        &args.containers,
+        |c| format!("/containers/{c}?force={}", args.force),
+        None,
+        Method::DELETE,
+    )
+    .await
+}
+
+/// `wait`: prints each exit code.
+pub async fn wait(client: &Client, args: NamesArgs) -> Result<i32, Error> {
+    let mut code = 0;
+    for name in &args.containers {
+        let path = format!("/containers/{}/wait", encode(name));
+        match client
+            .json::<WaitResponse>(Method::POST, &path, None::<&()>)
+            .await
+        {
+            Ok(w) => outln(w.status_code),
+            Err(e @ Error::Connect(_)) => return Err(e),
+            Err(e) => {
+                eprintln!("{e}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// `inspect`: a JSON array of what was found (or one templated line per
+/// object); `Error: No such object: X` for the rest, exit 1.
+pub async fn inspect(
+    client: &Client,
+    object_type: Option<ObjectType>,
+    args: FormatNamesArgs,
+) -> Result<i32, Error> {
+    let template = args
+        .format
+        .as_deref()
+        .map(Template::parse)
+        .transpose()
+        .map_err(Error::Message)?;
+    let mut found: Vec<Value> = Vec::new();
+    let mut code = 0;
+    for name in &args.names {
+        let container_path = format!("/containers/{}/json", encode(name));
+        let image_path = format!("/images/inspect?name={}", encode(name));
+        let mut result = Err(Error::Daemon {
+            status: StatusCode::NOT_FOUND,
+            message: String::new(),
+        });
+        if object_type != Some(ObjectType::Image) {
+            result = client.json(Method::GET, &container_path, None::<&()>).await;
+        }
+        if object_type != Some(ObjectType::Container)
+            && matches!(&result, Err(e) if e.is_not_found())
+        {
+            result = client.json(Method::GET, &image_path, None::<&()>).await;
+        }
+        match result {
+            Ok(value) => found.push(value),
+            Err(e) if e.is_not_found() => {
+                let what = match object_type {
+                    None => "object",
+                    Some(ObjectType::Container) => "container",
+                    Some(ObjectType::Image) => "image",
+                };
+                eprintln!("Error: No such {what}: {name}");
+                code = 1;
+            }
+            Err(e @ Error::Connect(_)) => return Err(e),
+            Err(e) => {
+                eprintln!("{e}");
+                code = 1;
+            }
+        }
+    }
+    match template {
+        Some(t) => {
+            for value in &found {
+                outln(t.render(value));
+            }
+        }
+        None => outln(format::json_pretty(&Value::Array(found))),
+    }
+    Ok(code)
+}

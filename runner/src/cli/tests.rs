@@ -1,0 +1,330 @@
+//! Parsing tests: docker's flag rules for `run`/`create` and the usage errors.
+
+use clap::Parser;
+
+use super::containers::{create_request, ps_output, with_default_tag};
+use super::*;
+use crate::api::ContainerSummary;
+
+fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(std::iter::once("wharf-runner").chain(args.iter().copied()))
+}
+
+fn run_opts(args: &[&str]) -> RunArgs {
+    match parse(args).unwrap().command {
+        Command::Run(a) => a,
+        other => panic!("not run: {other:?}"),
+    }
+}
+
+#[test]
+fn run_flags_stop_at_the_image() {
+    let a = run_opts(&[
+        "run", "-h", "myhost", "-e", "A=1", "--rm", "busybox", "sh", "-c", "echo hi", "-e", "X",
+    ]);
+    assert!(a.opts.rm && !a.detach);
+    assert_eq!(a.opts.hostname.as_deref(), Some("myhost"));
+    let req = create_request(&a.opts, |_| None).unwrap();
+    assert_eq!(req.image, "busybox");
+    assert_eq!(
+        req.cmd,
+        Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo hi".into(),
+            "-e".into(),
+            "X".into()
+        ])
+    );
+    assert_eq!(req.env, vec!["A=1"]);
+    assert_eq!(req.hostname.as_deref(), Some("myhost"));
+    assert!(req.auto_remove);
+
+    // A flag right after the image is the command's, not ours.
+    let a = run_opts(&["run", "busybox", "--rm", "-d"]);
+    assert!(!a.opts.rm && !a.detach);
+    let req = create_request(&a.opts, |_| None).unwrap();
+    assert_eq!(req.cmd, Some(vec!["--rm".into(), "-d".into()]));
+
+    let a = run_opts(&["run", "-d", "busybox"]);
+    assert!(a.detach);
+    assert_eq!(create_request(&a.opts, |_| None).unwrap().cmd, None);
+}
+
+#[test]
+fn run_resources_and_options() {
+    let a = run_opts(&[
+        "run",
+        "-m",
+        "64m",
+        "--memory-swap",
+        "-1",
+        "--cpus",
+        "0.5",
+        "--cpu-shares",
+        "512",
+        "--pids-limit",
+        "-1",
+        "--network",
+        "host",
+        "--read-only",
+        "--pull",
+        "never",
+        "-w",
+        "/tmp",
+        "-u",
+        "1000:1000",
+        "--entrypoint",
+        "",
+        "--name",
+        "web",
+        "busybox",
+    ]);
+    let req = create_request(&a.opts, |_| None).unwrap();
+    assert_eq!(req.memory, Some(64 * 1024 * 1024));
+    assert_eq!(req.memory_swap, Some(-1));
+    assert_eq!(req.cpus, Some(0.5));
+    assert_eq!(req.cpu_shares, Some(512));
+    assert_eq!(req.pids_limit, Some(-1));
+    assert_eq!(req.network, Network::Host);
+    assert!(req.read_only);
+    assert_eq!(a.opts.pull, PullPolicy::Never);
+    assert_eq!(req.workdir.as_deref(), Some("/tmp"));
+    assert_eq!(req.user.as_deref(), Some("1000:1000"));
+    assert_eq!(req.entrypoint.as_deref(), Some(""));
+    assert_eq!(req.name.as_deref(), Some("web"));
+    let a = run_opts(&["run", "--memory=1g", "busybox"]);
+    assert_eq!(a.opts.memory, Some(1 << 30));
+    // Defaults.
+    let a = run_opts(&["run", "busybox"]);
+    assert_eq!(a.opts.pull, PullPolicy::Missing);
+    assert_eq!(a.opts.network, Network::None);
+}
+
+#[test]
+fn bad_values_are_usage_errors() {
+    for args in [
+        &["run", "-m", "64x", "busybox"][..],
+        &["run", "--cpus", "lots", "busybox"],
+        &["run", "--network", "bridge", "busybox"],
+        &["run", "--pull", "sometimes", "busybox"],
+        &["run"],
+        &["run", "-i", "busybox"],
+        &["run", "-p", "80:80", "busybox"],
+        &["run", "--restart", "always", "busybox"],
+        &["create", "-d", "busybox"],
+        &["stop"],
+    ] {
+        assert!(parse(args).is_err(), "{args:?} parsed");
+    }
+}
+
+#[test]
+fn env_files_then_env_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("env");
+    std::fs::write(&file, "# c\nA=from file\nPASS\n").unwrap();
+    let f = file.to_str().unwrap();
+    let a = run_opts(&[
+        "run",
+        "--env-file",
+        f,
+        "-e",
+        "B=2",
+        "-e",
+        "PASS",
+        "-e",
+        "GONE",
+        "busybox",
+    ]);
+    let lookup = |k: &str| (k == "PASS").then(|| "through".to_string());
+    let req = create_request(&a.opts, lookup).unwrap();
+    assert_eq!(
+        req.env,
+        vec!["A=from file", "PASS=through", "B=2", "PASS=through", "GONE"]
+    );
+    let a = run_opts(&["run", "--env-file", "/nonexistent/env", "busybox"]);
+    let err = create_request(&a.opts, |_| None).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/env"), "{err}");
+    let a = run_opts(&["run", "-e", "A B=1", "busybox"]);
+    assert!(create_request(&a.opts, |_| None).is_err());
+}
+
+#[test]
+fn usage_errors_are_docker_like() {
+    let args = |a: &[&str]| -> Vec<String> {
+        std::iter::once("wharf-runner")
+            .chain(a.iter().copied())
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(command_path(&args(&["run", "--foo", "busybox"])), "run");
+    assert_eq!(
+        command_path(&args(&["--socket", "/s", "image", "rm", "x"])),
+        "image rm"
+    );
+    assert_eq!(command_path(&args(&["container", "--help"])), "container");
+
+    let a = args(&["run", "--foo", "busybox"]);
+    let err = Cli::try_parse_from(&a).unwrap_err();
+    assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+    assert_eq!(usage_error(err, &a), EXIT_USAGE);
+}
+
+#[test]
+fn unknown_image_names_get_the_default_tag() {
+    assert_eq!(with_default_tag("busybox"), "busybox:latest");
+    assert_eq!(
+        with_default_tag("localhost:5000/busybox"),
+        "localhost:5000/busybox:latest"
+    );
+    assert_eq!(
+        with_default_tag("localhost:5000/busybox:1"),
+        "localhost:5000/busybox:1"
+    );
+    assert_eq!(with_default_tag("busybox@sha256:aa"), "busybox@sha256:aa");
+}
+
+#[test]
+fn ps_table_like_docker() {
+    let now = 10_000;
+    let list = vec![
+        ContainerSummary {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            name: "web".into(),
+            image: "localhost:5000/busybox".into(),
+            command: "sh -c 'while true; do sleep 1; done'".into(),
+            created: now - 75,
+            state: "running".into(),
+            status: "Up 5 seconds".into(),
+        },
+        ContainerSummary {
+            id: "fedcba9876543210".into(),
+            name: "old".into(),
+            image: "busybox".into(),
+            command: "true".into(),
+            created: now - 7200,
+            state: "exited".into(),
+            status: "Exited (0) 2 minutes ago".into(),
+        },
+    ];
+    let args = PsArgs {
+        all: true,
+        quiet: false,
+        no_trunc: false,
+    };
+    assert_eq!(
+        ps_output(&list, &args, now),
+        "CONTAINER ID   IMAGE                    COMMAND                  CREATED              STATUS                     PORTS     NAMES\n\
+         0123456789ab   localhost:5000/busybox   \"sh -c 'while true; …\"   About a minute ago   Up 5 seconds                         web\n\
+         fedcba987654   busybox                  \"true\"                   2 hours ago          Exited (0) 2 minutes ago             old\n"
+    );
+    let quiet = PsArgs {
+        quiet: true,
+        ..args
+    };
+    assert_eq!(
+        ps_output(&list, &quiet, now),
+        "0123456789ab\nfedcba987654\n"
+    );
+    let full = PsArgs {
+        quiet: true,
+        no_trunc: true,
+        all: true,
+    };
+    assert!(ps_output(&list, &full, now).starts_with("0123456789abcdef0123456789abcdef\n"));
+}
+
+#[test]
+fn help_stays_on_long_help_for_run_and_create() {
+    for args in [
+        &["run", "--help"][..],
+        &["create", "--help"],
+        &["container", "run", "--help"],
+    ] {
+        let err = parse(args).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp, "{args:?}");
+    }
+    // -h is --hostname there, and still help elsewhere.
+    assert!(matches!(
+        parse(&["create", "-h", "x", "busybox"]).unwrap().command,
+        Command::Create(ContainerOpts { hostname: Some(ref h), .. }) if h == "x"
+    ));
+    assert_eq!(
+        parse(&["ps", "-h"]).unwrap_err().kind(),
+        clap::error::ErrorKind::DisplayHelp
+    );
+}
+
+#[test]
+fn other_commands_parse_like_docker() {
+    match parse(&["stop", "-t", "3", "a", "b"]).unwrap().command {
+        Command::Stop(a) => assert_eq!((a.time, a.containers.len()), (Some(3), 2)),
+        other => panic!("{other:?}"),
+    }
+    match parse(&["logs", "-f", "--tail", "10", "-t", "c"])
+        .unwrap()
+        .command
+    {
+        Command::Logs(a) => assert!(a.follow && a.timestamps && a.tail == "10"),
+        other => panic!("{other:?}"),
+    }
+    assert!(parse(&["logs", "--tail", "ten", "c"]).is_err());
+    match parse(&["kill", "-s", "TERM", "c"]).unwrap().command {
+        Command::Kill(a) => assert_eq!(a.signal, "TERM"),
+        other => panic!("{other:?}"),
+    }
+    match parse(&["inspect", "--type", "image", "-f", "{{.Id}}", "x"])
+        .unwrap()
+        .command
+    {
+        Command::Inspect(a) => {
+            assert_eq!(a.object_type, Some(ObjectType::Image));
+            assert_eq!(a.names.format.as_deref(), Some("{{.Id}}"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        parse(&["image", "ls", "-q"]).unwrap().command,
+        Command::Image(ImageCommand::Ls(ImagesArgs { quiet: true, .. }))
+    ));
+    assert!(matches!(
+        parse(&["container", "ps", "-a"]).unwrap().command,
+        Command::Container(ContainerCommand::Ls(PsArgs { all: true, .. }))
+    ));
+    match parse(&[
+        "--socket",
+        "/tmp/s",
+        "daemon",
+        "--root",
+        "/r",
+        "--insecure-registry",
+        "a:5000",
+        "--insecure-registry",
+        "b",
+    ])
+    .unwrap()
+    {
+        Cli {
+            socket,
+            command: Command::Daemon(d),
+        } => {
+            assert_eq!(socket, std::path::Path::new("/tmp/s"));
+            assert_eq!(d.root, std::path::Path::new("/r"));
+            assert_eq!(d.default_registry, "docker.io");
+            assert_eq!(d.insecure_registries, vec!["a:5000", "b"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    match parse(&["login", "-u", "me", "--password-stdin", "localhost:5000"])
+        .unwrap()
+        .command
+    {
+        Command::Login(a) => {
+            assert_eq!(a.username.as_deref(), Some("me"));
+            assert!(a.password_stdin);
+            assert_eq!(a.server.as_deref(), Some("localhost:5000"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
