@@ -15,8 +15,13 @@ from support import run
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_APPLETS = (
     "sh ls cat echo true false sleep id hostname ps nc httpd wget env mkdir rm cp mv "
-    "head tail grep uname wc test sha256sum"
+    "head tail grep uname wc test sha256sum "
+    # used by the wharf-runner tests (test_runner.py)
+    "seq tr dd cut sed awk yes mount touch printf sort date pwd chmod ln readlink stat kill"
 ).split()
+# Users of both busybox images (docker's and runner_support's): `-u nobody` needs one.
+BUSYBOX_PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+BUSYBOX_GROUP = "root:x:0:\nnogroup:x:65534:\n"
 BIG_LAYERS = 5
 BIG_LAYER_BYTES = 42 * 1024 * 1024
 PUSH_DIGEST_RE = re.compile(r"digest: (sha(?:256|512):[0-9a-f]+) size: (\d+)")
@@ -147,8 +152,8 @@ class TestImages:
         shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
         for applet in BUSYBOX_APPLETS:
             (rootfs / "bin" / applet).symlink_to("busybox")
-        (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-        (rootfs / "etc" / "group").write_text("root:x:0:\n")
+        (rootfs / "etc" / "passwd").write_text(BUSYBOX_PASSWD)
+        (rootfs / "etc" / "group").write_text(BUSYBOX_GROUP)
         run(["tar", "--numeric-owner", "-C", rootfs, "-cf", self.busybox_tar, "."])
         ref = "wharf-e2e/busybox:latest"
         self.docker("import", "-c", 'CMD ["/bin/sh"]', self.busybox_tar, ref)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from clients import Docker, Podman, TestImages
+from runner_support import RunnerDaemon, busybox_image, runner_binary, wait_no_leftovers
 from support import AUTH_ENV, WharfServer, run, server_binary
 
 
@@ -166,3 +168,176 @@ def podman():
     yield make
     for root in roots:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- wharf-runner
+#
+# The runner tests share one wharf-server and one daemon per module (starting
+# them per test would cost most of the time budget); every test still starts
+# clean: the `runner` fixture removes every container afterwards and fails the
+# test on anything left behind or on a panic in the daemon's log.
+
+RUNNER_IMAGE = "e2e/busybox"  # short name: the daemon's default registry is the test server
+
+
+class RunnerEnv:
+    """What a runner test gets: `.daemon` (a RunnerDaemon; `.cli(...)` runs
+    the client against it), `.wharf` (the registry it pulls from, a
+    WharfServer), `.image` (the busybox image by short name, already pulled),
+    `.push(repo, image, tag=...)` (an runner_support.Image through the registry
+    API) and `.track(id)` (an id whose leftovers are checked afterwards even
+    if the container is gone)."""
+
+    def __init__(self, daemon: RunnerDaemon, wharf: WharfServer, api=None):
+        self.daemon = daemon
+        self.wharf = wharf
+        self.api = api or wharf.api()
+        self.image = RUNNER_IMAGE
+        self.ids: set[str] = set()
+
+    def cli(self, *args, **kwargs) -> subprocess.CompletedProcess:
+        return self.daemon.cli(*args, **kwargs)
+
+    def ref(self, repo: str, tag: str = "latest") -> str:
+        """The full reference docker would print for a short name."""
+        return f"{self.wharf.docker_host}/{repo}:{tag}"
+
+    def push(self, repo: str, image, tag: str = "latest", docker: bool = False) -> str:
+        return image.push(self.api, repo, tag, docker=docker)
+
+    def track(self, cid: str) -> str:
+        self.ids.add(cid)
+        return cid
+
+
+def _make_daemon(base: Path, default_registry: str) -> RunnerDaemon:
+    binary = runner_binary()
+    if not binary.is_file():
+        pytest.fail(f"wharf-runner binary not found at {binary}: run `cargo build -p wharf-runner`")
+    # A unix socket path must fit 108 bytes; pytest's tmp paths may not.
+    sock_dir = Path(tempfile.mkdtemp(prefix="wr-", dir="/tmp"))
+    base.mkdir(parents=True, exist_ok=True)
+    return RunnerDaemon(binary, base / "root", sock_dir / "runner.sock", base / "daemon.log", default_registry)
+
+
+def _cleanup_daemon(daemon: RunnerDaemon, ids: set[str], since: int) -> list[str]:
+    """Removes every container (`rm -f`), then lists what is wrong: a dead
+    daemon, a failed rm, leftovers of any container seen, panics in the log."""
+    problems = []
+    if not daemon.running:
+        if daemon.proc is not None:
+            problems.append(f"the daemon died (exit {daemon.proc.returncode})")
+            try:
+                daemon.start()  # for the tests after this one
+            except AssertionError as exc:
+                problems.append(f"and does not start again: {exc}")
+    else:
+        ps = daemon.cli("ps", "-a", "-q", "--no-trunc", check=False, timeout=30)
+        if ps.returncode != 0:
+            problems.append(f"ps -a failed: {ps.stderr.strip()}")
+        listed = [line.strip() for line in ps.stdout.splitlines() if line.strip()]
+        ids = ids | set(listed)
+        for cid in listed:
+            rm = daemon.cli("rm", "-f", cid, check=False, timeout=30)
+            if rm.returncode != 0:
+                problems.append(f"rm -f {cid} failed: {rm.stderr.strip()}")
+    found = wait_no_leftovers(daemon, ids)
+    problems += [f"left behind: {item}" for item in found]
+    for line in found:
+        # Do not leave mounts on the host for later tests (or for pytest's tmp cleanup).
+        if line.startswith("mount "):
+            subprocess.run(["umount", "-l", line.split()[1]], capture_output=True)
+    problems += [f"daemon log: {line}" for line in daemon.panics(since)]
+    return problems
+
+
+@pytest.fixture(scope="module")
+def runner_registry(tmp_path_factory):
+    """A wharf-server (no auth) shared by a module's runner tests, with the
+    busybox image pushed as `e2e/busybox` in docker's media types (as `docker
+    push` sends it) and as `e2e/busybox-oci` in OCI ones."""
+    binary = server_binary()
+    if not binary.is_file():
+        pytest.fail(f"wharf-server binary not found at {binary}: run `cargo build -p wharf-server`")
+    base = tmp_path_factory.mktemp("runner-registry")
+    server = WharfServer(binary, base / "data", base / "wharf-server.log")
+    server.start()
+    try:
+        api = server.api()
+        busybox_image().push(api, RUNNER_IMAGE, "latest", docker=True)
+        busybox_image().push(api, RUNNER_IMAGE + "-oci", "latest")
+        yield server
+    finally:
+        server.stop()
+    panics = server.panics()
+    assert not panics, "wharf-server panicked:\n" + "\n".join(panics) + "\n" + server.log_tail()
+
+
+@pytest.fixture(scope="module")
+def runner_daemon(runner_registry, tmp_path_factory):
+    """One `wharf-runner daemon` for the module, default registry = the test
+    server, the busybox image pulled."""
+    daemon = _make_daemon(tmp_path_factory.mktemp("runner"), runner_registry.docker_host)
+    try:
+        daemon.start()
+        daemon.cli("pull", RUNNER_IMAGE, timeout=120)
+        yield daemon
+    finally:
+        if daemon.running:
+            for cid in daemon.all_ids() if daemon.ping() else []:
+                daemon.cli("rm", "-f", cid, check=False)
+        daemon.stop()
+        shutil.rmtree(daemon.socket.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def runner(request, runner_daemon, runner_registry):
+    """The module's daemon for one test (see RunnerEnv). Afterwards: `rm -f`
+    of every container; the test fails on a container's leftover mount,
+    cgroup, dir or process, on a dead daemon, and on `panicked` in the
+    daemon's log; the test's part of the log is printed when it failed."""
+    since = runner_daemon.log_size()
+    env = RunnerEnv(runner_daemon, runner_registry)
+    yield env
+    problems = _cleanup_daemon(runner_daemon, env.ids, since)
+    if _failed(request) or problems:
+        print(runner_daemon.log_tail(since=since))
+    assert not problems, "after the test:\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def runner_factory(request, runner_registry, tmp_path):
+    """make(registry=None) -> a RunnerEnv with a daemon of its own (started),
+    for tests that stop, kill or log in with their daemon. `registry` (a
+    WharfServer) defaults to the module's; the image is not pulled. Same
+    cleanup and checks as `runner`."""
+    envs: list[RunnerEnv] = []
+
+    def make(registry: WharfServer | None = None, api=None) -> RunnerEnv:
+        registry = registry or runner_registry
+        daemon = _make_daemon(tmp_path / f"runner{len(envs)}", registry.docker_host)
+        env = RunnerEnv(daemon, registry, api=api)
+        try:
+            daemon.start()
+        except BaseException:
+            shutil.rmtree(daemon.socket.parent, ignore_errors=True)
+            raise
+        envs.append(env)
+        return env
+
+    yield make
+    problems = []
+    for env in envs:
+        daemon = env.daemon
+        if daemon.proc is None:
+            continue
+        problems += _cleanup_daemon(daemon, env.ids, 0)
+        try:
+            daemon.stop()
+        except AssertionError as exc:
+            problems.append(str(exc).splitlines()[0])
+        problems += [f"left behind after the daemon stopped: {x}" for x in wait_no_leftovers(daemon, env.ids, 2)]
+        if _failed(request) or problems:
+            print(daemon.log_tail())
+        shutil.rmtree(daemon.socket.parent, ignore_errors=True)
+    assert not problems, "after the test:\n" + "\n".join(problems)
