@@ -198,6 +198,10 @@ class RunnerEnv:
     def cli(self, *args, **kwargs) -> subprocess.CompletedProcess:
         return self.daemon.cli(*args, **kwargs)
 
+    def fmt(self, name: str, template: str) -> str:
+        """`inspect -f TEMPLATE NAME`, stripped."""
+        return self.daemon.fmt(name, template)
+
     def ref(self, repo: str, tag: str = "latest") -> str:
         """The full reference docker would print for a short name."""
         return f"{self.wharf.docker_host}/{repo}:{tag}"

@@ -40,7 +40,12 @@ pub enum Error {
     Connect(PathBuf),
     /// The daemon answered with an error status.
     #[error("Error response from daemon: {message}")]
-    Daemon { status: StatusCode, message: String },
+    Daemon {
+        status: StatusCode,
+        message: String,
+        /// The exit code the daemon gave a container that could not start.
+        exit_code: Option<i64>,
+    },
     /// The connection broke or the daemon's answer made no sense.
     #[error("error during connect: {0}")]
     Transport(String),
@@ -137,18 +142,23 @@ impl Client {
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => body.message,
+            let (message, exit_code) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => (body.message, body.exit_code),
                 Err(_) => {
                     let text = String::from_utf8_lossy(&bytes).trim().to_string();
-                    if text.is_empty() {
+                    let message = if text.is_empty() {
                         status.canonical_reason().unwrap_or("").to_string()
                     } else {
                         text
-                    }
+                    };
+                    (message, None)
                 }
             };
-            return Err(Error::Daemon { status, message });
+            return Err(Error::Daemon {
+                status,
+                message,
+                exit_code,
+            });
         }
         Ok(response)
     }

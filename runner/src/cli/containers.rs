@@ -89,10 +89,11 @@ async fn create_container(
         .json(Method::POST, "/containers/create", Some(request))
         .await
     {
-        Err(Error::Daemon { status, message })
-            if status == StatusCode::NOT_FOUND
-                && message.starts_with("No such image")
-                && pull == PullPolicy::Missing =>
+        Err(Error::Daemon {
+            status, message, ..
+        }) if status == StatusCode::NOT_FOUND
+            && message.starts_with("No such image")
+            && pull == PullPolicy::Missing =>
         {
             eprintln!(
                 "Unable to find image '{}' locally",
@@ -125,14 +126,29 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32, Error> {
     let request = create_request(&args.opts, |k| std::env::var(k).ok())?;
     let id = create_container(client, &request, args.opts.pull).await?;
     if args.detach {
-        client
+        let started = client
             .call(
                 Method::POST,
                 &format!("/containers/{}/start?attach=false", encode(&id)),
             )
-            .await?;
-        outln(id);
-        return Ok(0);
+            .await;
+        return match started {
+            Ok(()) => {
+                outln(id);
+                Ok(0)
+            }
+            // The command could not be run: docker's 126/127 (or 125).
+            Err(
+                e @ Error::Daemon {
+                    exit_code: Some(code),
+                    ..
+                },
+            ) => {
+                eprintln!("{e}");
+                Ok(i32::try_from(code).unwrap_or(125))
+            }
+            Err(e) => Err(e),
+        };
     }
     attach_start(client, &id).await
 }
@@ -420,6 +436,7 @@ pub async fn inspect(
         let mut result = Err(Error::Daemon {
             status: StatusCode::NOT_FOUND,
             message: String::new(),
+            exit_code: None,
         });
         if object_type != Some(ObjectType::Image) {
             result = client.json(Method::GET, &container_path, None::<&()>).await;
