@@ -225,6 +225,38 @@ pub struct ErrorBody {
     pub exit_code: Option<i64>,
 }
 
+/// go-units' `HumanDuration` (docker's "Up 5 seconds", "2 hours ago"), shared
+/// by the daemon's `ps` status and the CLI's CREATED column: "Less than a second", "5 seconds",
+/// "About a minute", "3 hours", "2 weeks"...
+pub fn human_duration(seconds: i64) -> String {
+    let seconds = seconds.max(0);
+    let minutes = seconds / 60;
+    let hours = (seconds as f64 / 3600.0).round() as i64;
+    if seconds < 1 {
+        "Less than a second".into()
+    } else if seconds == 1 {
+        "1 second".into()
+    } else if seconds < 60 {
+        format!("{seconds} seconds")
+    } else if minutes == 1 {
+        "About a minute".into()
+    } else if minutes < 60 {
+        format!("{minutes} minutes")
+    } else if hours == 1 {
+        "About an hour".into()
+    } else if hours < 48 {
+        format!("{hours} hours")
+    } else if hours < 24 * 7 * 2 {
+        format!("{} days", hours / 24)
+    } else if hours < 24 * 30 * 2 {
+        format!("{} weeks", hours / 24 / 7)
+    } else if hours < 24 * 365 * 2 {
+        format!("{} months", hours / 24 / 30)
+    } else {
+        format!("{} years", seconds / 3600 / 24 / 365)
+    }
+}
+
 /// Frame stream kinds: the first byte of each frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

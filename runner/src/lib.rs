@@ -2,8 +2,9 @@
 //! their layers into a content-addressed store, and runs containers with
 //! namespace and cgroup isolation on an overlayfs rootfs.
 //!
-//! Work in progress: the modules below are the building blocks of the
-//! runner core (see ARCHITECTURE.md for what exists and what is next).
+//! `cli` talks to `daemon` over `api` (HTTP on a unix socket); the daemon
+//! drives `image`, `bundle`, `cgroups` and starts `internal`'s `shim` and
+//! `runtime` as processes of their own. See ARCHITECTURE.md.
 
 pub mod api;
 pub mod bundle;

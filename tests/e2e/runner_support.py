@@ -447,7 +447,7 @@ class Layer:
         return self.digest.split(":", 1)[1][:12]
 
 
-def make_layer(entries: list[Entry]) -> Layer:
+def make_layer(entries: list[Entry], compresslevel: int = 9) -> Layer:
     buf = io.BytesIO()
     # GNU format: long names (the `../` escapes) need no PAX headers.
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
@@ -455,7 +455,7 @@ def make_layer(entries: list[Entry]) -> Layer:
             info = entry.tarinfo()
             tar.addfile(info, io.BytesIO(entry.data) if info.size else None)
     raw = buf.getvalue()
-    blob = gzip.compress(raw, mtime=0)
+    blob = gzip.compress(raw, compresslevel=compresslevel, mtime=0)
     return Layer(raw, blob, sha256_digest(blob), sha256_digest(raw))
 
 

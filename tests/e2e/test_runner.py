@@ -42,6 +42,8 @@ from runner_support import (
     layer_names,
     leftovers,
     many_layers_image,
+    file_entry,
+    make_layer,
     marker_layer,
     mount_points,
     output,
@@ -293,6 +295,27 @@ def test_exit_codes_come_back(runner):
     bad_flag = runner.cli("run", "--rm", "--no-such-flag", runner.image, "true", check=False)
     assert bad_flag.returncode == 125, output(bad_flag)
     assert "unknown flag: --no-such-flag" in bad_flag.stderr, output(bad_flag)
+
+
+def test_detached_run_of_a_missing_command_exits_127(runner):
+    # docker run -d exits with 127 (126) when the command cannot be run, and
+    # the container is left exited (not running) with that exit code.
+    name = unique("nocmd")
+    proc = runner.cli("run", "-d", "--name", name, runner.image, "/no/such/command", check=False)
+    assert proc.returncode == 127, output(proc)
+    assert len(error_lines(proc)) == 1 and "/no/such/command" in proc.stderr, output(proc)
+    state = runner.daemon.inspect(name)["State"]
+    assert state["Status"] == "exited" and state["ExitCode"] == 127, state
+    runner.cli("rm", name)
+
+
+def test_memory_below_the_minimum_is_one_clear_line(runner):
+    before = set(runner.daemon.all_ids())
+    proc = runner.cli("run", "--rm", "-m", "4m", runner.image, "true", check=False)
+    assert proc.returncode == 125, output(proc)
+    lines = error_lines(proc)
+    assert len(lines) == 1 and "Minimum memory limit allowed is 6MB" in lines[0], output(proc)
+    assert set(runner.daemon.all_ids()) == before, "a refused container was left behind"
 
 
 def test_stdout_and_stderr_are_kept_apart(runner):
@@ -760,6 +783,43 @@ def test_malicious_layer_fails_to_pull_and_writes_nothing_outside(runner, tmp_pa
     run = runner.cli("run", "--rm", "--pull", "never", f"evil/{kind}:1", "true", check=False)
     assert run.returncode == 125, output(run)
     assert targets.problems() == []
+
+
+def test_pull_interrupted_by_a_daemon_crash_resumes(runner_factory):
+    """kill -9 of the daemon in the middle of a pull records no image and
+    leaves no partial layer; the next pull reuses the layers that were
+    complete and fetches only the rest."""
+    env = runner_factory()
+    daemon = env.daemon
+    big = []
+    for i in range(4):
+        big.append(make_layer([file_entry(f"big{i}", os.urandom(12 << 20))], compresslevel=1))
+    image = busybox_image(*big)
+    repo = unique("bigpull")
+    env.push(repo, image)
+    hexes = [layer.digest.split(":", 1)[1] for layer in big]
+    layers_dir = daemon.root / "layers"
+
+    def committed() -> list[str]:
+        return [h for h in hexes if (layers_dir / h / "diff").is_dir()]
+
+    puller = daemon.popen("pull", repo)
+    wait_for(lambda: committed() or puller.poll() is not None, 120, "a first layer in the store")
+    daemon.kill9()
+    puller.wait(30)
+    done = committed()
+    assert puller.returncode != 0, "the pull finished before the daemon was killed: make the layers bigger"
+    assert 0 < len(done) < len(hexes), f"{len(done)} of {len(hexes)} layers were complete at the crash"
+
+    daemon.start()
+    assert env.ref(repo) not in env.cli("images").stdout
+    assert [p.name for p in (daemon.root / "tmp").iterdir()] == [], "a partial layer survived the restart"
+    again = env.cli("pull", repo, timeout=300)
+    for h in done:
+        assert f"{h[:12]}: Already exists" in again.stdout, output(again)
+    assert "Downloaded newer image" in again.stdout, output(again)
+    sizes = env.cli("run", "--rm", repo, "sh", "-c", "cat /big0 /big1 /big2 /big3 | wc -c").stdout
+    assert sizes.strip() == str(4 * (12 << 20))
 
 
 def test_image_of_100_layers_runs(runner):

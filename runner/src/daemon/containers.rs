@@ -198,33 +198,8 @@ fn read_pid(path: &Path) -> Option<i64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// docker's `units.HumanDuration`.
-pub fn human_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    let h = s / 3600;
-    if s < 1 {
-        "Less than a second".into()
-    } else if s == 1 {
-        "1 second".into()
-    } else if s < 60 {
-        format!("{s} seconds")
-    } else if s / 60 == 1 {
-        "About a minute".into()
-    } else if s < 3600 {
-        format!("{} minutes", s / 60)
-    } else if h == 1 {
-        "About an hour".into()
-    } else if h < 48 {
-        format!("{h} hours")
-    } else if h < 24 * 7 * 2 {
-        format!("{} days", h / 24)
-    } else if h < 24 * 30 * 2 {
-        format!("{} weeks", h / 24 / 7)
-    } else if h < 24 * 365 * 2 {
-        format!("{} months", h / 24 / 30)
-    } else {
-        format!("{} years", h / 24 / 365)
-    }
+fn human_duration(d: Duration) -> String {
+    crate::api::human_duration(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn since(rfc3339: &str) -> Duration {
@@ -1434,20 +1409,6 @@ mod tests {
         assert_eq!(parse_signal("10").unwrap(), Signal::SIGUSR1);
         assert!(parse_signal("NOPE").is_err());
         assert!(parse_signal("999").is_err());
-    }
-
-    #[test]
-    fn human_durations_as_docker() {
-        assert_eq!(
-            human_duration(Duration::from_millis(300)),
-            "Less than a second"
-        );
-        assert_eq!(human_duration(Duration::from_secs(5)), "5 seconds");
-        assert_eq!(human_duration(Duration::from_secs(70)), "About a minute");
-        assert_eq!(human_duration(Duration::from_secs(300)), "5 minutes");
-        assert_eq!(human_duration(Duration::from_secs(3700)), "About an hour");
-        assert_eq!(human_duration(Duration::from_secs(5 * 3600)), "5 hours");
-        assert_eq!(human_duration(Duration::from_secs(3 * 86400)), "3 days");
     }
 
     #[test]
