@@ -5,18 +5,17 @@
 //! a right password, and the errors for an unknown image, an unreachable
 //! registry and a bad layer.
 //!
-//! Needs the wharf-server binary next to the test's target dir (build it
-//! with `cargo build -p wharf-server`) or at $WHARF_SERVER_BIN; without it
-//! the tests fail, saying so.
+//! Needs the wharf-server binary (build it with `cargo build -p
+//! wharf-server`; `common::server_bin` says where it is looked for);
+//! without it the tests fail, saying so.
+
+mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
+use common::{GZIP_LAYER, OCI_MANIFEST, Upload, count, gzip, push, sha, start_server, tar_of};
 use tokio::sync::mpsc;
 use wharf_runner::api::{LoginRequest, PullEvent, RemovedImage};
 use wharf_runner::daemon::Error;
@@ -24,124 +23,6 @@ use wharf_runner::daemon::catalog;
 use wharf_runner::daemon::images::{Images, ImagesConfig};
 use wharf_runner::image::Platform;
 use wharf_runner::image::client::install_crypto_provider;
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-
-fn server_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("WHARF_SERVER_BIN") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "WHARF_SERVER_BIN={} is not a file: build wharf-server first (`cargo build -p wharf-server`)",
-            p.display()
-        );
-        return p;
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let beside = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("wharf-server"));
-    for c in beside
-        .into_iter()
-        .chain([PathBuf::from("/work/target/debug/wharf-server")])
-    {
-        if c.is_file() {
-            return c;
-        }
-    }
-    panic!(
-        "wharf-server binary not found (looked beside the test binary and at \
-         /work/target/debug/wharf-server); build it with `cargo build -p wharf-server` \
-         or set WHARF_SERVER_BIN"
-    );
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn registry(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-fn start_server(env: &[(&str, &str)]) -> Server {
-    let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(server_bin());
-    cmd.args([
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--data-dir",
-    ])
-    .arg(data.path())
-    .env("WHARF_STORAGE_FSYNC", "false")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("start wharf-server");
-    let mut server = Server {
-        child,
-        port,
-        _data: data,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            panic!("wharf-server exited before listening: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "wharf-server did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    server
-}
-
-fn sha(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
-}
-
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, path, *data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
-fn gzip(b: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(b).unwrap();
-    e.finish().unwrap()
-}
 
 /// A single-platform image for this host.
 struct TestImage {
@@ -157,6 +38,16 @@ impl TestImage {
     }
     fn manifest_digest(&self) -> String {
         sha(&self.manifest)
+    }
+    fn upload(&self) -> Upload<'_> {
+        Upload {
+            blobs: (self.layers.iter().map(|(g, _)| g.as_slice()))
+                .chain([self.config.as_slice()])
+                .collect(),
+            manifests: vec![],
+            tagged: &self.manifest,
+            tagged_type: OCI_MANIFEST,
+        }
     }
 }
 
@@ -204,37 +95,6 @@ fn layer(name: &str, size: usize) -> Vec<u8> {
     tar_of(&[(name, &data)])
 }
 
-async fn push(port: u16, repo: &str, tag: &str, img: &TestImage, token: Option<&str>) {
-    install_crypto_provider();
-    let http = reqwest::Client::new();
-    let auth = |r: reqwest::RequestBuilder| match token {
-        Some(t) => r.bearer_auth(t),
-        None => r,
-    };
-    let base = format!("http://127.0.0.1:{port}/v2/{repo}");
-    let blobs = img
-        .layers
-        .iter()
-        .map(|(g, _)| g.clone())
-        .chain([img.config.clone()]);
-    for b in blobs {
-        let r = auth(http.post(format!("{base}/blobs/uploads/?digest={}", sha(&b))))
-            .header("Content-Type", "application/octet-stream")
-            .body(b)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201, "blob upload: {}", r.text().await.unwrap());
-    }
-    let r = auth(http.put(format!("{base}/manifests/{tag}")))
-        .header("Content-Type", OCI_MANIFEST)
-        .body(img.manifest.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "manifest put: {}", r.text().await.unwrap());
-}
-
 async fn open_images(root: &Path, default_registry: &str) -> Images {
     let pool = catalog::open(root).await.unwrap();
     Images::open(
@@ -277,10 +137,6 @@ fn short(d: &str) -> &str {
     &d[7..19]
 }
 
-fn count(dir: &Path) -> usize {
-    std::fs::read_dir(dir).unwrap().count()
-}
-
 #[tokio::test]
 async fn pull_then_find_list_inspect_and_pull_again() {
     let server = start_server(&[]);
@@ -289,7 +145,7 @@ async fn pull_then_find_list_inspect_and_pull_again() {
         "/bin/sh",
         false,
     );
-    push(server.port, "team/app", "1.0", &img, None).await;
+    push(server.port, "team/app", "1.0", &img.upload(), None).await;
     let root = tempfile::tempdir().unwrap();
     let images = open_images(root.path(), &server.registry()).await;
     let full = format!("{}/team/app:1.0", server.registry());
@@ -407,8 +263,8 @@ async fn rmi_untags_deletes_keeps_shared_layers_and_prune_reclaims() {
     let shared = layer("etc/shared", 1000);
     let a = image(&[shared.clone(), layer("etc/a", 2000)], "a", false);
     let b = image(&[shared.clone(), layer("etc/b", 3000)], "b", false);
-    push(server.port, "team/a", "1", &a, None).await;
-    push(server.port, "team/b", "1", &b, None).await;
+    push(server.port, "team/a", "1", &a.upload(), None).await;
+    push(server.port, "team/b", "1", &b.upload(), None).await;
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
     let images = open_images(r, &server.registry()).await;
@@ -465,7 +321,7 @@ async fn rmi_untags_deletes_keeps_shared_layers_and_prune_reclaims() {
     // A new push under b's tag: the pull moves the tag; the old b dangles
     // and prune deletes it (but not the new one, nor their shared layer).
     let b2 = image(&[shared.clone(), layer("etc/b2", 500)], "b2", false);
-    push(server.port, "team/b", "1", &b2, None).await;
+    push(server.port, "team/b", "1", &b2.upload(), None).await;
     let (id, events) = pull(&images, "team/b:1").await;
     assert_eq!(id.unwrap(), b2.id());
     assert!(
@@ -548,7 +404,7 @@ async fn unknown_image_unreachable_registry_and_bad_layer() {
     // A layer whose content is not what the config says: nothing recorded,
     // nothing half-made left in the store.
     let bad = image(&[layer("etc/x", 100)], "x", true);
-    push(server.port, "team/bad", "1", &bad, None).await;
+    push(server.port, "team/bad", "1", &bad.upload(), None).await;
     let e = pull(&images, "team/bad:1").await.0.unwrap_err();
     assert!(matches!(e, Error::Registry(_)), "{e}");
     assert!(e.to_string().contains(&bad.layers[0].1), "{e}");
@@ -581,7 +437,7 @@ async fn login_with_a_wrong_then_the_right_password() {
         server.port,
         "team/secret",
         "1",
-        &img,
+        &img.upload(),
         Some(tok["token"].as_str().expect("token")),
     )
     .await;

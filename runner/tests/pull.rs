@@ -5,17 +5,19 @@
 //! skipping of present layers, cleanup after a failed unpack, a layer that
 //! tries to escape its directory, and the auth flows.
 //!
-//! Needs the wharf-server binary next to the test's target dir (build it
-//! with `cargo build -p wharf-server`) or at $WHARF_SERVER_BIN; without it
-//! the tests fail, saying so.
+//! Needs the wharf-server binary (build it with `cargo build -p
+//! wharf-server`; `common::server_bin` says where it is looked for);
+//! without it the tests fail, saying so.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::io::Read;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
+use common::{
+    GZIP_LAYER, OCI_INDEX, OCI_MANIFEST, Upload, count, gzip, push, sha, start_server, tar_of,
+};
 use wharf_runner::image::Platform;
 use wharf_runner::image::client::{
     ClientConfig, Credentials, RegistryClient, install_crypto_provider,
@@ -25,121 +27,6 @@ use wharf_runner::image::pull::{
 };
 use wharf_runner::image::reference::Reference;
 use wharf_runner::image::store::Store;
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-
-fn server_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("WHARF_SERVER_BIN") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "WHARF_SERVER_BIN={} is not a file: build wharf-server first (`cargo build -p wharf-server`)",
-            p.display()
-        );
-        return p;
-    }
-    // target/debug/deps/pull-<hash> -> target/debug/wharf-server
-    let exe = std::env::current_exe().expect("current_exe");
-    let beside = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("wharf-server"));
-    for c in beside
-        .into_iter()
-        .chain([PathBuf::from("/work/target/debug/wharf-server")])
-    {
-        if c.is_file() {
-            return c;
-        }
-    }
-    panic!(
-        "wharf-server binary not found (looked beside the test binary and at \
-         /work/target/debug/wharf-server); build it with `cargo build -p wharf-server` \
-         or set WHARF_SERVER_BIN"
-    );
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(env: &[(&str, &str)]) -> Server {
-    let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(server_bin());
-    cmd.args([
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--data-dir",
-    ])
-    .arg(data.path())
-    .env("WHARF_STORAGE_FSYNC", "false")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("start wharf-server");
-    let mut server = Server {
-        child,
-        port,
-        _data: data,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            panic!("wharf-server exited before listening: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "wharf-server did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    server
-}
-
-fn sha(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
-}
-
-/// A tar of (path, contents) files, with parent dirs.
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, path, *data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
-fn gzip(b: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(b).unwrap();
-    e.finish().unwrap()
-}
 
 struct TestImage {
     layers: Vec<(Vec<u8>, String)>, // (gzip bytes, digest)
@@ -212,39 +99,15 @@ fn test_image() -> TestImage {
     }
 }
 
-async fn push(port: u16, repo: &str, tag: &str, img: &TestImage, token: Option<&str>) {
-    install_crypto_provider();
-    let http = reqwest::Client::new();
-    let auth = |r: reqwest::RequestBuilder| match token {
-        Some(t) => r.bearer_auth(t),
-        None => r,
-    };
-    let base = format!("http://127.0.0.1:{port}/v2/{repo}");
-    for b in &img.blobs {
-        let r = auth(http.post(format!("{base}/blobs/uploads/?digest={}", sha(b))))
-            .header("Content-Type", "application/octet-stream")
-            .body(b.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201, "blob upload: {}", r.text().await.unwrap());
+impl TestImage {
+    fn upload(&self) -> Upload<'_> {
+        Upload {
+            blobs: self.blobs.iter().map(Vec::as_slice).collect(),
+            manifests: self.manifests.iter().map(Vec::as_slice).collect(),
+            tagged: &self.index,
+            tagged_type: OCI_INDEX,
+        }
     }
-    for m in &img.manifests {
-        let r = auth(http.put(format!("{base}/manifests/{}", sha(m))))
-            .header("Content-Type", OCI_MANIFEST)
-            .body(m.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201, "manifest put: {}", r.text().await.unwrap());
-    }
-    let r = auth(http.put(format!("{base}/manifests/{tag}")))
-        .header("Content-Type", OCI_INDEX)
-        .body(img.index.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "index put: {}", r.text().await.unwrap());
 }
 
 fn safe_unpacker() -> Arc<dyn LayerUnpacker> {
@@ -292,15 +155,11 @@ impl Recorder {
     }
 }
 
-fn count(dir: &Path) -> usize {
-    std::fs::read_dir(dir).unwrap().count()
-}
-
 #[tokio::test]
 async fn pulls_an_image_from_wharf_server() {
     let server = start_server(&[]);
     let img = test_image();
-    push(server.port, "team/app", "1.0", &img, None).await;
+    push(server.port, "team/app", "1.0", &img.upload(), None).await;
 
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap().without_sync();
@@ -396,7 +255,7 @@ async fn pulls_an_image_from_wharf_server() {
 async fn a_failed_unpack_leaves_no_partial_layer_and_a_retry_resumes() {
     let server = start_server(&[]);
     let img = test_image();
-    push(server.port, "team/fail", "1.0", &img, None).await;
+    push(server.port, "team/fail", "1.0", &img.upload(), None).await;
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap().without_sync();
     let client = RegistryClient::new(ClientConfig::default()).unwrap();
@@ -463,7 +322,14 @@ async fn bearer_auth_with_and_without_the_right_password() {
         .await
         .unwrap();
     let token = tok["token"].as_str().expect("token").to_string();
-    push(server.port, "team/secret", "1.0", &img, Some(&token)).await;
+    push(
+        server.port,
+        "team/secret",
+        "1.0",
+        &img.upload(),
+        Some(&token),
+    )
+    .await;
 
     let registry = format!("127.0.0.1:{}", server.port);
     let reference = Reference::parse(&format!("{registry}/team/secret:1.0")).unwrap();
@@ -577,7 +443,7 @@ fn evil_image() -> TestImage {
 async fn a_layer_escaping_its_directory_fails_the_pull() {
     let server = start_server(&[]);
     let img = evil_image();
-    push(server.port, "team/evil", "1", &img, None).await;
+    push(server.port, "team/evil", "1", &img.upload(), None).await;
     let root = tempfile::tempdir().unwrap();
     // The layer's dir is root/tmp/layer-*/diff, so "../escape" would land
     // in root/tmp/layer-*/escape; check the whole store for it.
