@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -197,12 +197,7 @@ impl RegistryClient {
     /// when it cannot be reached.
     async fn host_auth(&self, r: &Reference) -> Result<HostAuth, ClientError> {
         let host = r.registry_host().to_string();
-        if let Some(a) = self
-            .hosts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&host)
-        {
+        if let Some(a) = lock(&self.hosts).get(&host) {
             return Ok(a.clone());
         }
         let url = format!("{}/v2/", self.base_url(r));
@@ -224,10 +219,7 @@ impl RegistryClient {
             // Some registries answer 404 here; auth is then learnt per request.
             _ => HostAuth::Anonymous,
         };
-        self.hosts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(host, auth.clone());
+        lock(&self.hosts).insert(host, auth.clone());
         Ok(auth)
     }
 
@@ -282,10 +274,7 @@ impl RegistryClient {
             retried = true;
             if let Some(ch) = challenge_from(resp.headers()) {
                 auth = HostAuth::Challenged(ch);
-                self.hosts
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(host.clone(), auth.clone());
+                lock(&self.hosts).insert(host.clone(), auth.clone());
             } else if auth == HostAuth::Anonymous {
                 return Err(ClientError::BadChallenge {
                     host,
@@ -307,22 +296,13 @@ impl RegistryClient {
     ) -> Result<String, ClientError> {
         let host = r.registry_host().to_string();
         let key = (host.clone(), scope.to_string());
-        if !fresh
-            && let Some(t) = self
-                .tokens
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-        {
+        if !fresh && let Some(t) = lock(&self.tokens).get(&key) {
             return Ok(t.clone());
         }
         let token = self
             .request_token(&host, realm, service, Some(scope), self.credentials(r))
             .await?;
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, token.clone());
+        lock(&self.tokens).insert(key, token.clone());
         Ok(token)
     }
 
@@ -803,6 +783,12 @@ async fn read_limited(resp: reqwest::Response, max: usize) -> Result<Vec<u8>, Op
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+/// Locks one of the client's caches. A panic while it was held (poisoning)
+/// cannot leave a cache entry half-written, so the data is used as is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn unreachable_err(host: &str, e: &reqwest::Error) -> ClientError {
