@@ -208,14 +208,9 @@ impl RegistryClient {
             .await
             .map_err(|e| unreachable_err(&host, &e))?;
         let auth = match resp.status() {
-            StatusCode::UNAUTHORIZED => {
-                HostAuth::Challenged(challenge_from(resp.headers()).ok_or_else(|| {
-                    ClientError::BadChallenge {
-                        host: host.clone(),
-                        detail: "401 without a Basic or Bearer WWW-Authenticate header".into(),
-                    }
-                })?)
-            }
+            StatusCode::UNAUTHORIZED => HostAuth::Challenged(
+                challenge_from(resp.headers()).ok_or_else(|| no_challenge(&host))?,
+            ),
             // Some registries answer 404 here; auth is then learnt per request.
             _ => HostAuth::Anonymous,
         };
@@ -266,20 +261,14 @@ impl RegistryClient {
                 return Ok(resp);
             }
             if retried {
-                return Err(match creds {
-                    Some(_) => ClientError::WrongCredentials { host },
-                    None => ClientError::AuthRequired { host },
-                });
+                return Err(refused(&host, creds));
             }
             retried = true;
             if let Some(ch) = challenge_from(resp.headers()) {
                 auth = HostAuth::Challenged(ch);
                 lock(&self.hosts).insert(host.clone(), auth.clone());
             } else if auth == HostAuth::Anonymous {
-                return Err(ClientError::BadChallenge {
-                    host,
-                    detail: "401 without a Basic or Bearer WWW-Authenticate header".into(),
-                });
+                return Err(no_challenge(&host));
             }
         }
     }
@@ -347,14 +336,7 @@ impl RegistryClient {
         let resp = req.send().await.map_err(|e| token_err(error_chain(&e)))?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(match creds {
-                Some(_) => ClientError::WrongCredentials {
-                    host: host.to_string(),
-                },
-                None => ClientError::AuthRequired {
-                    host: host.to_string(),
-                },
-            });
+            return Err(refused(host, creds));
         }
         if !status.is_success() {
             return Err(token_err(format!("status {status}")));
@@ -406,11 +388,7 @@ impl RegistryClient {
                 })
             };
         }
-        let challenge =
-            challenge_from(resp.headers()).ok_or_else(|| ClientError::BadChallenge {
-                host: host.clone(),
-                detail: "401 without a Basic or Bearer WWW-Authenticate header".into(),
-            })?;
+        let challenge = challenge_from(resp.headers()).ok_or_else(|| no_challenge(&host))?;
         let req = self.http.get(&url);
         let req = match challenge {
             Challenge::Basic => req.basic_auth(&creds.username, Some(&creds.password)),
@@ -457,26 +435,10 @@ impl RegistryClient {
         );
         let accept = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST].join(", ");
         let resp = self.get(r, &path, Some(&accept)).await?;
-        match resp.status() {
-            s if s.is_success() => {}
-            StatusCode::NOT_FOUND => {
-                return Err(ClientError::NotFound {
-                    reference: r.to_string(),
-                });
-            }
-            StatusCode::FORBIDDEN => {
-                return Err(ClientError::Denied {
-                    reference: r.to_string(),
-                });
-            }
-            s => {
-                return Err(ClientError::Status {
-                    host,
-                    status: s.as_u16(),
-                    what: format!("manifest {r}"),
-                });
-            }
-        }
+        let what = format!("manifest {r}");
+        fetch_status(resp.status(), r, &host, &what, || ClientError::NotFound {
+            reference: r.to_string(),
+        })?;
         let header_type = resp
             .headers()
             .get(CONTENT_TYPE)
@@ -490,7 +452,7 @@ impl RegistryClient {
                 },
                 Some(detail) => ClientError::Transfer {
                     host: host.clone(),
-                    what: format!("manifest {r}"),
+                    what,
                     detail,
                 },
             })?;
@@ -545,28 +507,13 @@ impl RegistryClient {
         let host = r.registry_host().to_string();
         let path = format!("/v2/{}/blobs/{digest}", r.repository());
         let resp = self.get(r, &path, None).await?;
-        match resp.status() {
-            s if s.is_success() => {}
-            StatusCode::NOT_FOUND => {
-                return Err(ClientError::BlobNotFound {
-                    repository: r.repository().to_string(),
-                    digest: digest.to_string(),
-                });
-            }
-            StatusCode::FORBIDDEN => {
-                return Err(ClientError::Denied {
-                    reference: r.to_string(),
-                });
-            }
-            s => {
-                return Err(ClientError::Status {
-                    host,
-                    status: s.as_u16(),
-                    what: format!("blob {digest}"),
-                });
-            }
-        }
         let what = format!("blob {digest}");
+        fetch_status(resp.status(), r, &host, &what, || {
+            ClientError::BlobNotFound {
+                repository: r.repository().to_string(),
+                digest: digest.to_string(),
+            }
+        })?;
         Ok(Box::pin(resp.bytes_stream().map(move |c| {
             c.map_err(|e| ClientError::Transfer {
                 host: host.clone(),
@@ -789,6 +736,51 @@ async fn read_limited(resp: reqwest::Response, max: usize) -> Result<Vec<u8>, Op
 /// cannot leave a cache entry half-written, so the data is used as is.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The error for a manifest or blob GET that did not succeed: `not_found()`
+/// for a 404, [`ClientError::Denied`] for a 403, else the bare status
+/// naming `what` was asked for.
+fn fetch_status(
+    status: StatusCode,
+    r: &Reference,
+    host: &str,
+    what: &str,
+    not_found: impl FnOnce() -> ClientError,
+) -> Result<(), ClientError> {
+    match status {
+        s if s.is_success() => Ok(()),
+        StatusCode::NOT_FOUND => Err(not_found()),
+        StatusCode::FORBIDDEN => Err(ClientError::Denied {
+            reference: r.to_string(),
+        }),
+        s => Err(ClientError::Status {
+            host: host.to_string(),
+            status: s.as_u16(),
+            what: what.to_string(),
+        }),
+    }
+}
+
+/// A 401 that names no challenge the client can answer.
+fn no_challenge(host: &str) -> ClientError {
+    ClientError::BadChallenge {
+        host: host.to_string(),
+        detail: "401 without a Basic or Bearer WWW-Authenticate header".into(),
+    }
+}
+
+/// Auth that was answered and still refused: the stored credentials are
+/// wrong, or there were none to send.
+fn refused(host: &str, creds: Option<&Credentials>) -> ClientError {
+    match creds {
+        Some(_) => ClientError::WrongCredentials {
+            host: host.to_string(),
+        },
+        None => ClientError::AuthRequired {
+            host: host.to_string(),
+        },
+    }
 }
 
 fn unreachable_err(host: &str, e: &reqwest::Error) -> ClientError {
