@@ -383,7 +383,9 @@ def test_ps_all_shows_exited(runner):
 
 
 def test_logs_tail_and_timestamps(runner):
-    cid = run_detached(runner, "sh", "-c", "echo err >&2; echo one; echo two; echo three")
+    # stdout and stderr are read by two threads of the monitor, as in
+    # docker: only a pause orders lines across the two streams.
+    cid = run_detached(runner, "sh", "-c", "echo err >&2; sleep 0.3; echo one; echo two; echo three")
     assert wait_exit(runner, cid) == 0
     logs = runner.cli("logs", cid)
     assert (logs.stdout, logs.stderr) == ("one\ntwo\nthree\n", "err\n"), output(logs)

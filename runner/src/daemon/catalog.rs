@@ -17,7 +17,9 @@ pub async fn open(root: &Path) -> Result<SqlitePool> {
         .map_err(Error::internal)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
+        // NORMAL in WAL mode: a power cut may lose the last transactions, never
+        // consistency; container state is re-derived from the shims on start.
+        .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(std::time::Duration::from_secs(10));
     let pool = SqlitePoolOptions::new()

@@ -610,6 +610,7 @@ impl Containers {
             upper: dir.join("upper"),
             work: dir.join("work"),
             target: rootfs.clone(),
+            volatile: req.auto_remove,
         };
         overlay::mount(&layout).map_err(Error::internal)?;
         let undo_mount = || {

@@ -27,6 +27,10 @@ pub struct Layout {
     pub upper: PathBuf,
     pub work: PathBuf,
     pub target: PathBuf,
+    /// overlay's `volatile`: no syncs of the upper layer (not at unmount
+    /// either). For `--rm` containers, whose writable layer is thrown away;
+    /// after a crash such an upper dir is unusable, which is fine for them.
+    pub volatile: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +112,9 @@ fn mount_new_api(layout: &Layout) -> io::Result<()> {
     rustix::mount::fsconfig_set_string(&fs, "workdir", layout.work.as_path())?;
     // Like docker's overlay2: index off (layers are shared by many mounts).
     rustix::mount::fsconfig_set_string(&fs, "index", "off")?;
+    if layout.volatile {
+        rustix::mount::fsconfig_set_flag(&fs, "volatile")?;
+    }
     rustix::mount::fsconfig_create(&fs)?;
     let mnt = rustix::mount::fsmount(
         &fs,
@@ -131,10 +138,11 @@ fn mount_legacy(layout: &Layout) -> io::Result<()> {
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     let data = format!(
-        "lowerdir={},upperdir={},workdir={},index=off",
+        "lowerdir={},upperdir={},workdir={},index=off{}",
         lower.join(":"),
         layout.upper.display(),
-        layout.work.display()
+        layout.work.display(),
+        if layout.volatile { ",volatile" } else { "" }
     );
     if data.len() >= 4096 {
         return Err(io::Error::new(
