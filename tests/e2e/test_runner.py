@@ -31,6 +31,7 @@ from runner_support import (
     ID_RE,
     MANY_LAYERS,
     NOT_RUNNING_HINT,
+    RunnerDaemon,
     EvilTargets,
     busybox_image,
     busybox_layer,
@@ -51,6 +52,7 @@ from runner_support import (
     runner_binary,
     wait_for,
 )
+from conftest import RunnerEnv
 from support import assert_image_in_registry, free_port
 
 TIMESTAMP_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
@@ -822,6 +824,40 @@ def test_pull_interrupted_by_a_daemon_crash_resumes(runner_factory):
     assert "Downloaded newer image" in again.stdout, output(again)
     sizes = env.cli("run", "--rm", repo, "sh", "-c", "cat /big0 /big1 /big2 /big3 | wc -c").stdout
     assert sizes.strip() == str(4 * (12 << 20))
+
+
+def test_full_disk_fails_the_pull_cleanly(runner_registry, tmp_path):
+    """A state dir on a full filesystem: the pull fails with one line naming
+    the full disk, records nothing and keeps no partial layer; once the space
+    is back the daemon pulls and runs as usual."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(mnt)], check=True)
+    daemon = None
+    try:
+        daemon = RunnerDaemon(
+            runner_binary(), mnt / "root", Path(free_unix_socket_path()), tmp_path / "daemon.log",
+            runner_registry.docker_host,
+        )
+        daemon.start()
+        env = RunnerEnv(daemon, runner_registry)
+        repo = unique("toobig")
+        image = busybox_image(make_layer([file_entry("big", os.urandom(16 << 20))], compresslevel=1))
+        env.push(repo, image)
+        proc = daemon.cli("pull", repo, check=False, timeout=120)
+        assert proc.returncode == 1, output(proc)
+        lines = error_lines(proc)
+        assert len(lines) == 1 and "No space left on device" in lines[0], output(proc)
+        assert repo not in daemon.cli("images").stdout
+        assert list((mnt / "root" / "tmp").iterdir()) == [], "a partial layer was left in tmp/"
+        big = image.layers[-1].digest.split(":", 1)[1]
+        assert not (mnt / "root" / "layers" / big).exists()
+        assert daemon.cli("run", "--rm", env.image, "echo", "still fine", timeout=120).stdout == "still fine\n"
+        daemon.cli("rmi", env.image)
+    finally:
+        if daemon is not None and daemon.running:
+            daemon.stop()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_image_of_100_layers_runs(runner):
