@@ -51,6 +51,7 @@ from runner_support import (  # noqa: E402
     Entry,
     Image,
     RunnerDaemon,
+    busybox_entries,
     busybox_image,
     dir_entry,
     make_layer,
@@ -853,15 +854,16 @@ class Bench:
         log(f"  building a 5-layer image of ~{5 * layer_size // MiB} MiB")
         layers = []
         for k in range(5):
-            entries: list[Entry] = [dir_entry("data"), dir_entry(f"data/l{k}")]
+            # The bottom layer carries busybox too: 5 layers in all, as in the issue.
+            entries: list[Entry] = (busybox_entries() if k == 0 else []) + [dir_entry(f"data{k}")]
             for j in range(100):  # small, compressible files
                 text = (f"layer {k} file {j} " * 64).encode()
-                entries.append(Entry(f"data/l{k}/small{j:03d}.txt", tarfile.REGTYPE, text))
+                entries.append(Entry(f"data{k}/small{j:03d}.txt", tarfile.REGTYPE, text))
             big_files = 8
             for j in range(big_files):
-                entries.append(Entry(f"data/l{k}/big{j}.bin", tarfile.REGTYPE, os.urandom(layer_size // big_files)))
+                entries.append(Entry(f"data{k}/big{j}.bin", tarfile.REGTYPE, os.urandom(layer_size // big_files)))
             layers.append(make_layer(entries, compresslevel=1))
-        image = busybox_image(*layers)
+        image = Image(layers)
         image.push(RegistryApi(wharf.url), "bench/big", "1", docker=True)
         total = sum(len(layer.blob) for layer in image.layers)
         self.pull_size = total
