@@ -79,3 +79,26 @@ stop_dockerd() {
   kill -KILL "$DOCKERD_PID" 2>/dev/null || true
   wait "$DOCKERD_PID" 2>/dev/null || true
 }
+
+# start_private_dockerd DIR: a dockerd of its own, with its socket, data and exec
+# roots under DIR (and its own containerd namespace), no bridge, no iptables; so a
+# benchmark neither shares a daemon that someone else may stop nor disturbs it.
+# Exports DOCKER_HOST and DOCKER (Debian's client); stop it with stop_dockerd.
+start_private_dockerd() {
+  local dir=$1
+  mkdir -p "$dir"
+  step "starting a private dockerd under $dir (log: $LOGDIR/dockerd.log)"
+  dockerd --bridge=none --iptables=false --host "unix://$dir/docker.sock" --data-root "$dir/data" \
+    --exec-root "$dir/exec" --pidfile "$dir/docker.pid" --containerd-namespace wharf-bench \
+    --containerd-plugins-namespace wharf-bench-plugins >"$LOGDIR/dockerd.log" 2>&1 &
+  DOCKERD_PID=$!
+  export DOCKER_HOST="unix://$dir/docker.sock"
+  for _ in $(seq 60); do
+    /usr/bin/docker info >/dev/null 2>&1 && break
+    kill -0 "$DOCKERD_PID" 2>/dev/null || break
+    sleep 1
+  done
+  /usr/bin/docker info >/dev/null 2>&1 || { tail -n 40 "$LOGDIR/dockerd.log" >&2; die "private dockerd did not come up"; }
+  DOCKER=/usr/bin/docker
+  export DOCKER
+}
