@@ -1,0 +1,104 @@
+# Shared by scripts/test and bench/run (sourced, not run): quiet idempotent installs
+# of Debian and PyPI packages, and a dockerd started when none answers.
+# The caller sets LOGDIR (where the logs of noisy commands go) and START=$SECONDS.
+
+step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - ${START:-0}))" "$*"; }
+die() { printf '%s: %s\n' "${PROG:-${0##*/}}" "$*" >&2; exit 1; }
+
+# Run a noisy command with its output in $LOGDIR/NAME.log; show the log only on failure.
+quietly() {
+  local log="$LOGDIR/$1.log"
+  shift
+  if ! "$@" >"$log" 2>&1; then
+    tail -n 60 "$log" >&2
+    die "failed: $* (full log: $log)"
+  fi
+}
+
+# ensure_installed "DEBIAN PKGS..." "PY MODULES (comma-separated import list)" "PIP SPECS..."
+# Installs only what is missing; prints nothing when everything is there.
+ensure_installed() {
+  local -a apt_pkgs=($1) py_packages=($3)
+  local py_modules=$2 pkg
+  local -a apt_missing=()
+  for pkg in "${apt_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || apt_missing+=("$pkg")
+  done
+  local need_pip=false
+  if [[ -n $py_modules ]] && ! python3 -c "import $py_modules" 2>/dev/null; then
+    need_pip=true
+    python3 -m pip --version >/dev/null 2>&1 || apt_missing+=(python3-pip)
+  fi
+  if ((${#apt_missing[@]})); then
+    step "installing Debian packages: ${apt_missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    quietly apt-update apt-get update -q
+    quietly apt-install apt-get install -y -q "${apt_missing[@]}"
+  fi
+  if $need_pip; then
+    step "installing PyPI packages: ${py_packages[*]}"
+    # Debian's own python3 is "externally managed"; this machine's test deps live there anyway.
+    quietly pip-install env PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet \
+      --disable-pip-version-check --root-user-action=ignore "${py_packages[@]}"
+    python3 -c "import $py_modules" || die "python modules still missing after pip install"
+  fi
+}
+
+# Starts dockerd (no bridge, no iptables) unless a daemon answers; sets DOCKERD_PID
+# when it started one (stop it with stop_dockerd, e.g. from an EXIT trap) and exports
+# DOCKER, the client to use.
+DOCKERD_PID=""
+ensure_dockerd() {
+  # Debian's client always speaks to Debian's dockerd (20.10); a newer client on PATH may not.
+  if ! docker info >/dev/null 2>&1 && ! /usr/bin/docker info >/dev/null 2>&1; then
+    step "starting dockerd (log: $LOGDIR/dockerd.log)"
+    dockerd --bridge=none --iptables=false >"$LOGDIR/dockerd.log" 2>&1 &
+    DOCKERD_PID=$!
+    for _ in $(seq 60); do
+      /usr/bin/docker info >/dev/null 2>&1 && break
+      kill -0 "$DOCKERD_PID" 2>/dev/null || break
+      sleep 1
+    done
+    /usr/bin/docker info >/dev/null 2>&1 || { tail -n 40 "$LOGDIR/dockerd.log" >&2; die "dockerd did not come up"; }
+  fi
+  if docker info >/dev/null 2>&1; then
+    DOCKER=$(command -v docker)
+  else
+    DOCKER=/usr/bin/docker
+  fi
+  export DOCKER
+}
+
+stop_dockerd() {
+  [[ -n $DOCKERD_PID ]] || return 0
+  kill -TERM "$DOCKERD_PID" 2>/dev/null || return 0
+  for _ in $(seq 30); do
+    kill -0 "$DOCKERD_PID" 2>/dev/null || break
+    sleep 1
+  done
+  kill -KILL "$DOCKERD_PID" 2>/dev/null || true
+  wait "$DOCKERD_PID" 2>/dev/null || true
+}
+
+# start_private_dockerd DIR: a dockerd of its own, with its socket, data and exec
+# roots under DIR (and its own containerd namespace), no bridge, no iptables; so a
+# benchmark neither shares a daemon that someone else may stop nor disturbs it.
+# Exports DOCKER_HOST and DOCKER (Debian's client); stop it with stop_dockerd.
+start_private_dockerd() {
+  local dir=$1
+  mkdir -p "$dir"
+  step "starting a private dockerd under $dir (log: $LOGDIR/dockerd.log)"
+  dockerd --bridge=none --iptables=false --host "unix://$dir/docker.sock" --data-root "$dir/data" \
+    --exec-root "$dir/exec" --pidfile "$dir/docker.pid" --containerd-namespace wharf-bench \
+    --containerd-plugins-namespace wharf-bench-plugins >"$LOGDIR/dockerd.log" 2>&1 &
+  DOCKERD_PID=$!
+  export DOCKER_HOST="unix://$dir/docker.sock"
+  for _ in $(seq 60); do
+    /usr/bin/docker info >/dev/null 2>&1 && break
+    kill -0 "$DOCKERD_PID" 2>/dev/null || break
+    sleep 1
+  done
+  /usr/bin/docker info >/dev/null 2>&1 || { tail -n 40 "$LOGDIR/dockerd.log" >&2; die "private dockerd did not come up"; }
+  DOCKER=/usr/bin/docker
+  export DOCKER
+}
