@@ -180,6 +180,10 @@ pub struct CreateRequest {
     /// `--rm`: the daemon removes the container when it exits.
     #[serde(default)]
     pub auto_remove: bool,
+    /// `--runtime`: the OCI runtime that runs it; `None`: the daemon's
+    /// default (`wharf`, the built-in one, unless configured otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

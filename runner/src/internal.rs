@@ -117,42 +117,117 @@ fn cgroup_of(bundle: &Path) -> Result<Option<(String, String, LinuxResources)>, 
     )))
 }
 
-const SHIM_USAGE: &str = "usage: wharf-runner shim --bundle DIR ID";
+const SHIM_USAGE: &str = "usage: wharf-runner shim --bundle DIR [--runtime PATH] ID";
 
-/// `wharf-runner shim --bundle DIR ID`: the container's monitor. Runs
-/// `wharf-runner runtime run --bundle DIR --pid-file DIR/init.pid ID` with
-/// its output logged into DIR and records its end (see `shim`). Started by
-/// the daemon in a session of its own, so it outlives the daemon.
+/// `wharf-runner shim --bundle DIR [--runtime PATH] ID`: the container's
+/// monitor. Runs `wharf-runner runtime run --bundle DIR --pid-file
+/// DIR/init.pid ID` (or, with `--runtime`, that binary with runc's command
+/// line and its state under `DIR/runc`) with its output logged into DIR and
+/// records its end (see `shim`). Started by the daemon in a session of its
+/// own, so it outlives the daemon.
 pub fn shim_main(args: &[String]) -> i32 {
-    let (bundle, id) = match args {
-        [flag, dir, id] if flag == "--bundle" => (PathBuf::from(dir), id.clone()),
+    let (bundle, runtime, id) = match args {
+        [flag, dir, id] if flag == "--bundle" => (PathBuf::from(dir), None, id.clone()),
+        [flag, dir, rflag, runtime, id] if flag == "--bundle" && rflag == "--runtime" => {
+            (PathBuf::from(dir), Some(PathBuf::from(runtime)), id.clone())
+        }
         _ => {
             eprintln!("{SHIM_USAGE}");
             return 125;
         }
     };
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
+    let pid_file = bundle.join(crate::shim::INIT_PID_FILE);
+    let command: Vec<std::ffi::OsString> = match &runtime {
+        None => {
+            let exe = match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(e) => {
+                    eprintln!("wharf-runner shim: cannot find its own binary: {e}");
+                    return 125;
+                }
+            };
+            vec![
+                exe.into(),
+                "runtime".into(),
+                "run".into(),
+                "--bundle".into(),
+                bundle.clone().into(),
+                "--pid-file".into(),
+                pid_file.into(),
+                id.into(),
+            ]
+        }
+        // `--keep`: the container (and so its cgroup) stays after it exits,
+        // so the daemon can read the OOM counter before `delete`.
+        Some(runtime) => vec![
+            runtime.clone().into(),
+            "--root".into(),
+            bundle.join(EXTERNAL_STATE_DIR).into(),
+            "run".into(),
+            "--keep".into(),
+            "--bundle".into(),
+            bundle.clone().into(),
+            "--pid-file".into(),
+            pid_file.into(),
+            id.into(),
+        ],
+    };
+    let record = match crate::shim::run(&bundle, &command) {
+        Ok(record) => record,
         Err(e) => {
-            eprintln!("wharf-runner shim: cannot find its own binary: {e}");
+            eprintln!("wharf-runner shim: {e}");
             return 125;
         }
     };
-    let command: Vec<std::ffi::OsString> = vec![
-        exe.into(),
-        "runtime".into(),
-        "run".into(),
-        "--bundle".into(),
-        bundle.clone().into(),
-        "--pid-file".into(),
-        bundle.join(crate::shim::INIT_PID_FILE).into(),
-        id.into(),
-    ];
-    match crate::shim::run(&bundle, &command) {
-        Ok(_) => 0,
-        Err(e) => {
-            eprintln!("wharf-runner shim: {e}");
-            125
-        }
+    if runtime.is_some() {
+        translate_runtime_failure(&bundle, record);
+    }
+    0
+}
+
+/// Where an external runtime keeps its state for one container (its
+/// `--root`), inside the container's directory.
+pub const EXTERNAL_STATE_DIR: &str = "runc";
+
+/// An external runtime that could not exec the command exits 1 with
+/// "unable to start container process: exec: ..." on stderr; docker turns
+/// that into 127 (not found) or 126 (cannot be run), and so do we, so a
+/// container behaves the same under every runtime.
+fn translate_runtime_failure(bundle: &Path, record: crate::shim::ExitRecord) {
+    if record.exit_code != 1 || record.signal.is_some() {
+        return;
+    }
+    let log = bundle.join(crate::shim::LOG_FILE);
+    let Ok(entries) = crate::logs::read_entries(&log, Some(5)) else {
+        return;
+    };
+    let Some(line) = entries
+        .iter()
+        .rev()
+        .find(|e| e.stream == crate::logs::Stream::Stderr)
+        .map(|e| e.log.as_str())
+    else {
+        return;
+    };
+    if !line.contains("unable to start container process: exec:") {
+        return;
+    }
+    let code = if line.contains("no such file or directory")
+        || line.contains("executable file not found")
+    {
+        127
+    } else if line.contains("permission denied") || line.contains("exec format error") {
+        126
+    } else {
+        125
+    };
+    let record = crate::shim::ExitRecord {
+        exit_code: code,
+        ..record
+    };
+    if let Ok(json) = serde_json::to_vec(&record)
+        && let Err(e) = crate::shim::write_atomic(&bundle.join(crate::shim::EXIT_FILE), &json)
+    {
+        eprintln!("wharf-runner shim: recording the exit: {e}");
     }
 }

@@ -214,14 +214,17 @@ class RunnerEnv:
         return cid
 
 
-def _make_daemon(base: Path, default_registry: str) -> RunnerDaemon:
+def _make_daemon(base: Path, default_registry: str, default_runtime: str | None = None) -> RunnerDaemon:
     binary = runner_binary()
     if not binary.is_file():
         pytest.fail(f"wharf-runner binary not found at {binary}: run `cargo build -p wharf-runner`")
     # A unix socket path must fit 108 bytes; pytest's tmp paths may not.
     sock_dir = Path(tempfile.mkdtemp(prefix="wr-", dir="/tmp"))
     base.mkdir(parents=True, exist_ok=True)
-    return RunnerDaemon(binary, base / "root", sock_dir / "runner.sock", base / "daemon.log", default_registry)
+    return RunnerDaemon(
+        binary, base / "root", sock_dir / "runner.sock", base / "daemon.log", default_registry,
+        default_runtime=default_runtime,
+    )
 
 
 def _cleanup_daemon(daemon: RunnerDaemon, ids: set[str], since: int) -> list[str]:
@@ -277,11 +280,8 @@ def runner_registry(tmp_path_factory):
     assert not panics, "wharf-server panicked:\n" + "\n".join(panics) + "\n" + server.log_tail()
 
 
-@pytest.fixture(scope="module")
-def runner_daemon(runner_registry, tmp_path_factory):
-    """One `wharf-runner daemon` for the module, default registry = the test
-    server, the busybox image pulled."""
-    daemon = _make_daemon(tmp_path_factory.mktemp("runner"), runner_registry.docker_host)
+def _module_daemon(runner_registry, tmp_path_factory, runtime: str | None = None):
+    daemon = _make_daemon(tmp_path_factory.mktemp("runner"), runner_registry.docker_host, runtime)
     try:
         daemon.start()
         daemon.cli("pull", RUNNER_IMAGE, timeout=120)
@@ -294,12 +294,31 @@ def runner_daemon(runner_registry, tmp_path_factory):
         shutil.rmtree(daemon.socket.parent, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def runner_daemon(runner_registry, tmp_path_factory):
+    """One `wharf-runner daemon` for the module, default registry = the test
+    server, the busybox image pulled; its default runtime is the built-in one."""
+    yield from _module_daemon(runner_registry, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def runc_daemon(runner_registry, tmp_path_factory):
+    """Like runner_daemon, with `--default-runtime runc` (Debian's runc)."""
+    if shutil.which("runc") is None:
+        pytest.fail("runc is not installed: scripts/test installs it")
+    yield from _module_daemon(runner_registry, tmp_path_factory, "runc")
+
+
 @pytest.fixture
-def runner(request, runner_daemon, runner_registry):
+def runner(request, runner_registry):
     """The module's daemon for one test (see RunnerEnv). Afterwards: `rm -f`
     of every container; the test fails on a container's leftover mount,
     cgroup, dir or process, on a dead daemon, and on `panicked` in the
-    daemon's log; the test's part of the log is printed when it failed."""
+    daemon's log; the test's part of the log is printed when it failed.
+    Indirectly parametrized with "runc", the daemon runs containers with
+    runc instead of the built-in runtime."""
+    runtime = getattr(request, "param", "wharf")
+    runner_daemon = request.getfixturevalue("runc_daemon" if runtime == "runc" else "runner_daemon")
     since = runner_daemon.log_size()
     env = RunnerEnv(runner_daemon, runner_registry)
     yield env

@@ -116,6 +116,7 @@ class RunnerDaemon:
         log_path: Path,
         default_registry: str,
         insecure_registries: tuple[str, ...] = (),
+        default_runtime: str | None = None,
     ):
         self.binary = binary
         self.root = root
@@ -123,6 +124,7 @@ class RunnerDaemon:
         self.log_path = log_path
         self.default_registry = default_registry
         self.insecure_registries = tuple(insecure_registries)
+        self.default_runtime = default_runtime
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -132,6 +134,8 @@ class RunnerDaemon:
         cmd += ["--default-registry", self.default_registry]
         for host in self.insecure_registries:
             cmd += ["--insecure-registry", host]
+        if self.default_runtime:
+            cmd += ["--default-runtime", self.default_runtime]
         return cmd
 
     @property

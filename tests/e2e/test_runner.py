@@ -63,6 +63,11 @@ IMAGES_HEADER = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]
 MEMORY_HOG = "a=xxxxxxxxxx; while :; do a=$a$a; done"
 
 
+# The isolation tests run under the built-in runtime and under runc, with the
+# same expectations: the bundle is the boundary, and both must honour it.
+BOTH_RUNTIMES = pytest.mark.parametrize("runner", ["wharf", "runc"], indirect=True)
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
 
@@ -152,6 +157,7 @@ def error_lines(proc) -> list[str]:
 # =========================================================================== isolation
 
 
+@BOTH_RUNTIMES
 def test_command_is_pid1_and_sees_no_host_process(runner):
     proc = run_rm(runner, "cat", "/proc/1/cmdline")
     assert proc.stdout == "cat\0/proc/1/cmdline\0", output(proc)
@@ -159,6 +165,7 @@ def test_command_is_pid1_and_sees_no_host_process(runner):
     assert pids == ["1"], f"the container sees other processes: {pids}"
 
 
+@BOTH_RUNTIMES
 def test_hostname_is_the_short_id_or_the_flag(runner):
     cid = run_detached(runner, "hostname")
     assert wait_exit(runner, cid) == 0
@@ -168,6 +175,7 @@ def test_hostname_is_the_short_id_or_the_flag(runner):
     assert os.uname().nodename not in ("x", "other-name"), "the host's hostname changed"
 
 
+@BOTH_RUNTIMES
 def test_root_filesystem_is_the_image(runner):
     marker = Path("/") / unique("wharf-e2e-host-marker")
     marker.write_text("host\n")
@@ -187,6 +195,7 @@ CONTAINER_MOUNT_PREFIXES = ("/proc", "/sys", "/dev")
 CONTAINER_MOUNTS = {"/", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf"}
 
 
+@BOTH_RUNTIMES
 def test_no_host_mount_is_visible(runner):
     container = [line.split()[1] for line in run_rm(runner, "cat", "/proc/mounts").stdout.splitlines()]
     assert "/" in container
@@ -206,12 +215,14 @@ def test_no_host_mount_is_visible(runner):
     assert unexpected == [], f"mounts outside /proc, /sys, /dev: {unexpected}"
 
 
+@BOTH_RUNTIMES
 def test_proc_sys_is_read_only(runner):
     proc = run_rm(runner, "sh", "-c", "echo wharf-e2e > /proc/sys/kernel/hostname", check=False)
     assert proc.returncode != 0, output(proc)
     assert "Read-only file system" in proc.stderr, output(proc)
 
 
+@BOTH_RUNTIMES
 def test_proc_kcore_is_masked(runner):
     # docker masks these with /dev/null; a kernel without CONFIG_PROC_KCORE
     # (like this machine's) has no /proc/kcore at all, and then the
@@ -225,6 +236,7 @@ def test_proc_kcore_is_masked(runner):
     assert got["/proc/kcore"] == ("0" if Path("/proc/kcore").exists() else "absent"), got
 
 
+@BOTH_RUNTIMES
 def test_capabilities_are_dockers_default(runner):
     status = run_rm(runner, "cat", "/proc/self/status").stdout
     caps = dict(re.findall(r"^(Cap\w+):\s*([0-9a-f]+)$", status, re.M))
@@ -232,6 +244,7 @@ def test_capabilities_are_dockers_default(runner):
     assert caps["CapBnd"] == DOCKER_DEFAULT_CAPS, status
 
 
+@BOTH_RUNTIMES
 def test_memory_limit_oom_kills_the_hog(runner):
     name = unique("oom")
     proc = runner.cli("run", "--name", name, "-m", "32m", runner.image, "sh", "-c", MEMORY_HOG, check=False, timeout=90)
@@ -245,6 +258,7 @@ def test_memory_limit_oom_kills_the_hog(runner):
     assert run_rm(runner, "echo", "alive").stdout == "alive\n"
 
 
+@BOTH_RUNTIMES
 def test_pids_limit_stops_a_fork_bomb(runner):
     # PID 1 starts the bomb, then execs a sleep (no fork needed) so it stays.
     bomb = "f() { f | f & }; f; exec sleep 60"
@@ -264,6 +278,7 @@ def test_pids_limit_stops_a_fork_bomb(runner):
     assert runner.cli("rm", "-f", cid).stdout.strip() == cid
 
 
+@BOTH_RUNTIMES
 def test_cpus_throttles_a_busy_loop(runner):
     cid = run_detached(runner, "--cpus", "0.2", "--", "sh", "-c", "while :; do :; done")
     assert abs(cpu_quota(cid) - 0.2) < 1e-6
@@ -277,16 +292,19 @@ def test_cpus_throttles_a_busy_loop(runner):
     assert read_keyed(stat_file).get("nr_throttled", 0) > 0, stat_file.read_text()
 
 
+@BOTH_RUNTIMES
 def test_network_none_has_only_lo(runner):
     proc = run_rm(runner, "--network", "none", "--", "cat", "/proc/net/dev")
     assert net_interfaces(proc.stdout) == ["lo"], proc.stdout
 
 
+@BOTH_RUNTIMES
 def test_network_host_shows_the_hosts_interfaces(runner):
     proc = run_rm(runner, "--network", "host", "--", "cat", "/proc/net/dev")
     assert net_interfaces(proc.stdout) == net_interfaces(Path("/proc/net/dev").read_text()), proc.stdout
 
 
+@BOTH_RUNTIMES
 def test_exit_codes_come_back(runner):
     assert run_rm(runner, "sh", "-c", "exit 3", check=False).returncode == 3
     missing = run_rm(runner, "/no/such/command", check=False)
@@ -320,11 +338,13 @@ def test_memory_below_the_minimum_is_one_clear_line(runner):
     assert set(runner.daemon.all_ids()) == before, "a refused container was left behind"
 
 
+@BOTH_RUNTIMES
 def test_stdout_and_stderr_are_kept_apart(runner):
     proc = run_rm(runner, "sh", "-c", "echo out; echo err >&2")
     assert (proc.stdout, proc.stderr) == ("out\n", "err\n"), output(proc)
 
 
+@BOTH_RUNTIMES
 def test_env_workdir_user_entrypoint(runner, tmp_path):
     env_file = tmp_path / "env.list"
     env_file.write_text("# a comment\n\nFROM_FILE=file value\nOVERRIDDEN=from-file\n")
@@ -346,6 +366,7 @@ def test_env_workdir_user_entrypoint(runner, tmp_path):
     assert run_rm(runner, "--entrypoint", "echo", "--", "hello", "world").stdout == "hello world\n"
 
 
+@BOTH_RUNTIMES
 def test_read_only_root(runner):
     proc = run_rm(runner, "--read-only", "--", "sh", "-c", "touch /new-file", check=False)
     assert proc.returncode != 0, output(proc)
@@ -417,6 +438,7 @@ def test_logs_follow_until_exit(runner):
     assert out == "tick 1\ntick 2\ntick 3\n", out
 
 
+@BOTH_RUNTIMES
 def test_stop_sends_sigterm_then_sigkill(runner):
     trapper = run_detached(runner, "sh", "-c", 'trap "echo got TERM; exit 7" TERM; while :; do sleep 0.1; done')
     time.sleep(0.3)  # let the shell install its trap
@@ -436,6 +458,7 @@ def test_stop_sends_sigterm_then_sigkill(runner):
     assert runner.fmt(stubborn, "{{.State.Status}}") == "exited"
 
 
+@BOTH_RUNTIMES
 def test_kill_with_signal_reaches_the_trap(runner):
     cid = run_detached(runner, "sh", "-c", 'trap "echo got USR1" USR1; while :; do sleep 0.1; done')
     time.sleep(0.3)

@@ -61,6 +61,7 @@ pub fn create_request(
         network: opts.network,
         read_only: opts.read_only,
         auto_remove: opts.rm,
+        runtime: opts.runtime.clone(),
     })
 }
 

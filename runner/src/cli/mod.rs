@@ -151,6 +151,12 @@ pub struct DaemonArgs {
     /// Registry spoken to over plain HTTP (repeatable)
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registries: Vec<String>,
+    /// Runtime for containers that do not ask for one ("wharf" is built in)
+    #[arg(long = "default-runtime", default_value = crate::daemon::BUILTIN_RUNTIME, value_name = "NAME")]
+    pub default_runtime: String,
+    /// An OCI runtime binary with runc's command line, as NAME=PATH (repeatable; "runc" is known)
+    #[arg(long = "add-runtime", value_name = "NAME=PATH")]
+    pub add_runtimes: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +222,9 @@ pub struct ContainerOpts {
     /// Pull image before running ("always", "missing", "never")
     #[arg(long, value_parser = parse_pull, default_value = "missing")]
     pub pull: PullPolicy,
+    /// Runtime to use for this container ("wharf", "runc", or one the daemon was given)
+    #[arg(long, value_name = "STRING")]
+    pub runtime: Option<String>,
     /// The image, then the command and its arguments
     #[arg(
         value_name = "IMAGE",
@@ -585,6 +594,8 @@ fn run_daemon(socket: PathBuf, args: DaemonArgs) -> i32 {
         socket,
         default_registry: args.default_registry,
         insecure_registries: args.insecure_registries,
+        default_runtime: args.default_runtime,
+        runtimes: args.add_runtimes,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -110,7 +110,66 @@ struct Live {
     exits: watch::Sender<(u64, i64)>,
 }
 
+/// The OCI runtimes a container can run under: the built-in one
+/// ([`super::BUILTIN_RUNTIME`]) and binaries with runc's command line
+/// (`runc` when it is on PATH, and those given with `--add-runtime`).
+#[derive(Debug, Clone)]
+pub struct Runtimes {
+    default: String,
+    external: std::collections::BTreeMap<String, PathBuf>,
+}
+
+impl Runtimes {
+    pub fn new(default: &str, extra: &[String]) -> Result<Runtimes> {
+        let mut external = std::collections::BTreeMap::new();
+        if let Some(runc) = find_in_path("runc") {
+            external.insert("runc".to_string(), runc);
+        }
+        for spec in extra {
+            let bad =
+                || Error::BadRequest(format!("invalid --add-runtime {spec:?}: want NAME=PATH"));
+            let (name, path) = spec.split_once('=').ok_or_else(bad)?;
+            if name.is_empty() || name == super::BUILTIN_RUNTIME || !Path::new(path).is_absolute() {
+                return Err(bad());
+            }
+            external.insert(name.to_string(), PathBuf::from(path));
+        }
+        let runtimes = Runtimes {
+            default: default.to_string(),
+            external,
+        };
+        runtimes.binary(default)?;
+        Ok(runtimes)
+    }
+
+    /// The name a request's `--runtime` stands for.
+    fn name<'a>(&'a self, asked: Option<&'a str>) -> &'a str {
+        asked.filter(|n| !n.is_empty()).unwrap_or(&self.default)
+    }
+
+    /// The runtime's binary; `None` for the built-in one.
+    fn binary(&self, name: &str) -> Result<Option<PathBuf>> {
+        if name == super::BUILTIN_RUNTIME {
+            return Ok(None);
+        }
+        self.external
+            .get(name)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| Error::BadRequest(format!("unknown or invalid runtime name: {name}")))
+    }
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
 pub struct Containers {
+    runtimes: Runtimes,
     dir: PathBuf,
     pool: SqlitePool,
     images: Arc<Images>,
@@ -323,6 +382,7 @@ impl Containers {
         pool: SqlitePool,
         images: Arc<Images>,
         exe: PathBuf,
+        runtimes: Runtimes,
     ) -> Result<Arc<Containers>> {
         let dir = root.join("containers");
         std::fs::create_dir_all(&dir).map_err(internal("creating the containers dir"))?;
@@ -331,6 +391,7 @@ impl Containers {
             tracing::warn!(error = %e, "no usable cgroup hierarchy; containers cannot start");
         }
         let me = Arc::new(Containers {
+            runtimes,
             dir,
             pool,
             images,
@@ -430,8 +491,13 @@ impl Containers {
 
     /// `create`: checks the request, resolves the image and records the
     /// container with its (empty) directory. The bundle is made at start.
-    pub async fn create(&self, req: CreateRequest) -> Result<CreateResponse> {
+    pub async fn create(&self, mut req: CreateRequest) -> Result<CreateResponse> {
         validate(&req)?;
+        // Recorded by name, so the container keeps its runtime even if the
+        // daemon's default changes.
+        let runtime = self.runtimes.name(req.runtime.as_deref()).to_string();
+        self.runtimes.binary(&runtime)?;
+        req.runtime = Some(runtime);
         let image = self.images.find(&req.image).await?;
         let (path, args) = process_of(&image, &req)?;
         let stop_signal = image
@@ -656,7 +722,18 @@ impl Containers {
                 )));
             }
         };
-        let spawned = self.spawn_shim(&row.id, &dir);
+        let runtime = match self
+            .runtimes
+            .binary(self.runtimes.name(req.runtime.as_deref()))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = manager.destroy();
+                undo_mount();
+                return Err(e);
+            }
+        };
+        let spawned = self.spawn_shim(&row.id, &dir, runtime.as_deref());
         let child = match spawned {
             Ok(child) => child,
             Err(e) => {
@@ -774,17 +851,23 @@ impl Containers {
         Ok(spec)
     }
 
-    fn spawn_shim(&self, id: &str, dir: &Path) -> Result<tokio::process::Child> {
+    fn spawn_shim(
+        &self,
+        id: &str,
+        dir: &Path,
+        runtime: Option<&Path>,
+    ) -> Result<tokio::process::Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("shim.log"))
             .map_err(internal("shim log"))?;
         let mut cmd = tokio::process::Command::new(&self.exe);
-        cmd.arg("shim")
-            .arg("--bundle")
-            .arg(dir)
-            .arg(id)
+        cmd.arg("shim").arg("--bundle").arg(dir);
+        if let Some(runtime) = runtime {
+            cmd.arg("--runtime").arg(runtime);
+        }
+        cmd.arg(id)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log)
@@ -814,9 +897,13 @@ impl Containers {
             None => (UNKNOWN_EXIT, now()),
         };
         let mut oom = false;
-        match self.cgroup(id) {
+        let cgroup = self.cgroup(id);
+        if let Ok(m) = &cgroup {
+            oom = m.oom_killed().unwrap_or(false);
+        }
+        self.delete_external(id).await;
+        match cgroup {
             Ok(m) => {
-                oom = m.oom_killed().unwrap_or(false);
                 if let Err(e) = m.destroy() {
                     tracing::warn!(container = %id, error = %e, "removing the cgroup");
                 }
@@ -860,6 +947,46 @@ impl Containers {
         drop(guard);
         if auto_remove && let Err(e) = self.remove_stopped(id).await {
             tracing::warn!(container = %id, error = %e, "auto-remove");
+        }
+    }
+
+    /// `runc delete` for a container an external runtime kept (`--keep`).
+    async fn delete_external(&self, id: &str) {
+        let dir = self.container_dir(id);
+        let state = dir.join(crate::internal::EXTERNAL_STATE_DIR);
+        if !state.exists() {
+            return;
+        }
+        let Some(req) = self
+            .row(id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.request().ok())
+        else {
+            return;
+        };
+        let Ok(Some(binary)) = self
+            .runtimes
+            .binary(self.runtimes.name(req.runtime.as_deref()))
+        else {
+            return;
+        };
+        let out = tokio::process::Command::new(&binary)
+            .arg("--root")
+            .arg(&state)
+            .args(["delete", "--force", id])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await;
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => tracing::warn!(
+                container = %id,
+                stderr = %String::from_utf8_lossy(&o.stderr).trim(),
+                "{} delete failed", binary.display()
+            ),
+            Err(e) => tracing::warn!(container = %id, error = %e, "{} delete", binary.display()),
         }
     }
 
@@ -1182,6 +1309,7 @@ impl Containers {
                 "CpuShares": req.cpu_shares.unwrap_or(0),
                 "PidsLimit": req.pids_limit,
                 "CgroupParent": CGROUP_PARENT,
+                "Runtime": self.runtimes.name(req.runtime.as_deref()),
             },
             "GraphDriver": {
                 "Name": "overlay",

@@ -32,7 +32,14 @@ pub struct Config {
     pub socket: PathBuf,
     pub default_registry: String,
     pub insecure_registries: Vec<String>,
+    /// The runtime of containers that do not name one.
+    pub default_runtime: String,
+    /// Extra OCI runtimes as `NAME=PATH` (`runc` is found on PATH).
+    pub runtimes: Vec<String>,
 }
+
+/// The built-in runtime's name (`--runtime wharf`).
+pub const BUILTIN_RUNTIME: &str = "wharf";
 
 /// Runs the daemon until SIGTERM or SIGINT. Running containers are left
 /// running when it stops: the next start re-attaches to them.
@@ -56,7 +63,9 @@ pub async fn run(config: Config) -> Result<()> {
     );
     let exe = std::env::current_exe()
         .map_err(|e| Error::Internal(format!("cannot find the wharf-runner binary: {e}")))?;
-    let containers = containers::Containers::open(root, pool, images.clone(), exe).await?;
+    let runtimes = containers::Runtimes::new(&config.default_runtime, &config.runtimes)?;
+    let containers =
+        containers::Containers::open(root, pool, images.clone(), exe, runtimes).await?;
 
     let socket = &config.socket;
     if let Some(parent) = socket.parent() {
