@@ -126,6 +126,12 @@ const SHIM_USAGE: &str = "usage: wharf-runner shim --bundle DIR [--runtime PATH]
 /// records its end (see `shim`). Started by the daemon in a session of its
 /// own, so it outlives the daemon.
 pub fn shim_main(args: &[String]) -> i32 {
+    // A session of its own keeps the shim (and so the container) alive when
+    // the daemon or its terminal goes away. Fails only for a process-group
+    // leader, which a shim spawned by the daemon is not.
+    if let Err(e) = nix::unistd::setsid() {
+        eprintln!("wharf-runner shim: setsid: {e}");
+    }
     let (bundle, runtime, id) = match args {
         [flag, dir, id] if flag == "--bundle" => (PathBuf::from(dir), None, id.clone()),
         [flag, dir, rflag, runtime, id] if flag == "--bundle" && rflag == "--runtime" => {

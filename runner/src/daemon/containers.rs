@@ -622,6 +622,7 @@ impl Containers {
     /// Makes everything a start needs and spawns the monitor. Undoes what
     /// it made on failure.
     async fn launch(self: &Arc<Self>, row: &Row) -> Result<()> {
+        let t_begin = Instant::now();
         let live = self.live(&row.id);
         let guard = live.lock.lock().await;
         // Re-read under the lock: another start may have won.
@@ -678,12 +679,14 @@ impl Containers {
             target: rootfs.clone(),
             volatile: req.auto_remove,
         };
+        let t_prepared = Instant::now();
         overlay::mount(&layout).map_err(Error::internal)?;
         let undo_mount = || {
             if let Err(e) = overlay::unmount(&rootfs) {
                 tracing::warn!(error = %e, "unmounting {}", rootfs.display());
             }
         };
+        let t_mounted = Instant::now();
         let spec = match self.write_bundle(&row.id, &req, &image, &dir) {
             Ok(spec) => spec,
             Err(e) => {
@@ -706,6 +709,7 @@ impl Containers {
         if let Ok(old) = self.cgroup(&row.id) {
             let _ = old.destroy();
         }
+        let t_bundled = Instant::now();
         let manager = match Manager::create(
             Arc::new(HostFs),
             hierarchy,
@@ -733,6 +737,7 @@ impl Containers {
                 return Err(e);
             }
         };
+        let t_cgroup = Instant::now();
         let spawned = self.spawn_shim(&row.id, &dir, runtime.as_deref());
         let child = match spawned {
             Ok(child) => child,
@@ -755,7 +760,18 @@ impl Containers {
         .execute(&self.pool)
         .await?;
         drop(guard);
+        let t_spawned = Instant::now();
         tracing::info!(container = %row.id, shim = shim_pid, "started");
+        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+        tracing::debug!(
+            container = %row.id,
+            prepare_ms = ms(t_begin, t_prepared),
+            mount_ms = ms(t_prepared, t_mounted),
+            bundle_ms = ms(t_mounted, t_bundled),
+            cgroup_ms = ms(t_bundled, t_cgroup),
+            spawn_ms = ms(t_cgroup, t_spawned),
+            "start timings"
+        );
         let me = Arc::clone(self);
         let id = row.id.clone();
         tokio::spawn(async move {
@@ -872,15 +888,9 @@ impl Containers {
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .kill_on_drop(false);
-        // SAFETY: setsid is async-signal-safe; nothing else runs between
-        // fork and exec. Its own session keeps the shim (and so the
-        // container) alive when the daemon or its terminal goes away.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-                Ok(())
-            });
-        }
+        // No pre_exec hook: without one, std spawns with posix_spawn
+        // (vfork-like), not a fork of this large multi-threaded process. The
+        // shim makes itself a session leader first thing (see shim_main).
         cmd.spawn().map_err(|e| {
             Error::Internal(format!("starting the monitor {}: {e}", self.exe.display()))
         })
@@ -889,6 +899,7 @@ impl Containers {
     /// The container's monitor ended: record how, clean up the cgroup and
     /// the mount, tell the waiters, and remove it when `--rm` asked.
     async fn finish(self: &Arc<Self>, id: &str) {
+        let t_begin = Instant::now();
         let live = self.live(id);
         let guard = live.lock.lock().await;
         let dir = self.container_dir(id);
@@ -933,6 +944,7 @@ impl Containers {
             tracing::error!(container = %id, error = %e, "recording the exit");
         }
         tracing::info!(container = %id, exit_code = code, oom_killed = oom, "exited");
+        tracing::debug!(container = %id, finish_ms = t_begin.elapsed().as_secs_f64() * 1e3, "finish timings");
         live.exits.send_modify(|(n, c)| {
             *n += 1;
             *c = code;

@@ -652,20 +652,19 @@ impl Registry {
         n: Option<u32>,
         last: Option<&str>,
     ) -> Result<Page<String>> {
-        if !self.catalog.repository_exists(repo.as_str()).await? {
+        let limit = n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+        let items = if limit == 0 {
+            Vec::new()
+        } else {
+            self.catalog
+                .tags(repo.as_str(), last.unwrap_or(""), limit + 1)
+                .await?
+        };
+        // Only an empty page needs to tell "no such repository" from "no
+        // (more) tags": one query instead of two for the usual listing.
+        if items.is_empty() && !self.catalog.repository_exists(repo.as_str()).await? {
             return Err(RegistryError::NameUnknown(repo.to_string()));
         }
-        let limit = n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
-        if limit == 0 {
-            return Ok(Page {
-                items: Vec::new(),
-                next: None,
-            });
-        }
-        let items = self
-            .catalog
-            .tags(repo.as_str(), last.unwrap_or(""), limit + 1)
-            .await?;
         Ok(page(items, limit, |t| t.clone()))
     }
 
