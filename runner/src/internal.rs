@@ -143,42 +143,40 @@ pub fn shim_main(args: &[String]) -> i32 {
         }
     };
     let pid_file = bundle.join(crate::shim::INIT_PID_FILE);
-    let command: Vec<std::ffi::OsString> = match &runtime {
+    let result = match &runtime {
+        // The built-in runtime runs in a fork of the shim: the same code as
+        // `wharf-runner runtime run --bundle DIR --pid-file FILE ID`, one
+        // exec fewer.
         None => {
-            let exe = match std::env::current_exe() {
-                Ok(exe) => exe,
-                Err(e) => {
-                    eprintln!("wharf-runner shim: cannot find its own binary: {e}");
-                    return 125;
-                }
-            };
-            vec![
-                exe.into(),
-                "runtime".into(),
+            let args: Vec<String> = vec![
                 "run".into(),
+                "--bundle".into(),
+                bundle.display().to_string(),
+                "--pid-file".into(),
+                pid_file.display().to_string(),
+                id.clone(),
+            ];
+            crate::shim::run_start(&bundle, crate::shim::Start::Forked(&|| runtime_main(&args)))
+        }
+        // `--keep`: the container (and so its cgroup) stays after it exits,
+        // so the daemon can read the OOM counter before `delete`.
+        Some(runtime) => {
+            let command: Vec<std::ffi::OsString> = vec![
+                runtime.clone().into(),
+                "--root".into(),
+                bundle.join(EXTERNAL_STATE_DIR).into(),
+                "run".into(),
+                "--keep".into(),
                 "--bundle".into(),
                 bundle.clone().into(),
                 "--pid-file".into(),
                 pid_file.into(),
                 id.into(),
-            ]
+            ];
+            crate::shim::run(&bundle, &command)
         }
-        // `--keep`: the container (and so its cgroup) stays after it exits,
-        // so the daemon can read the OOM counter before `delete`.
-        Some(runtime) => vec![
-            runtime.clone().into(),
-            "--root".into(),
-            bundle.join(EXTERNAL_STATE_DIR).into(),
-            "run".into(),
-            "--keep".into(),
-            "--bundle".into(),
-            bundle.clone().into(),
-            "--pid-file".into(),
-            pid_file.into(),
-            id.into(),
-        ],
     };
-    let record = match crate::shim::run(&bundle, &command) {
+    let record = match result {
         Ok(record) => record,
         Err(e) => {
             eprintln!("wharf-runner shim: {e}");
