@@ -128,6 +128,14 @@ pub struct Registry {
     session_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// A chunk written to the store, not yet in the catalog.
+struct Chunk {
+    key: object_store::path::Path,
+    written: u64,
+    /// The session's hasher after this chunk, if it was cached.
+    hasher: Option<Hasher>,
+}
+
 /// Bytes hashed on a blocking thread at once (while the next batch arrives).
 const HASH_BATCH: usize = 1024 * 1024;
 
@@ -356,8 +364,8 @@ impl Registry {
         })
     }
 
-    /// Writes one chunk as a part object, then appends it in the catalog if
-    /// the upload has not moved meanwhile. Returns the new size.
+    /// Writes one chunk (see `write_chunk`), then appends it in the catalog.
+    /// Returns the new size.
     async fn append(
         &self,
         id: &str,
@@ -366,6 +374,39 @@ impl Registry {
         len: Option<u64>,
         body: ByteStream,
     ) -> Result<u64> {
+        let Some(chunk) = self.write_chunk(id, upload, start, len, body).await? else {
+            return Ok(upload.size);
+        };
+        if !self
+            .catalog
+            .append_upload_part(id, upload.size, chunk.key.as_ref(), chunk.written)
+            .await?
+        {
+            // The upload was cancelled (appends are serialized by the lock).
+            if upload.parts.iter().all(|p| p.key != chunk.key.as_ref()) {
+                self.store.delete(&chunk.key).await?;
+            }
+            let now = self.load_upload_any(id).await?;
+            return Err(RegistryError::UploadOutOfOrder {
+                upload: id.to_owned(),
+                size: now.size,
+            });
+        }
+        let size = upload.size + chunk.written;
+        self.put_hasher(id, size, chunk.hasher);
+        Ok(size)
+    }
+
+    /// Writes one chunk of a session at its end, durably, with no catalog
+    /// row yet. `None` for an empty chunk. The caller holds the session lock.
+    async fn write_chunk(
+        &self,
+        id: &str,
+        upload: &Upload,
+        start: Option<u64>,
+        len: Option<u64>,
+        body: ByteStream,
+    ) -> Result<Option<Chunk>> {
         if start.is_some_and(|s| s != upload.size) {
             return Err(RegistryError::UploadOutOfOrder {
                 upload: id.to_owned(),
@@ -389,34 +430,24 @@ impl Registry {
             .max()
             .unwrap_or(0);
         let writer = self.store.session_writer(key.clone(), offset).await;
-        // `finish` has returned, so the chunk's bytes are durable (fsynced
-        // when storage.fsync is on) before the row below refers to them.
+        // Once `finish` has returned the chunk's bytes are durable (synced
+        // when storage.fsync is on), before any catalog row refers to them:
+        // the part row of `append`, or the blob row of a completion. This is
+        // where "bytes first" is enforced for sessions; nothing is synced
+        // twice (the local session file is linked, not copied, at the end).
         let written = write_object(writer, body, &mut hasher, len).await?;
         if written == 0 {
             if upload.parts.iter().all(|p| p.key != key.as_ref()) {
                 self.store.delete(&key).await?;
             }
             self.put_hasher(id, upload.size, hasher);
-            return Ok(upload.size);
+            return Ok(None);
         }
-        if !self
-            .catalog
-            .append_upload_part(id, upload.size, key.as_ref(), written)
-            .await?
-        {
-            // The upload was cancelled (appends are serialized by the lock).
-            if upload.parts.iter().all(|p| p.key != key.as_ref()) {
-                self.store.delete(&key).await?;
-            }
-            let now = self.load_upload_any(id).await?;
-            return Err(RegistryError::UploadOutOfOrder {
-                upload: id.to_owned(),
-                size: now.size,
-            });
-        }
-        let size = upload.size + written;
-        self.put_hasher(id, size, hasher);
-        Ok(size)
+        Ok(Some(Chunk {
+            key,
+            written,
+            hasher,
+        }))
     }
 
     async fn load_upload_any(&self, id: &str) -> Result<Upload> {
@@ -458,11 +489,22 @@ impl Registry {
         body: ByteStream,
         mut upload: Upload,
     ) -> Result<u64> {
-        let size = self.append(id, &upload, start, len, body).await?;
-        if size != upload.size {
-            upload = self.load_upload(repo, id).await?;
-        }
-        let computed = match self.take_hasher(id, upload.size) {
+        // The last chunk gets no catalog row of its own: the upload either
+        // completes below, or the session stays as it was (its bytes then lie
+        // past the session's end, or in a part object no row names, both
+        // removed with the session).
+        let hasher = match self.write_chunk(id, &upload, start, len, body).await? {
+            Some(chunk) => {
+                upload.size += chunk.written;
+                upload.parts.push(crate::catalog::UploadPart {
+                    key: chunk.key.as_ref().to_owned(),
+                    size: chunk.written,
+                });
+                chunk.hasher
+            }
+            None => self.take_hasher(id, upload.size),
+        };
+        let computed = match hasher {
             Some(h) if h.algorithm() == digest.algorithm() => h.finish(),
             _ => self.rehash(id, &upload, digest.algorithm()).await?,
         };
