@@ -52,7 +52,7 @@ const LOCAL_QUEUE: usize = 1;
 
 /// Local fast path: start writeback of every this many bytes as they are
 /// written, so the fsync at the end only waits for the tail.
-const LOCAL_WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+const LOCAL_WRITEBACK_EVERY: u64 = 2 * 1024 * 1024;
 
 /// Read size when streaming a local file out: large reads keep the socket
 /// busy (object_store's own file stream reads 8 KiB at a time).
