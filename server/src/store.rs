@@ -425,12 +425,21 @@ fn local_write(
         }
     }
     std::fs::create_dir_all(&parent)?;
-    let existed = offset > 0 && path.exists();
+    // Earlier chunks are at [0, offset): their file must be there, whole, or
+    // this chunk would land after a hole and a cached hash would vouch for
+    // bytes that are gone.
+    let existed = offset > 0;
     let file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
+        .create(!existed)
         .truncate(false)
         .open(&path)?;
+    if existed && file.metadata()?.len() < offset {
+        return Err(std::io::Error::other(format!(
+            "{} is shorter than the {offset} bytes of its session",
+            path.display()
+        )));
+    }
     let mut pos = offset;
     let mut synced_to = offset;
     let result = (|| -> std::io::Result<()> {
