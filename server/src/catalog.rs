@@ -39,6 +39,9 @@ fn now_ms() -> i64 {
 #[derive(Clone, Debug)]
 pub struct Catalog {
     pool: SqlitePool,
+    /// Connections with `synchronous=NORMAL`, for the rows of upload
+    /// sessions only (see `Catalog::open`).
+    sessions: SqlitePool,
 }
 
 /// A manifest as stored: its exact bytes and the media type it was pushed with.
@@ -101,10 +104,30 @@ impl Catalog {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Catalog { pool })
+        // Upload-session rows (a session made, a chunk appended, a session
+        // cancelled) are committed without waiting for the WAL to reach the
+        // disk. A power cut may lose the last of them: the session is then
+        // unknown or shorter than the client was told, and the client starts
+        // again or resumes from the size it is told, which the spec allows.
+        // It cannot make a row point at lost bytes: a chunk's bytes are
+        // synced before its row is even written (registry::append), so any
+        // row that does reach the disk, now or with a later FULL commit,
+        // refers to durable bytes. Rows that make content visible (blobs,
+        // manifests, tags, a completed upload) stay on the FULL pool.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let sessions = if in_memory {
+            pool.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .min_connections(0)
+                .connect_with(opts.synchronous(SqliteSynchronous::Normal))
+                .await?
+        };
+        Ok(Catalog { pool, sessions })
     }
 
     /// Is the database reachable?
@@ -115,6 +138,11 @@ impl Catalog {
 
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// A write transaction for upload-session rows only (`synchronous=NORMAL`).
+    async fn session_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.sessions.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     async fn ensure_repository(tx: &mut Transaction<'static, Sqlite>, name: &str) -> Result<i64> {
@@ -463,7 +491,7 @@ impl Catalog {
             .bind(repository)
             .bind(now)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.sessions)
             .await?;
         Ok(())
     }
@@ -508,7 +536,7 @@ impl Catalog {
         key: &str,
         size: u64,
     ) -> Result<bool> {
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.session_tx().await?;
         let moved = sqlx::query(
             "UPDATE uploads SET size = size + ?, updated_at = ? WHERE id = ? AND size = ?",
         )
@@ -538,7 +566,7 @@ impl Catalog {
     pub async fn delete_upload(&self, id: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM uploads WHERE id = ?")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.sessions)
             .await?;
         Ok(done.rows_affected() > 0)
     }

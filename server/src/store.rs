@@ -9,13 +9,24 @@
 //! - `uploads/<session>/<part>`: bytes of an upload in progress, one object
 //!   per chunk, listed in the catalog's `upload_parts` table.
 //!
-//! Every write here is atomic on every backend: `LocalFileSystem` writes a
-//! staging file and renames it, S3 only shows an object once its (multipart)
-//! upload completes. So an object is either absent or whole.
+//! Every write under `blobs/` is atomic on every backend: `LocalFileSystem`
+//! writes a staging file and renames it, S3 only shows an object once its
+//! (multipart) upload completes. So a blob is either absent or whole.
+//!
+//! Upload sessions have a fast path on the local filesystem (see
+//! [`BlobStore::session_writer`]): all chunks of a session go into one file,
+//! `uploads/<session>/data`, each written at the offset where the session
+//! ends, so completing it is a hard link and not a copy of every byte. Bytes
+//! past the session's size in the catalog are garbage from an interrupted
+//! write and are overwritten by the next chunk or trimmed at completion;
+//! nothing reads `uploads/` except through the catalog's parts, which name
+//! the range of each chunk.
 
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
+
+use tokio::sync::mpsc;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
@@ -32,6 +43,16 @@ use crate::digest::Digest;
 /// the size of each part after that. Small enough that 64 concurrent uploads
 /// stay far below the memory budget; S3 (later) needs at least 5 MiB.
 const DEFAULT_PART_SIZE: usize = 1024 * 1024;
+
+/// Local fast path: bytes handed to the writer thread at once, and how many
+/// such batches may wait for it. Together with the batch being filled, an
+/// upload holds at most ~3 batches (3 MiB) in memory, like the buffered path.
+const LOCAL_BATCH: usize = 1024 * 1024;
+const LOCAL_QUEUE: usize = 1;
+
+/// Local fast path: start writeback of every this many bytes as they are
+/// written, so the fsync at the end only waits for the tail.
+const LOCAL_WRITEBACK_EVERY: u64 = 2 * 1024 * 1024;
 
 /// Read size when streaming a local file out: large reads keep the socket
 /// busy (object_store's own file stream reads 8 KiB at a time).
@@ -60,6 +81,15 @@ fn map_err(e: object_store::Error) -> StoreError {
 pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
     part_size: usize,
+    /// Set when `inner` is a `LocalFileSystem` rooted here: upload sessions
+    /// then use the single-file fast path.
+    local: Option<LocalRoot>,
+}
+
+#[derive(Clone, Debug)]
+struct LocalRoot {
+    root: PathBuf,
+    fsync: bool,
 }
 
 /// A byte stream read from the store, with the range it covers.
@@ -74,6 +104,7 @@ impl BlobStore {
         BlobStore {
             inner,
             part_size: DEFAULT_PART_SIZE,
+            local: None,
         }
     }
 
@@ -85,7 +116,19 @@ impl BlobStore {
             .map_err(map_err)?
             .with_automatic_cleanup(true)
             .with_fsync(fsync);
-        Ok(Self::new(Arc::new(fs)))
+        let mut store = Self::new(Arc::new(fs));
+        store.local = Some(LocalRoot {
+            root: root.canonicalize()?,
+            fsync,
+        });
+        Ok(store)
+    }
+
+    /// The same store without the local fast path (tests of the general,
+    /// object-store-only path on a real directory).
+    pub fn without_local_fast_path(mut self) -> Self {
+        self.local = None;
+        self
     }
 
     pub fn in_memory() -> Self {
@@ -106,13 +149,78 @@ impl BlobStore {
         Path::from(format!("uploads/{session}/{part}"))
     }
 
+    /// An atomic writer: nothing is visible under `key` until `finish`.
     pub async fn writer(&self, key: Path) -> ObjectWriter {
         ObjectWriter {
             // Two parts in flight at most: memory per upload stays ~2 parts.
-            inner: BufWriter::with_capacity(self.inner.clone(), key, self.part_size)
-                .with_max_concurrency(2),
+            inner: Sink::Buffered(
+                BufWriter::with_capacity(self.inner.clone(), key, self.part_size)
+                    .with_max_concurrency(2),
+            ),
             written: 0,
         }
+    }
+
+    /// The key the next chunk of upload session `session` goes under:
+    /// generally a new part object `uploads/<session>/<part>`, on the local
+    /// filesystem the session's one file `uploads/<session>/data`.
+    pub fn session_part_key(&self, session: &str) -> Path {
+        match self.local {
+            Some(_) => Self::upload_part_key(session, "data"),
+            None => Self::upload_part_key(session, &uuid::Uuid::new_v4().to_string()),
+        }
+    }
+
+    /// A writer for a chunk of an upload session at `key` (from
+    /// [`BlobStore::session_part_key`]), where `offset` bytes of earlier
+    /// chunks already are.
+    ///
+    /// Generally a new part object, written atomically (`offset` is 0). On
+    /// the local filesystem the chunk is written into the session's file at
+    /// `offset`, and `finish` returns once the bytes (and, for a new file,
+    /// its directory entries) are on disk; the caller must serialize the
+    /// writes of one session and record each chunk's range.
+    pub async fn session_writer(&self, key: Path, offset: u64) -> ObjectWriter {
+        let Some(local) = &self.local else {
+            return self.writer(key).await;
+        };
+        let path = local.root.join(key.as_ref());
+        let fsync = local.fsync;
+        let (tx, rx) = mpsc::channel(LOCAL_QUEUE);
+        let task = tokio::task::spawn_blocking(move || local_write(path, offset, fsync, rx));
+        ObjectWriter {
+            inner: Sink::Local {
+                batch: Vec::new(),
+                batch_len: 0,
+                tx: Some(tx),
+                task,
+            },
+            written: 0,
+        }
+    }
+
+    /// Local fast path: makes `key` exactly `len` bytes long (a session file
+    /// can hold garbage past its size after an interrupted write). A no-op
+    /// elsewhere, where every part is exact.
+    pub async fn trim(&self, key: &Path, len: u64) -> Result<()> {
+        let Some(local) = &self.local else {
+            return Ok(());
+        };
+        let path = local.root.join(key.as_ref());
+        let fsync = local.fsync;
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+            if file.metadata()?.len() != len {
+                file.set_len(len)?;
+                if fsync {
+                    file.sync_all()?;
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(())
     }
 
     pub async fn size(&self, key: &Path) -> Result<Option<u64>> {
@@ -196,32 +304,191 @@ fn local_file_stream(
         .boxed()
 }
 
-/// Writes one object from a sequence of byte chunks. Nothing is visible under
-/// the key until [`ObjectWriter::finish`] returns.
+/// Writes one object (or one chunk of a local session file) from a sequence
+/// of byte chunks. Nothing is visible under the key until
+/// [`ObjectWriter::finish`] returns, except in a local session file, where
+/// the catalog says which bytes count.
 pub struct ObjectWriter {
-    inner: BufWriter,
+    inner: Sink,
     written: u64,
+}
+
+enum Sink {
+    Buffered(BufWriter),
+    /// Batches go to a blocking thread that writes them at their offset.
+    Local {
+        batch: Vec<Bytes>,
+        batch_len: usize,
+        tx: Option<mpsc::Sender<Vec<Bytes>>>,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    },
 }
 
 impl ObjectWriter {
     pub async fn write(&mut self, bytes: Bytes) -> Result<()> {
         self.written += bytes.len() as u64;
-        self.inner.put(bytes).await.map_err(map_err)
+        match &mut self.inner {
+            Sink::Buffered(w) => w.put(bytes).await.map_err(map_err),
+            Sink::Local {
+                batch,
+                batch_len,
+                tx,
+                ..
+            } => {
+                *batch_len += bytes.len();
+                batch.push(bytes);
+                if *batch_len >= LOCAL_BATCH {
+                    *batch_len = 0;
+                    let full = std::mem::take(batch);
+                    send_batch(tx, full).await?;
+                }
+                Ok(())
+            }
+        }
     }
 
     pub fn written(&self) -> u64 {
         self.written
     }
 
-    pub async fn finish(mut self) -> Result<u64> {
-        self.inner.shutdown().await?;
+    pub async fn finish(self) -> Result<u64> {
+        match self.inner {
+            Sink::Buffered(mut w) => w.shutdown().await?,
+            Sink::Local {
+                batch,
+                mut tx,
+                task,
+                ..
+            } => {
+                if !batch.is_empty() {
+                    send_batch(&mut tx, batch).await?;
+                }
+                drop(tx);
+                task.await.map_err(std::io::Error::other)??;
+            }
+        }
         Ok(self.written)
     }
 
-    pub async fn abort(mut self) {
-        if let Err(e) = self.inner.abort().await {
-            tracing::warn!(error = %e, "could not clean up an aborted object write");
+    pub async fn abort(self) {
+        match self.inner {
+            Sink::Buffered(mut w) => {
+                if let Err(e) = w.abort().await {
+                    tracing::warn!(error = %e, "could not clean up an aborted object write");
+                }
+            }
+            // What was written past the session's size is garbage the next
+            // chunk overwrites; only wait for the thread to stop.
+            Sink::Local { tx, task, .. } => {
+                drop(tx);
+                let _ = task.await;
+            }
         }
+    }
+}
+
+async fn send_batch(tx: &mut Option<mpsc::Sender<Vec<Bytes>>>, batch: Vec<Bytes>) -> Result<()> {
+    let sent = match tx {
+        Some(t) => t.send(batch).await.is_ok(),
+        None => false,
+    };
+    if sent {
+        Ok(())
+    } else {
+        // The thread stopped on an error; `finish` reports it.
+        *tx = None;
+        Err(StoreError::Io(std::io::Error::other(
+            "local writer stopped",
+        )))
+    }
+}
+
+/// The writer thread of a local session chunk: writes batches at `offset`
+/// on, starting writeback as it goes, and makes the bytes durable at the end
+/// when `fsync` is set (`fdatasync`; a new file also gets its directory
+/// entries synced up to the first one that existed).
+fn local_write(
+    path: PathBuf,
+    offset: u64,
+    fsync: bool,
+    mut rx: mpsc::Receiver<Vec<Bytes>>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let parent = path.parent().map(FsPath::to_path_buf).unwrap_or_default();
+    let mut created_dirs = Vec::new();
+    let mut dir = parent.clone();
+    while !dir.exists() {
+        created_dirs.push(dir.clone());
+        match dir.parent() {
+            Some(p) => dir = p.to_path_buf(),
+            None => break,
+        }
+    }
+    std::fs::create_dir_all(&parent)?;
+    // Earlier chunks are at [0, offset): their file must be there, whole, or
+    // this chunk would land after a hole and a cached hash would vouch for
+    // bytes that are gone.
+    let existed = offset > 0;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(!existed)
+        .truncate(false)
+        .open(&path)?;
+    if existed && file.metadata()?.len() < offset {
+        return Err(std::io::Error::other(format!(
+            "{} is shorter than the {offset} bytes of its session",
+            path.display()
+        )));
+    }
+    let mut pos = offset;
+    let mut synced_to = offset;
+    let result = (|| -> std::io::Result<()> {
+        while let Some(batch) = rx.blocking_recv() {
+            for b in batch {
+                file.write_all_at(&b, pos)?;
+                pos += b.len() as u64;
+            }
+            if fsync && pos - synced_to >= LOCAL_WRITEBACK_EVERY {
+                start_writeback(&file, synced_to, pos - synced_to);
+                synced_to = pos;
+            }
+        }
+        Ok(())
+    })();
+    // Dropping the receiver makes a sender that is still writing fail.
+    drop(rx);
+    result?;
+    if fsync {
+        file.sync_data()?;
+        if !existed {
+            // The new file's entry, and every directory made for it.
+            fsync_dir(&parent)?;
+            for d in &created_dirs {
+                if let Some(p) = d.parent() {
+                    fsync_dir(p)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &FsPath) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Asks the kernel to start writing a range back now (no waiting), so the
+/// final `fdatasync` has little left to do.
+fn start_writeback(file: &std::fs::File, from: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open fd; the call only schedules I/O on it.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            from as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 

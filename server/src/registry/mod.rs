@@ -12,8 +12,17 @@
 //! the blob visible. A crash at any point therefore leaves at worst
 //! unreferenced bytes (for the garbage collector), never a row pointing at
 //! missing or partial bytes, and nothing readable under a digest it does not
-//! match. Upload sessions follow the same order: a chunk's part object is
-//! written whole before the catalog row that appends it to the session.
+//! match. Upload sessions follow the same order: a chunk's bytes are written
+//! whole, and durable, before the catalog row that appends it to the session.
+//!
+//! On the local filesystem a session's chunks share one file (see
+//! `BlobStore::session_writer`); a catalog part then names a range of it, and
+//! completing the session links that file under the blob's key instead of
+//! copying its bytes. Writes and the completion of one session are
+//! serialized by a per-session lock (`session_lock`), so no chunk can be
+//! written into a file that has become a blob. The local store belongs to one
+//! server process (as its SQLite catalog does), so an in-process lock is
+//! enough.
 
 pub mod error;
 pub mod manifest;
@@ -21,7 +30,7 @@ pub mod manifest;
 use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
@@ -30,7 +39,7 @@ pub use self::error::{RegistryError, Result};
 use crate::catalog::{Catalog, NewManifest, Referrer, StoredManifest, Upload};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::names::{Reference, RepoName, valid_tag};
-use crate::store::{BlobStore, ObjectRead};
+use crate::store::{BlobStore, ObjectRead, ObjectWriter};
 
 /// A request or response body as the service sees it.
 pub type ByteStream = BoxStream<'static, Result<Bytes, io::Error>>;
@@ -114,7 +123,21 @@ pub struct Registry {
     /// not read the bytes again. A cache only: any replica can complete any
     /// upload by re-hashing its parts.
     hashers: Mutex<HashMap<String, (u64, Hasher)>>,
+    /// One lock per upload session with a request in progress: its chunk
+    /// writes and its completion never overlap.
+    session_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// A chunk written to the store, not yet in the catalog.
+struct Chunk {
+    key: object_store::path::Path,
+    written: u64,
+    /// The session's hasher after this chunk, if it was cached.
+    hasher: Option<Hasher>,
+}
+
+/// Bytes hashed on a blocking thread at once (while the next batch arrives).
+const HASH_BATCH: usize = 1024 * 1024;
 
 pub fn parse_name(name: &str) -> Result<RepoName> {
     RepoName::parse(name).ok_or_else(|| RegistryError::NameInvalid(name.to_owned()))
@@ -154,6 +177,7 @@ impl Registry {
             store,
             limits,
             hashers: Mutex::new(HashMap::new()),
+            session_locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -274,12 +298,11 @@ impl Registry {
     ) -> Result<u64> {
         // Staged under a session id that has no catalog row: if we die here,
         // only an orphan object under uploads/ remains.
-        let staging = BlobStore::upload_part_key(&new_id(), "monolithic");
-        let mut hasher = digest.algorithm().hasher();
-        let size = self
-            .write_object(&staging, body, Some(&mut hasher), None)
-            .await?;
-        if hasher.finish() != *digest {
+        let staging = self.store.session_part_key(&new_id());
+        let writer = self.store.session_writer(staging.clone(), 0).await;
+        let mut hasher = Some(digest.algorithm().hasher());
+        let size = write_object(writer, body, &mut hasher, None).await?;
+        if hasher.map(Hasher::finish).as_ref() != Some(digest) {
             self.store.delete(&staging).await?;
             return Err(digest_mismatch(digest));
         }
@@ -329,15 +352,20 @@ impl Registry {
         body: ByteStream,
     ) -> Result<UploadStatus> {
         let upload = self.load_upload(repo, id).await?;
-        let size = self.append(id, &upload, start, len, body).await?;
+        let lock = self.session_lock(id);
+        let size = {
+            let _guard = lock.lock().await;
+            self.append(id, &upload, start, len, body).await?
+        };
+        self.release_session_lock(id, lock);
         Ok(UploadStatus {
             id: id.to_owned(),
             size,
         })
     }
 
-    /// Writes one chunk as a part object, then appends it in the catalog if
-    /// the upload has not moved meanwhile. Returns the new size.
+    /// Writes one chunk (see `write_chunk`), then appends it in the catalog.
+    /// Returns the new size.
     async fn append(
         &self,
         id: &str,
@@ -346,36 +374,80 @@ impl Registry {
         len: Option<u64>,
         body: ByteStream,
     ) -> Result<u64> {
-        if start.is_some_and(|s| s != upload.size) {
-            return Err(RegistryError::UploadOutOfOrder {
-                upload: id.to_owned(),
-                size: upload.size,
-            });
-        }
-        let mut hasher = self.take_hasher(id, upload.size);
-        let key = BlobStore::upload_part_key(id, &new_id());
-        let written = self.write_object(&key, body, hasher.as_mut(), len).await?;
-        if written == 0 {
-            self.store.delete(&key).await?;
-            self.put_hasher(id, upload.size, hasher);
+        let Some(chunk) = self.write_chunk(id, upload, start, len, body).await? else {
             return Ok(upload.size);
-        }
+        };
         if !self
             .catalog
-            .append_upload_part(id, upload.size, key.as_ref(), written)
+            .append_upload_part(id, upload.size, chunk.key.as_ref(), chunk.written)
             .await?
         {
-            // Another request appended first (or cancelled the upload).
-            self.store.delete(&key).await?;
+            // The upload was cancelled (appends are serialized by the lock).
+            if upload.parts.iter().all(|p| p.key != chunk.key.as_ref()) {
+                self.store.delete(&chunk.key).await?;
+            }
             let now = self.load_upload_any(id).await?;
             return Err(RegistryError::UploadOutOfOrder {
                 upload: id.to_owned(),
                 size: now.size,
             });
         }
-        let size = upload.size + written;
-        self.put_hasher(id, size, hasher);
+        let size = upload.size + chunk.written;
+        self.put_hasher(id, size, chunk.hasher);
         Ok(size)
+    }
+
+    /// Writes one chunk of a session at its end, durably, with no catalog
+    /// row yet. `None` for an empty chunk. The caller holds the session lock.
+    async fn write_chunk(
+        &self,
+        id: &str,
+        upload: &Upload,
+        start: Option<u64>,
+        len: Option<u64>,
+        body: ByteStream,
+    ) -> Result<Option<Chunk>> {
+        if start.is_some_and(|s| s != upload.size) {
+            return Err(RegistryError::UploadOutOfOrder {
+                upload: id.to_owned(),
+                size: upload.size,
+            });
+        }
+        // The caller holds the session lock; another request may have
+        // appended while we waited for it.
+        let now = self.load_upload_any(id).await?;
+        if now.size != upload.size {
+            return Err(RegistryError::UploadOutOfOrder {
+                upload: id.to_owned(),
+                size: now.size,
+            });
+        }
+        let mut hasher = self.take_hasher(id, upload.size);
+        let key = self.store.session_part_key(id);
+        let offset = part_ranges(&upload.parts)
+            .filter(|(p, _)| p.key == key.as_ref())
+            .map(|(_, r)| r.end)
+            .max()
+            .unwrap_or(0);
+        let writer = self.store.session_writer(key.clone(), offset).await;
+        // Once `finish` has returned the chunk's bytes are durable (synced
+        // when storage.fsync is on), before any catalog row refers to them:
+        // the part row of `append`, or the blob row of a completion. This is
+        // where "bytes first" is enforced for sessions; nothing is synced
+        // twice (the local session file is linked, not copied, at the end).
+        let written = write_object(writer, body, &mut hasher, len).await?;
+        if written == 0 {
+            if upload.parts.iter().all(|p| p.key != key.as_ref()) {
+                self.store.delete(&key).await?;
+            }
+            self.put_hasher(id, upload.size, hasher);
+            return Ok(None);
+        }
+        Ok(Some(Chunk {
+            key,
+            written,
+            hasher,
+        }))
     }
 
     async fn load_upload_any(&self, id: &str) -> Result<Upload> {
@@ -395,12 +467,44 @@ impl Registry {
         len: Option<u64>,
         body: ByteStream,
     ) -> Result<u64> {
-        let mut upload = self.load_upload(repo, id).await?;
-        let size = self.append(id, &upload, start, len, body).await?;
-        if size != upload.size {
-            upload = self.load_upload(repo, id).await?;
-        }
-        let computed = match self.take_hasher(id, upload.size) {
+        let upload = self.load_upload(repo, id).await?;
+        let lock = self.session_lock(id);
+        let done = {
+            let _guard = lock.lock().await;
+            self.complete_locked(repo, id, digest, start, len, body, upload)
+                .await
+        };
+        self.release_session_lock(id, lock);
+        done
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn complete_locked(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        start: Option<u64>,
+        len: Option<u64>,
+        body: ByteStream,
+        mut upload: Upload,
+    ) -> Result<u64> {
+        // The last chunk gets no catalog row of its own: the upload either
+        // completes below, or the session stays as it was (its bytes then lie
+        // past the session's end, or in a part object no row names, both
+        // removed with the session).
+        let hasher = match self.write_chunk(id, &upload, start, len, body).await? {
+            Some(chunk) => {
+                upload.size += chunk.written;
+                upload.parts.push(crate::catalog::UploadPart {
+                    key: chunk.key.as_ref().to_owned(),
+                    size: chunk.written,
+                });
+                chunk.hasher
+            }
+            None => self.take_hasher(id, upload.size),
+        };
+        let computed = match hasher {
             Some(h) if h.algorithm() == digest.algorithm() => h.finish(),
             _ => self.rehash(id, &upload, digest.algorithm()).await?,
         };
@@ -415,9 +519,18 @@ impl Registry {
                     let w = self.store.writer(key.clone()).await;
                     w.finish().await?;
                 }
-                // Copy, not rename: if we die before the catalog row below,
-                // the session still has its part and can be completed again.
-                [one] => self.store.copy(&one.key.as_str().into(), &key).await?,
+                // One object holds every byte (one part, or the local
+                // session file): copy it, which is a hard link locally, not
+                // a copy of the bytes. Not rename: if we die before the
+                // catalog row below, the session still has its bytes and can
+                // be completed again (and on S3 a rename is a copy anyway).
+                // The session file may hold garbage past the upload's size
+                // from an interrupted chunk: trimmed first.
+                [first, rest @ ..] if rest.iter().all(|p| p.key == first.key) => {
+                    let from = object_store::path::Path::from(first.key.as_str());
+                    self.store.trim(&from, upload.size).await?;
+                    self.store.copy(&from, &key).await?
+                }
                 many => self.concat(many, &key).await?,
             }
         }
@@ -431,7 +544,28 @@ impl Registry {
 
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
         self.load_upload(repo, id).await?;
-        self.discard_upload(id).await
+        let lock = self.session_lock(id);
+        let done = {
+            let _guard = lock.lock().await;
+            self.discard_upload(id).await
+        };
+        self.release_session_lock(id, lock);
+        done
+    }
+
+    fn session_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.session_locks.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Drops the session's lock from the map once nobody else holds or
+    /// waits for it.
+    fn release_session_lock(&self, id: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.session_locks.lock().unwrap_or_else(|p| p.into_inner());
+        drop(lock);
+        if map.get(id).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(id);
+        }
     }
 
     async fn discard_upload(&self, id: &str) -> Result<()> {
@@ -450,10 +584,10 @@ impl Registry {
 
     async fn rehash(&self, id: &str, upload: &Upload, algorithm: Algorithm) -> Result<Digest> {
         let mut hasher = algorithm.hasher();
-        for part in &upload.parts {
+        for (part, range) in part_ranges(&upload.parts) {
             let read = self
                 .store
-                .read(&part.key.as_str().into(), None)
+                .read(&part.key.as_str().into(), Some(range))
                 .await
                 .map_err(|e| {
                     tracing::error!(upload = id, error = %e, "upload part unreadable");
@@ -475,10 +609,10 @@ impl Registry {
         to: &object_store::path::Path,
     ) -> Result<()> {
         let mut w = self.store.writer(to.clone()).await;
-        for part in parts {
+        for (part, range) in part_ranges(parts) {
             let mut stream = self
                 .store
-                .read(&part.key.as_str().into(), None)
+                .read(&part.key.as_str().into(), Some(range))
                 .await?
                 .stream;
             while let Some(chunk) = stream.next().await {
@@ -493,44 +627,6 @@ impl Registry {
         }
         w.finish().await?;
         Ok(())
-    }
-
-    /// Streams `body` into a new object at `key`, hashing on the way. The
-    /// object exists only if every byte arrived (and `len` bytes, if given).
-    async fn write_object(
-        &self,
-        key: &object_store::path::Path,
-        mut body: ByteStream,
-        mut hasher: Option<&mut Hasher>,
-        len: Option<u64>,
-    ) -> Result<u64> {
-        let mut w = self.store.writer(key.clone()).await;
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    w.abort().await;
-                    return Err(RegistryError::BodyRead(e));
-                }
-            };
-            if let Some(h) = hasher.as_deref_mut() {
-                h.update(&chunk);
-            }
-            if let Err(e) = w.write(chunk).await {
-                w.abort().await;
-                return Err(e.into());
-            }
-        }
-        if let Some(len) = len
-            && w.written() != len
-        {
-            let got = w.written();
-            w.abort().await;
-            return Err(RegistryError::SizeInvalid(format!(
-                "announced {len} bytes but {got} arrived"
-            )));
-        }
-        Ok(w.finish().await?)
     }
 
     fn take_hasher(&self, id: &str, at: u64) -> Option<Hasher> {
@@ -735,6 +831,99 @@ fn page<T>(mut items: Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Page<T>
         None
     };
     Page { items, next }
+}
+
+/// Each part with the range of the object that holds it: parts that share an
+/// object (the local session file) follow each other in it, in order.
+fn part_ranges(
+    parts: &[crate::catalog::UploadPart],
+) -> impl Iterator<Item = (&crate::catalog::UploadPart, Range<u64>)> {
+    let mut ends: HashMap<&str, u64> = HashMap::new();
+    parts.iter().map(move |p| {
+        let end = ends.entry(p.key.as_str()).or_insert(0);
+        let range = *end..*end + p.size;
+        *end += p.size;
+        (p, range)
+    })
+}
+
+/// Streams `body` into `w`, hashing on the way. The bytes count only if every
+/// one arrived (and `len` of them, if given): otherwise the write is aborted.
+///
+/// Hashing runs on a blocking thread, a batch at a time, while the next batch
+/// arrives and is handed to the writer; at most one batch is being hashed, so
+/// memory stays bounded. `hasher` is left `None` when the body failed.
+async fn write_object(
+    mut w: ObjectWriter,
+    mut body: ByteStream,
+    hasher: &mut Option<Hasher>,
+    len: Option<u64>,
+) -> Result<u64> {
+    type HashTask = tokio::task::JoinHandle<Hasher>;
+    async fn join(task: Option<HashTask>, hasher: &mut Option<Hasher>) -> Result<()> {
+        if let Some(t) = task {
+            let h = t
+                .await
+                .map_err(|e| RegistryError::BodyRead(io::Error::other(e)))?;
+            *hasher = Some(h);
+        }
+        Ok(())
+    }
+    let mut pending: Option<HashTask> = None;
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch_len = 0;
+    let failed: Option<RegistryError> = loop {
+        let chunk = match body.next().await {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => break Some(RegistryError::BodyRead(e)),
+            None => break None,
+        };
+        if hasher.is_some() || pending.is_some() {
+            batch_len += chunk.len();
+            batch.push(chunk.clone());
+        }
+        if let Err(e) = w.write(chunk).await {
+            break Some(e.into());
+        }
+        if batch_len >= HASH_BATCH {
+            if let Err(e) = join(pending.take(), hasher).await {
+                break Some(e);
+            }
+            if let Some(mut h) = hasher.take() {
+                let full = std::mem::take(&mut batch);
+                batch_len = 0;
+                pending = Some(tokio::task::spawn_blocking(move || {
+                    for b in &full {
+                        h.update(b);
+                    }
+                    h
+                }));
+            }
+        }
+    };
+    let joined = join(pending.take(), hasher).await;
+    let failed = failed.or(joined.err());
+    if let Some(e) = failed {
+        *hasher = None;
+        w.abort().await;
+        return Err(e);
+    }
+    if let Some(h) = hasher.as_mut() {
+        for b in &batch {
+            h.update(b);
+        }
+    }
+    if let Some(len) = len
+        && w.written() != len
+    {
+        let got = w.written();
+        w.abort().await;
+        *hasher = None;
+        return Err(RegistryError::SizeInvalid(format!(
+            "announced {len} bytes but {got} arrived"
+        )));
+    }
+    Ok(w.finish().await?)
 }
 
 fn digest_mismatch(d: &Digest) -> RegistryError {

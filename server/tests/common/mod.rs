@@ -237,7 +237,7 @@ pub fn with_query(url: &str, key: &str, value: &str) -> String {
 
 pub struct Server {
     base: String,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
     client: reqwest::Client,
     settings: Settings,
     dir: Arc<TempDir>,
