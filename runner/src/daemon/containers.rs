@@ -903,16 +903,29 @@ impl Containers {
         let live = self.live(id);
         let guard = live.lock.lock().await;
         let dir = self.container_dir(id);
-        let (code, finished) = match shim::read_exit(&dir) {
-            Some(r) => (i64::from(r.exit_code), r.finished_at),
-            None => (UNKNOWN_EXIT, now()),
+        // The request, read once: its runtime and whether it is `--rm`.
+        let req = self
+            .row(id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.request().ok());
+        let (code, finished, error) = match shim::read_exit(&dir) {
+            Some(r) => (i64::from(r.exit_code), r.finished_at, String::new()),
+            None => (
+                UNKNOWN_EXIT,
+                now(),
+                "the container's monitor ended without recording an exit status".to_string(),
+            ),
         };
         let mut oom = false;
         let cgroup = self.cgroup(id);
         if let Ok(m) = &cgroup {
             oom = m.oom_killed().unwrap_or(false);
         }
-        self.delete_external(id).await;
+        if let Some(req) = &req {
+            self.delete_external(id, req).await;
+        }
         match cgroup {
             Ok(m) => {
                 if let Err(e) = m.destroy() {
@@ -924,11 +937,6 @@ impl Containers {
         if let Err(e) = overlay::unmount(&dir.join("rootfs")) {
             tracing::warn!(container = %id, error = %e, "unmounting the rootfs");
         }
-        let error = if shim::read_exit(&dir).is_none() {
-            "the container's monitor ended without recording an exit status".to_string()
-        } else {
-            String::new()
-        };
         let updated = sqlx::query(
             "UPDATE containers SET state = 'exited', pid = 0, shim_pid = 0, shim_start = 0,
              exit_code = ?, oom_killed = ?, error = ?, finished_at = ? WHERE id = ?",
@@ -949,13 +957,7 @@ impl Containers {
             *n += 1;
             *c = code;
         });
-        let auto_remove = self
-            .row(id)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|r| r.request().ok())
-            .is_some_and(|r| r.auto_remove);
+        let auto_remove = req.is_some_and(|r| r.auto_remove);
         drop(guard);
         if auto_remove && let Err(e) = self.remove_stopped(id).await {
             tracing::warn!(container = %id, error = %e, "auto-remove");
@@ -963,21 +965,12 @@ impl Containers {
     }
 
     /// `runc delete` for a container an external runtime kept (`--keep`).
-    async fn delete_external(&self, id: &str) {
+    async fn delete_external(&self, id: &str, req: &CreateRequest) {
         let dir = self.container_dir(id);
         let state = dir.join(crate::internal::EXTERNAL_STATE_DIR);
         if !state.exists() {
             return;
         }
-        let Some(req) = self
-            .row(id)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|r| r.request().ok())
-        else {
-            return;
-        };
         let Ok(Some(binary)) = self
             .runtimes
             .binary(self.runtimes.name(req.runtime.as_deref()))
