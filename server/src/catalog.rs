@@ -29,6 +29,13 @@ pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
+/// A page of names read as one `json_group_array` value: one row instead of
+/// one per name, as sqlx's SQLite driver hands each row over from its worker
+/// thread separately (a 50-tag page was ~3x slower than a manifest GET).
+fn json_names(page: &str) -> Result<Vec<String>> {
+    serde_json::from_str(page).map_err(|e| CatalogError::Db(sqlx::Error::Decode(Box::new(e))))
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -170,15 +177,15 @@ impl Catalog {
 
     /// Repository names after `last`, in lexical (byte) order.
     pub async fn repositories(&self, last: &str, limit: u32) -> Result<Vec<String>> {
-        Ok(
-            sqlx::query_scalar(
-                "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?",
-            )
-            .bind(last)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?,
+        let page: String = sqlx::query_scalar(
+            "SELECT json_group_array(name ORDER BY name) FROM (
+               SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?)",
         )
+        .bind(last)
+        .bind(limit as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        json_names(&page)
     }
 
     // ---- blobs ---------------------------------------------------------------
@@ -432,17 +439,19 @@ impl Catalog {
     /// Tag names after `last`, in the spec's lexical order: case-insensitive,
     /// ties (`Beta`, `beta`) broken by bytes so paging never skips one.
     pub async fn tags(&self, repository: &str, last: &str, limit: u32) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id
-              WHERE r.name = ? AND (lower(t.name), t.name) > (lower(?), ?)
-              ORDER BY lower(t.name), t.name LIMIT ?",
+        let page: String = sqlx::query_scalar(
+            "SELECT json_group_array(name ORDER BY lower(name), name) FROM (
+               SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id
+                WHERE r.name = ? AND (lower(t.name), t.name) > (lower(?), ?)
+                ORDER BY lower(t.name), t.name LIMIT ?)",
         )
         .bind(repository)
         .bind(last)
         .bind(last)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_one(&self.pool)
+        .await?;
+        json_names(&page)
     }
 
     /// Manifests of `repository` whose subject is `subject` (and, if given, of
