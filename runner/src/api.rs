@@ -18,6 +18,7 @@
 //! | `POST /containers/create` | [`CreateRequest`] | 201 [`CreateResponse`]; 404 `No such image: REF` (the CLI then pulls and retries) |
 //! | `POST /containers/{id}/start?attach=BOOL` | | 204, or with attach 200 and a [frame](encode_frame) stream ending with an exit frame |
 //! | `POST /containers/{id}/stop?t=SECONDS` | | 204; 304 when not running |
+//! | `POST /containers/{id}/restart?t=SECONDS` | | 204: stopped (if running), then started by hand |
 //! | `POST /containers/{id}/kill?signal=SIG` | | 204; 409 when not running |
 //! | `POST /containers/{id}/wait` | | [`WaitResponse`] once it has stopped |
 //! | `DELETE /containers/{id}?force=BOOL` | | 204; 409 when running (unless force) |
@@ -184,6 +185,52 @@ pub struct CreateRequest {
     /// default (`wharf`, the built-in one, unless configured otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// `--restart`; `None`: "no".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartPolicy>,
+}
+
+/// `--restart`: whether the daemon starts a container again after it
+/// stopped (docker's `HostConfig.RestartPolicy`). The CLI only splits
+/// `NAME[:COUNT]`; the daemon checks the name and the count.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// "no", "always", "on-failure" or "unless-stopped".
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "MaximumRetryCount", default)]
+    pub maximum_retry_count: i64,
+}
+
+impl RestartPolicy {
+    /// docker's `--restart` syntax, `NAME[:COUNT]`, with its messages.
+    pub fn parse(s: &str) -> Result<RestartPolicy, String> {
+        let (name, count) = match s.split_once(':') {
+            Some(("", _)) => {
+                return Err(
+                    "invalid restart policy format: no policy provided before colon".into(),
+                );
+            }
+            Some((name, count)) => (name, count),
+            None => (s, ""),
+        };
+        let maximum_retry_count = if count.is_empty() {
+            0
+        } else {
+            count.parse::<i64>().map_err(|_| {
+                "invalid restart policy format: maximum retry count must be an integer".to_string()
+            })?
+        };
+        Ok(RestartPolicy {
+            name: name.to_string(),
+            maximum_retry_count,
+        })
+    }
+
+    /// "no" (or no policy at all).
+    pub fn is_none(&self) -> bool {
+        self.name.is_empty() || self.name == "no"
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -30,6 +30,11 @@ pub fn create_request(
             "\"wharf-runner run\" requires at least 1 argument.".into(),
         ));
     };
+    if opts.rm && opts.restart.as_ref().is_some_and(|r| !r.is_none()) {
+        return Err(Error::Message(
+            "wharf-runner: Conflicting options: cannot specify both --restart and --rm".into(),
+        ));
+    }
     let mut env = Vec::new();
     for path in &opts.env_file {
         let text = std::fs::read_to_string(path)
@@ -62,6 +67,7 @@ pub fn create_request(
         read_only: opts.read_only,
         auto_remove: opts.rm,
         runtime: opts.runtime.clone(),
+        restart: opts.restart.clone().filter(|r| !r.is_none()),
     })
 }
 
@@ -366,6 +372,19 @@ pub async fn stop(client: &Client, args: StopArgs) -> Result<i32, Error> {
         &args.containers,
         |c| format!("/containers/{c}/stop{query}"),
         Some(StatusCode::NOT_MODIFIED),
+        Method::POST,
+    )
+    .await
+}
+
+/// `restart`.
+pub async fn restart(client: &Client, args: StopArgs) -> Result<i32, Error> {
+    let query = args.time.map(|t| format!("?t={t}")).unwrap_or_default();
+    each(
+        client,
+        &args.containers,
+        |c| format!("/containers/{c}/restart{query}"),
+        None,
         Method::POST,
     )
     .await

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::api::{Network, PullPolicy};
+use crate::api::{Network, PullPolicy, RestartPolicy};
 use crate::bundle as parse;
 use client::{Client, Error};
 
@@ -70,6 +70,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// Stop one or more running containers
     Stop(StopArgs),
+    /// Restart one or more containers
+    Restart(StopArgs),
     /// Kill one or more running containers
     Kill(KillArgs),
     /// Remove one or more containers
@@ -127,6 +129,8 @@ pub enum ContainerCommand {
     Start(StartArgs),
     /// Stop one or more running containers
     Stop(StopArgs),
+    /// Restart one or more containers
+    Restart(StopArgs),
     /// Kill one or more running containers
     Kill(KillArgs),
     /// Remove one or more containers
@@ -225,6 +229,9 @@ pub struct ContainerOpts {
     /// Runtime to use for this container ("wharf", "runc", or one the daemon was given)
     #[arg(long, value_name = "STRING")]
     pub runtime: Option<String>,
+    /// Restart policy to apply when a container exits ("no", "on-failure[:max-retries]", "always", "unless-stopped")
+    #[arg(long, value_parser = RestartPolicy::parse, value_name = "POLICY")]
+    pub restart: Option<RestartPolicy>,
     /// The image, then the command and its arguments
     #[arg(
         value_name = "IMAGE",
@@ -643,6 +650,9 @@ async fn dispatch(client: &Client, command: Command) -> Result<i32, Error> {
         Command::Ps(a) | Command::Container(C::Ls(a)) => containers::ps(client, a).await,
         Command::Logs(a) | Command::Container(C::Logs(a)) => containers::logs(client, a).await,
         Command::Stop(a) | Command::Container(C::Stop(a)) => containers::stop(client, a).await,
+        Command::Restart(a) | Command::Container(C::Restart(a)) => {
+            containers::restart(client, a).await
+        }
         Command::Kill(a) | Command::Container(C::Kill(a)) => containers::kill(client, a).await,
         Command::Rm(a) | Command::Container(C::Rm(a)) => containers::rm(client, a).await,
         Command::Wait(a) | Command::Container(C::Wait(a)) => containers::wait(client, a).await,

@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, watch};
 use super::error::{Error, Result};
 use super::images::{ImageRecord, Images};
 use super::overlay;
+use super::restart::{self, Policy};
 use crate::api::{
     ContainerSummary, CreateRequest, CreateResponse, FrameKind, Network, WaitResponse, encode_frame,
 };
@@ -84,6 +85,7 @@ struct Row {
     started_at: String,
     finished_at: String,
     restart_count: i64,
+    manually_stopped: bool,
 }
 
 impl Row {
@@ -108,6 +110,42 @@ struct Live {
     lock: tokio::sync::Mutex<()>,
     /// (how many times it has stopped, its last exit code).
     exits: watch::Sender<(u64, i64)>,
+    /// The wait before its next restart by policy.
+    backoff: Mutex<restart::Backoff>,
+    /// The restart its policy scheduled, if one is pending.
+    pending: Mutex<PendingRestart>,
+}
+
+#[derive(Default)]
+struct PendingRestart {
+    /// Which scheduled restart is the current one: a timer that fires after
+    /// it was cancelled (or replaced) sees another token and does nothing.
+    token: u64,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+impl Live {
+    /// Whether a restart by policy is pending (docker's "restarting").
+    fn restarting(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .task
+            .is_some()
+    }
+
+    /// Cancels a pending restart; whether there was one.
+    fn cancel_restart(&self) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        p.token += 1;
+        match p.task.take() {
+            Some(task) => {
+                task.abort();
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// The OCI runtimes a container can run under: the built-in one
@@ -278,6 +316,15 @@ fn epoch(rfc3339: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// How long a container ran, from its two RFC 3339 times.
+fn ran_for(started: &str, finished: &str) -> Duration {
+    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
+    match (parse(started), parse(finished)) {
+        (Some(a), Some(b)) => (b - a).to_std().unwrap_or_default(),
+        _ => Duration::ZERO,
+    }
+}
+
 fn or_zero(t: &str) -> &str {
     if t.is_empty() { ZERO_TIME } else { t }
 }
@@ -414,6 +461,8 @@ impl Containers {
                 Arc::new(Live {
                     lock: tokio::sync::Mutex::new(()),
                     exits: watch::channel((0, 0)).0,
+                    backoff: Mutex::new(restart::Backoff::default()),
+                    pending: Mutex::new(PendingRestart::default()),
                 })
             })
             .clone()
@@ -493,6 +542,12 @@ impl Containers {
     /// container with its (empty) directory. The bundle is made at start.
     pub async fn create(&self, mut req: CreateRequest) -> Result<CreateResponse> {
         validate(&req)?;
+        let policy = Policy::from_request(req.restart.as_ref()).map_err(Error::BadRequest)?;
+        if req.auto_remove && policy != Policy::No {
+            return Err(Error::BadRequest(
+                "can't create 'AutoRemove' container with restart policy".into(),
+            ));
+        }
         // Recorded by name, so the container keeps its runtime even if the
         // daemon's default changes.
         let runtime = self.runtimes.name(req.runtime.as_deref()).to_string();
@@ -570,6 +625,7 @@ impl Containers {
         let live = self.live(&row.id);
         let mut rx = live.exits.subscribe();
         rx.borrow_and_update();
+        self.started_by_hand(&row.id).await?;
         self.launch(&row).await?;
         let dir = self.container_dir(&row.id);
         let deadline = Instant::now() + START_TIMEOUT;
@@ -613,6 +669,7 @@ impl Containers {
         let seen = rx.borrow().0;
         let log = self.container_dir(&row.id).join(shim::LOG_FILE);
         let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        self.started_by_hand(&row.id).await?;
         self.launch(&row).await?;
         let (tx, out) = mpsc::channel(64);
         tokio::spawn(follow(log, offset, seen, rx, tx, false, true));
@@ -751,7 +808,8 @@ impl Containers {
         let shim_start = process_start(shim_pid).unwrap_or(0);
         sqlx::query(
             "UPDATE containers SET state = 'running', pid = 0, shim_pid = ?, shim_start = ?,
-             exit_code = 0, oom_killed = 0, error = '', started_at = ?, finished_at = '' WHERE id = ?",
+             exit_code = 0, oom_killed = 0, error = '', started_at = ?, finished_at = '',
+             manually_stopped = 0 WHERE id = ?",
         )
         .bind(shim_pid)
         .bind(shim_start)
@@ -903,13 +961,10 @@ impl Containers {
         let live = self.live(id);
         let guard = live.lock.lock().await;
         let dir = self.container_dir(id);
-        // The request, read once: its runtime and whether it is `--rm`.
-        let req = self
-            .row(id)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|r| r.request().ok());
+        // The row and its request, read once: its runtime, whether it is
+        // `--rm`, and its restart policy.
+        let row = self.row(id).await.ok().flatten();
+        let req = row.as_ref().and_then(|r| r.request().ok());
         let (code, finished, error) = match shim::read_exit(&dir) {
             Some(r) => (i64::from(r.exit_code), r.finished_at, String::new()),
             None => (
@@ -953,6 +1008,20 @@ impl Containers {
         }
         tracing::info!(container = %id, exit_code = code, oom_killed = oom, "exited");
         tracing::debug!(container = %id, finish_ms = t_begin.elapsed().as_secs_f64() * 1e3, "finish timings");
+        if let (Some(row), Some(req)) = (&row, &req)
+            && !req.auto_remove
+        {
+            let policy = Policy::from_request(req.restart.as_ref()).unwrap_or(Policy::No);
+            if policy.after_exit(code, row.manually_stopped, row.restart_count) {
+                let ran = ran_for(&row.started_at, &finished);
+                let delay = live
+                    .backoff
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .next(ran);
+                self.schedule_restart(id, &live, delay);
+            }
+        }
         live.exits.send_modify(|(n, c)| {
             *n += 1;
             *c = code;
@@ -962,6 +1031,93 @@ impl Containers {
         if auto_remove && let Err(e) = self.remove_stopped(id).await {
             tracing::warn!(container = %id, error = %e, "auto-remove");
         }
+    }
+
+    /// Starts the container again after `delay`, unless the restart is
+    /// cancelled (stop, kill, rm, a start by hand) before.
+    fn schedule_restart(self: &Arc<Self>, id: &str, live: &Live, delay: Duration) {
+        let mut pending = live.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.token += 1;
+        let token = pending.token;
+        if let Some(old) = pending.task.take() {
+            old.abort();
+        }
+        let me = Arc::clone(self);
+        let id = id.to_string();
+        tracing::info!(container = %id, delay_ms = delay.as_millis() as u64, "restarting by its policy");
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            me.restart_now(&id, token).await;
+        });
+        pending.task = Some(task.abort_handle());
+    }
+
+    async fn restart_now(self: &Arc<Self>, id: &str, token: u64) {
+        let live = self.live(id);
+        {
+            let mut pending = live.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.token != token || pending.task.is_none() {
+                return;
+            }
+            pending.task = None;
+        }
+        let counted = sqlx::query(
+            "UPDATE containers SET restart_count = restart_count + 1
+              WHERE id = ? AND state = 'exited' AND manually_stopped = 0",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await;
+        if !matches!(counted, Ok(r) if r.rows_affected() == 1) {
+            return;
+        }
+        let Ok(Some(row)) = self.row(id).await else {
+            return;
+        };
+        if let Err(e) = self.launch(&row).await {
+            tracing::warn!(container = %id, error = %e, "restart by policy failed");
+            let _ = sqlx::query("UPDATE containers SET error = ? WHERE id = ?")
+                .bind(e.to_string())
+                .bind(id)
+                .execute(&self.pool)
+                .await;
+        }
+    }
+
+    /// A start by hand: no restart pending, a fresh back-off and count, and
+    /// the container is no longer "stopped by hand".
+    async fn started_by_hand(&self, id: &str) -> Result<()> {
+        let live = self.live(id);
+        live.cancel_restart();
+        live.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset();
+        sqlx::query("UPDATE containers SET restart_count = 0, manually_stopped = 0 WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A stop or kill by hand: its policy (but `always` at the next daemon
+    /// start) leaves it stopped.
+    async fn stopped_by_hand(&self, id: &str) -> Result<()> {
+        self.live(id).cancel_restart();
+        sqlx::query("UPDATE containers SET manually_stopped = 1 WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// `restart -t`: stop (if running), then start by hand.
+    pub async fn restart(self: &Arc<Self>, name: &str, timeout: Option<u64>) -> Result<()> {
+        match self.stop(name, timeout).await {
+            Ok(()) | Err(Error::NotModified(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.start(name).await
     }
 
     /// `runc delete` for a container an external runtime kept (`--keep`).
@@ -1045,20 +1201,51 @@ impl Containers {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
+        // Containers that were not running when the daemon stopped (or the
+        // host went down) and whose policy brings them back.
+        for row in rows.iter().filter(|r| r.state == "exited") {
+            let Ok(req) = row.request() else { continue };
+            let policy = Policy::from_request(req.restart.as_ref()).unwrap_or(Policy::No);
+            if req.auto_remove
+                || !policy.at_daemon_start(row.exit_code, row.manually_stopped, row.restart_count)
+            {
+                continue;
+            }
+            tracing::info!(container = %row.id, "starting by its restart policy");
+            let me = Arc::clone(self);
+            let row = row.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.launch(&row).await {
+                    tracing::warn!(container = %row.id, error = %e, "restart at daemon start failed");
+                }
+            });
+        }
         Ok(())
     }
 
     async fn signal(&self, row: &Row, sig: Signal) -> Result<()> {
-        let pid = if row.pid > 0 {
+        let pid_file = self.container_dir(&row.id).join(shim::INIT_PID_FILE);
+        let mut pid = if row.pid > 0 {
             row.pid
         } else {
-            read_pid(&self.container_dir(&row.id).join(shim::INIT_PID_FILE)).unwrap_or(0)
+            read_pid(&pid_file).unwrap_or(0)
         };
-        if pid <= 1 {
-            return Err(Error::Conflict(format!(
-                "container {} is not running",
-                row.id
-            )));
+        // Just started (a restart by policy, say): its command is not
+        // executed yet. Wait for it, or for its end.
+        let deadline = Instant::now() + START_TIMEOUT;
+        while pid <= 1 {
+            let running = self.row(&row.id).await?.is_some_and(|r| r.running());
+            if !running && row.running() {
+                return Ok(());
+            }
+            if !running || Instant::now() >= deadline {
+                return Err(Error::Conflict(format!(
+                    "container {} is not running",
+                    row.id
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            pid = read_pid(&pid_file).unwrap_or(0);
         }
         match kill(Pid::from_raw(pid as i32), sig) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
@@ -1088,10 +1275,21 @@ impl Containers {
         let sig = parse_signal(signal)?;
         let row = self.resolve(name).await?;
         if !row.running() {
+            if self.live(&row.id).restarting() {
+                return Err(Error::Conflict(format!(
+                    "Container {} is restarting, wait until the container is running",
+                    row.id
+                )));
+            }
             return Err(Error::Conflict(format!(
                 "cannot kill container: {name}: container {} is not running",
                 row.id
             )));
+        }
+        // As docker: killing with SIGKILL or the stop signal is a stop by
+        // hand (no restart by policy); other signals are just signals.
+        if sig == Signal::SIGKILL || parse_signal(&row.stop_signal).ok() == Some(sig) {
+            self.stopped_by_hand(&row.id).await?;
         }
         self.signal(&row, sig).await
     }
@@ -1099,12 +1297,18 @@ impl Containers {
     /// `stop -t`: the image's stop signal, then SIGKILL after `timeout`.
     pub async fn stop(&self, name: &str, timeout: Option<u64>) -> Result<()> {
         let row = self.resolve(name).await?;
+        let live = self.live(&row.id);
         if !row.running() {
+            if live.cancel_restart() {
+                // Stopping a restarting container cancels its restart.
+                self.stopped_by_hand(&row.id).await?;
+                return Ok(());
+            }
             return Err(Error::NotModified(format!(
                 "container {name} is already stopped"
             )));
         }
-        let live = self.live(&row.id);
+        self.stopped_by_hand(&row.id).await?;
         let mut rx = live.exits.subscribe();
         rx.borrow_and_update();
         // It may have stopped before we subscribed.
@@ -1150,6 +1354,15 @@ impl Containers {
     /// `rm [-f]`.
     pub async fn remove(&self, name: &str, force: bool) -> Result<()> {
         let row = self.resolve(name).await?;
+        if !row.running() && self.live(&row.id).restarting() {
+            if !force {
+                return Err(Error::Conflict(format!(
+                    "You cannot remove a restarting container {}. Stop the container before attempting removal or force remove",
+                    row.id
+                )));
+            }
+            self.live(&row.id).cancel_restart();
+        }
         if row.running() {
             if !force {
                 return Err(Error::Conflict(format!(
@@ -1173,6 +1386,7 @@ impl Containers {
 
     async fn remove_stopped(&self, id: &str) -> Result<()> {
         let live = self.live(id);
+        live.cancel_restart();
         let _guard = live.lock.lock().await;
         let Some(row) = self.row(id).await? else {
             return Ok(());
@@ -1213,8 +1427,14 @@ impl Containers {
             .into_iter()
             .filter(|r| all || r.running())
             .map(|r| {
+                let restarting = r.state == "exited" && self.live(&r.id).restarting();
                 let status = match r.state.as_str() {
                     "running" => format!("Up {}", human_duration(since(&r.started_at))),
+                    "exited" if restarting => format!(
+                        "Restarting ({}) {} ago",
+                        r.exit_code,
+                        human_duration(since(&r.finished_at))
+                    ),
                     "exited" => format!(
                         "Exited ({}) {} ago",
                         r.exit_code,
@@ -1230,7 +1450,11 @@ impl Containers {
                     image: r.image.clone(),
                     command: command.join(" "),
                     created: epoch(&r.created_at),
-                    state: r.state.clone(),
+                    state: if restarting {
+                        "restarting".to_string()
+                    } else {
+                        r.state.clone()
+                    },
                     status,
                 }
             })
@@ -1277,16 +1501,20 @@ impl Containers {
             Network::None => "none",
             Network::Host => "host",
         };
+        let restarting = !r.running() && self.live(&r.id).restarting();
+        let policy = Policy::from_request(req.restart.as_ref())
+            .unwrap_or(Policy::No)
+            .to_api();
         Ok(json!({
             "Id": r.id,
             "Created": r.created_at,
             "Path": r.path,
             "Args": r.args(),
             "State": {
-                "Status": r.state,
+                "Status": if restarting { "restarting" } else { r.state.as_str() },
                 "Running": r.running(),
                 "Paused": false,
-                "Restarting": false,
+                "Restarting": restarting,
                 "OOMKilled": r.oom_killed,
                 "Dead": false,
                 "Pid": if r.running() { r.pid } else { 0 },
@@ -1307,6 +1535,7 @@ impl Containers {
             "HostConfig": {
                 "NetworkMode": network,
                 "AutoRemove": req.auto_remove,
+                "RestartPolicy": policy,
                 "ReadonlyRootfs": req.read_only,
                 "Memory": req.memory.unwrap_or(0),
                 "MemorySwap": req.memory_swap.unwrap_or(0),

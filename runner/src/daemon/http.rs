@@ -58,6 +58,16 @@ fn streamed(rx: mpsc::Receiver<Bytes>, content_type: &'static str) -> Response {
         .into_response()
 }
 
+/// `?t=` of stop and restart: seconds before SIGKILL.
+fn timeout(q: &HashMap<String, String>) -> Result<Option<u64>> {
+    q.get("t")
+        .map(|t| {
+            t.parse::<u64>()
+                .map_err(|_| Error::BadRequest(format!("invalid timeout {t:?}")))
+        })
+        .transpose()
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/_ping", get(|| async { "OK" }))
@@ -71,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/containers/json", get(containers_list))
         .route("/containers/{id}/start", post(start))
         .route("/containers/{id}/stop", post(stop))
+        .route("/containers/{id}/restart", post(restart))
         .route("/containers/{id}/kill", post(kill))
         .route("/containers/{id}/wait", post(wait))
         .route("/containers/{id}/json", get(container_inspect))
@@ -181,14 +192,16 @@ async fn start(State(s): State<AppState>, Path(id): Path<String>, Query(q): Q) -
 }
 
 async fn stop(State(s): State<AppState>, Path(id): Path<String>, Query(q): Q) -> Result<Response> {
-    let t = match q.get("t") {
-        Some(t) => Some(
-            t.parse::<u64>()
-                .map_err(|_| Error::BadRequest(format!("invalid timeout {t:?}")))?,
-        ),
-        None => None,
-    };
-    s.containers.stop(&id, t).await?;
+    s.containers.stop(&id, timeout(&q)?).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn restart(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Q,
+) -> Result<Response> {
+    s.containers.restart(&id, timeout(&q)?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

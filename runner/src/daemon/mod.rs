@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod images;
 pub mod overlay;
+pub mod restart;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
