@@ -134,9 +134,29 @@ pub enum PullPolicy {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
-    #[default]
+    /// A namespace of its own with only loopback.
     None,
+    /// The host's namespace.
     Host,
+    /// A namespace of its own with an address on the daemon's bridge
+    /// (docker's default).
+    #[default]
+    Bridge,
+}
+
+/// One published port (`-p`, `-P`): in a create request `host_port` 0 is
+/// "any free port" and `host_ip` "" is every address; once the container
+/// runs, the ports it was given.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortMapping {
+    pub container_port: u16,
+    /// "tcp" or "udp".
+    pub protocol: String,
+    #[serde(default)]
+    pub host_ip: String,
+    #[serde(default)]
+    pub host_port: u16,
 }
 
 /// `POST /containers/create`: everything `run`/`create` take, parsed by
@@ -176,6 +196,12 @@ pub struct CreateRequest {
     pub pids_limit: Option<i64>,
     #[serde(default)]
     pub network: Network,
+    /// `-p`, in the order given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<PortMapping>,
+    /// `-P`: the image's ExposedPorts on free host ports.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub publish_all: bool,
     #[serde(default)]
     pub read_only: bool,
     /// `--rm`: the daemon removes the container when it exits.
@@ -264,6 +290,9 @@ pub struct ContainerSummary {
     pub state: String,
     /// docker's human text: "Up 3 seconds", "Exited (0) 2 minutes ago", "Created".
     pub status: String,
+    /// The ports it publishes while running.
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
 }
 
 /// An error answer: `{"message": "..."}`.

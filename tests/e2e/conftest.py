@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from clients import Docker, Podman, TestImages
-from runner_support import RunnerDaemon, busybox_image, runner_binary, wait_no_leftovers
+from runner_support import RunnerDaemon, busybox_image, runner_binary, unique_bridge, wait_no_leftovers
 from support import AUTH_ENV, WharfServer, run, server_binary
 
 
@@ -221,9 +221,10 @@ def _make_daemon(base: Path, default_registry: str, default_runtime: str | None 
     # A unix socket path must fit 108 bytes; pytest's tmp paths may not.
     sock_dir = Path(tempfile.mkdtemp(prefix="wr-", dir="/tmp"))
     base.mkdir(parents=True, exist_ok=True)
+    bridge, subnet = unique_bridge()
     return RunnerDaemon(
         binary, base / "root", sock_dir / "runner.sock", base / "daemon.log", default_registry,
-        default_runtime=default_runtime,
+        default_runtime=default_runtime, bridge=bridge, bridge_subnet=subnet,
     )
 
 
@@ -291,6 +292,7 @@ def _module_daemon(runner_registry, tmp_path_factory, runtime: str | None = None
             for cid in daemon.all_ids() if daemon.ping() else []:
                 daemon.cli("rm", "-f", cid, check=False)
         daemon.stop()
+        daemon.remove_bridge()
         shutil.rmtree(daemon.socket.parent, ignore_errors=True)
 
 
@@ -360,6 +362,7 @@ def runner_factory(request, runner_registry, tmp_path):
         except AssertionError as exc:
             problems.append(str(exc).splitlines()[0])
         problems += [f"left behind after the daemon stopped: {x}" for x in wait_no_leftovers(daemon, env.ids, 2)]
+        daemon.remove_bridge()
         if _failed(request) or problems:
             print(daemon.log_tail())
         shutil.rmtree(daemon.socket.parent, ignore_errors=True)

@@ -117,8 +117,14 @@ class RunnerDaemon:
         default_registry: str,
         insecure_registries: tuple[str, ...] = (),
         default_runtime: str | None = None,
+        bridge: str | None = None,
+        bridge_subnet: str | None = None,
     ):
         self.binary = binary
+        # `--bridge`/`--bridge-subnet`: each test daemon gets its own, so
+        # daemons running at once never share one (see remove_bridge).
+        self.bridge = bridge
+        self.bridge_subnet = bridge_subnet
         self.root = root
         self.socket = socket_path
         self.log_path = log_path
@@ -136,7 +142,16 @@ class RunnerDaemon:
             cmd += ["--insecure-registry", host]
         if self.default_runtime:
             cmd += ["--default-runtime", self.default_runtime]
+        if self.bridge:
+            cmd += ["--bridge", self.bridge]
+        if self.bridge_subnet:
+            cmd += ["--bridge-subnet", self.bridge_subnet]
         return cmd
+
+    def remove_bridge(self) -> None:
+        """Deletes the daemon's bridge (the daemon keeps it across restarts)."""
+        if self.bridge and Path(f"/sys/class/net/{self.bridge}").exists():
+            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
 
     @property
     def running(self) -> bool:
@@ -372,10 +387,33 @@ def leftovers(daemon: RunnerDaemon, ids) -> list[str]:
     if daemon.running:
         problems += [f"mount {m} (daemon's namespace)" for m in mounts_under(daemon.root, daemon.pid)]
     for cid in ids:
+        veth = Path("/sys/class/net") / f"wr{cid[:11]}"
+        if veth.exists():
+            problems.append(f"veth {veth.name}")
         problems += [f"cgroup {d}" for d in cgroup_dirs(cid)]
         problems += [f"path {p}" for p in paths_naming(daemon.root, cid)]
         problems += [f"process {p}" for p in processes_naming(cid)]
     return sorted(set(problems))
+
+
+_test_bridges = 0
+
+
+def unique_bridge() -> tuple[str, str]:
+    """A bridge name and /24 subnet no other daemon on this host uses (other
+    test processes included): a name with this process's pid, a 10.91.X.0/24
+    no interface has an address in."""
+    global _test_bridges
+    _test_bridges += 1
+    name = f"wt{os.getpid() % 100000}-{_test_bridges}"
+    used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=True).stdout
+    taken = set(re.findall(r"inet 10\.91\.(\d+)\.", used))
+    start = (os.getpid() * 7 + _test_bridges * 13) % 250 + 1
+    for i in range(250):
+        x = (start + i) % 250 + 1
+        if str(x) not in taken:
+            return name[:15], f"10.91.{x}.0/24"
+    raise AssertionError("no free 10.91.X.0/24 subnet for a test bridge")
 
 
 def wait_no_leftovers(daemon: RunnerDaemon, ids, timeout: float = 10.0) -> list[str]:
@@ -492,9 +530,12 @@ class Image:
     env: list[str] = field(default_factory=lambda: [DEFAULT_PATH])
     entrypoint: list[str] | None = None
     workdir: str = ""
+    exposed_ports: list[str] = field(default_factory=list)  # "80/tcp"
 
     def config(self) -> bytes:
         cfg = {"Cmd": self.cmd, "Env": self.env}
+        if self.exposed_ports:
+            cfg["ExposedPorts"] = {p: {} for p in self.exposed_ports}
         if self.entrypoint is not None:
             cfg["Entrypoint"] = self.entrypoint
         if self.workdir:

@@ -50,6 +50,7 @@ from runner_support import (
     output,
     read_keyed,
     runner_binary,
+    unique_bridge,
     wait_for,
 )
 from conftest import RunnerEnv
@@ -860,7 +861,7 @@ def test_full_disk_fails_the_pull_cleanly(runner_registry, tmp_path):
     try:
         daemon = RunnerDaemon(
             runner_binary(), mnt / "root", Path(free_unix_socket_path()), tmp_path / "daemon.log",
-            runner_registry.docker_host,
+            runner_registry.docker_host, **dict(zip(("bridge", "bridge_subnet"), unique_bridge())),
         )
         daemon.start()
         env = RunnerEnv(daemon, runner_registry)
@@ -880,6 +881,8 @@ def test_full_disk_fails_the_pull_cleanly(runner_registry, tmp_path):
     finally:
         if daemon is not None and daemon.running:
             daemon.stop()
+        if daemon is not None:
+            daemon.remove_bridge()
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 

@@ -134,6 +134,9 @@ pub struct RunOptions {
     /// `--pids-limit`; 0 or negative: unlimited.
     pub pids_limit: Option<i64>,
     pub network: NetworkMode,
+    /// A network namespace to join instead of making one (the daemon's
+    /// bridge network makes it before the start).
+    pub network_namespace: Option<PathBuf>,
     /// `--read-only`: the rootfs is mounted read-only.
     pub read_only: bool,
     /// `-t`: a terminal, and `TERM=xterm`.
@@ -231,7 +234,13 @@ pub fn build_spec(
         if typ == LinuxNamespaceType::Network && opts.network == NetworkMode::Host {
             continue;
         }
-        namespaces.push(LinuxNamespaceBuilder::default().typ(typ).build()?);
+        let mut ns = LinuxNamespaceBuilder::default().typ(typ);
+        if typ == LinuxNamespaceType::Network
+            && let Some(path) = &opts.network_namespace
+        {
+            ns = ns.path(path.clone());
+        }
+        namespaces.push(ns.build()?);
     }
 
     let mut linux = LinuxBuilder::default()

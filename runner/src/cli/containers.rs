@@ -64,6 +64,8 @@ pub fn create_request(
         cpu_shares: opts.cpu_shares,
         pids_limit: opts.pids_limit,
         network: opts.network,
+        publish: opts.publish.clone(),
+        publish_all: opts.publish_all,
         read_only: opts.read_only,
         auto_remove: opts.rm,
         runtime: opts.runtime.clone(),
@@ -302,7 +304,7 @@ pub fn ps_output(containers: &[ContainerSummary], args: &PsArgs, now: i64) -> St
             format::command_cell(&c.command, args.no_trunc),
             format::ago(c.created, now),
             c.status.clone(),
-            String::new(),
+            super::network::ports_cell(&c.ports),
             c.name.clone(),
         ]);
     }

@@ -12,6 +12,7 @@ pub mod client;
 pub mod containers;
 pub mod format;
 pub mod images;
+pub mod network;
 pub mod progress;
 
 use std::ffi::OsString;
@@ -68,6 +69,8 @@ pub enum Command {
     Ps(PsArgs),
     /// Fetch the logs of a container
     Logs(LogsArgs),
+    /// List port mappings or a specific mapping for the container
+    Port(PortArgs),
     /// Stop one or more running containers
     Stop(StopArgs),
     /// Restart one or more containers
@@ -142,6 +145,8 @@ pub enum ContainerCommand {
     Inspect(FormatNamesArgs),
     /// Fetch the logs of a container
     Logs(LogsArgs),
+    /// List port mappings or a specific mapping for the container
+    Port(PortArgs),
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +166,12 @@ pub struct DaemonArgs {
     /// An OCI runtime binary with runc's command line, as NAME=PATH (repeatable; "runc" is known)
     #[arg(long = "add-runtime", value_name = "NAME=PATH")]
     pub add_runtimes: Vec<String>,
+    /// The bridge containers of --network bridge are attached to (made if missing)
+    #[arg(long, default_value = crate::daemon::network::DEFAULT_BRIDGE, value_name = "NAME")]
+    pub bridge: String,
+    /// The bridge's subnet; its first address is the gateway, on the bridge
+    #[arg(long = "bridge-subnet", default_value = crate::daemon::network::DEFAULT_SUBNET, value_name = "CIDR")]
+    pub bridge_subnet: String,
 }
 
 #[derive(Debug, Args)]
@@ -217,9 +228,15 @@ pub struct ContainerOpts {
     /// Tune container pids limit (set -1 for unlimited)
     #[arg(long = "pids-limit", allow_hyphen_values = true, value_name = "INT")]
     pub pids_limit: Option<i64>,
-    /// Connect a container to a network (none or host)
-    #[arg(long, value_parser = parse_network, default_value = "none")]
+    /// Connect a container to a network (bridge, none or host)
+    #[arg(long, value_parser = parse_network, default_value = "bridge")]
     pub network: Network,
+    /// Publish a container's port(s) to the host ([IP:][HOSTPORT:]CONTAINERPORT[/PROTO])
+    #[arg(short = 'p', long = "publish", value_parser = network::parse_publish, value_name = "PORT")]
+    pub publish: Vec<crate::api::PortMapping>,
+    /// Publish all exposed ports to random ports
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
     /// Mount the container's root filesystem as read only
     #[arg(long = "read-only")]
     pub read_only: bool,
@@ -240,6 +257,15 @@ pub struct ContainerOpts {
         trailing_var_arg = true
     )]
     pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    #[arg(value_name = "CONTAINER")]
+    pub container: String,
+    /// PRIVATE_PORT[/PROTO]
+    #[arg(value_name = "PRIVATE_PORT")]
+    pub port: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -426,8 +452,9 @@ fn parse_network(s: &str) -> Result<Network, String> {
     match s {
         "none" => Ok(Network::None),
         "host" => Ok(Network::Host),
+        "bridge" | "default" => Ok(Network::Bridge),
         _ => Err(format!(
-            "network {s} not found: only \"none\" and \"host\" are supported"
+            "network {s} not found: only \"bridge\", \"none\" and \"host\" are supported"
         )),
     }
 }
@@ -603,6 +630,8 @@ fn run_daemon(socket: PathBuf, args: DaemonArgs) -> i32 {
         insecure_registries: args.insecure_registries,
         default_runtime: args.default_runtime,
         runtimes: args.add_runtimes,
+        bridge: args.bridge,
+        bridge_subnet: args.bridge_subnet,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -649,6 +678,7 @@ async fn dispatch(client: &Client, command: Command) -> Result<i32, Error> {
         Command::Start(a) | Command::Container(C::Start(a)) => containers::start(client, a).await,
         Command::Ps(a) | Command::Container(C::Ls(a)) => containers::ps(client, a).await,
         Command::Logs(a) | Command::Container(C::Logs(a)) => containers::logs(client, a).await,
+        Command::Port(a) | Command::Container(C::Port(a)) => network::port(client, a).await,
         Command::Stop(a) | Command::Container(C::Stop(a)) => containers::stop(client, a).await,
         Command::Restart(a) | Command::Container(C::Restart(a)) => {
             containers::restart(client, a).await

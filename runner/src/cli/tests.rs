@@ -98,7 +98,20 @@ fn run_resources_and_options() {
     // Defaults.
     let a = run_opts(&["run", "busybox"]);
     assert_eq!(a.opts.pull, PullPolicy::Missing);
-    assert_eq!(a.opts.network, Network::None);
+    assert_eq!(a.opts.network, Network::Bridge);
+    assert!(a.opts.publish.is_empty() && !a.opts.publish_all);
+    let a = run_opts(&[
+        "run",
+        "-p",
+        "8080:80",
+        "-p",
+        "127.0.0.1::53/udp",
+        "-P",
+        "busybox",
+    ]);
+    assert_eq!(a.opts.publish.len(), 2);
+    assert_eq!(a.opts.publish[1].protocol, "udp");
+    assert!(a.opts.publish_all);
 }
 
 #[test]
@@ -120,11 +133,11 @@ fn bad_values_are_usage_errors() {
     for args in [
         &["run", "-m", "64x", "busybox"][..],
         &["run", "--cpus", "lots", "busybox"],
-        &["run", "--network", "bridge", "busybox"],
+        &["run", "--network", "mynet", "busybox"],
+        &["run", "-p", "80:80:80:80", "busybox"],
         &["run", "--pull", "sometimes", "busybox"],
         &["run"],
         &["run", "-i", "busybox"],
-        &["run", "-p", "80:80", "busybox"],
         &["run", "--restart", "always", "busybox"],
         &["create", "-d", "busybox"],
         &["stop"],
@@ -211,6 +224,12 @@ fn ps_table_like_docker() {
             created: now - 75,
             state: "running".into(),
             status: "Up 5 seconds".into(),
+            ports: vec![crate::api::PortMapping {
+                container_port: 80,
+                protocol: "tcp".into(),
+                host_ip: "0.0.0.0".into(),
+                host_port: 8080,
+            }],
         },
         ContainerSummary {
             id: "fedcba9876543210".into(),
@@ -220,6 +239,7 @@ fn ps_table_like_docker() {
             created: now - 7200,
             state: "exited".into(),
             status: "Exited (0) 2 minutes ago".into(),
+            ports: Vec::new(),
         },
     ];
     let args = PsArgs {
@@ -229,9 +249,9 @@ fn ps_table_like_docker() {
     };
     assert_eq!(
         ps_output(&list, &args, now),
-        "CONTAINER ID   IMAGE                    COMMAND                  CREATED              STATUS                     PORTS     NAMES\n\
-         0123456789ab   localhost:5000/busybox   \"sh -c 'while true; …\"   About a minute ago   Up 5 seconds                         web\n\
-         fedcba987654   busybox                  \"true\"                   2 hours ago          Exited (0) 2 minutes ago             old\n"
+        "CONTAINER ID   IMAGE                    COMMAND                  CREATED              STATUS                     PORTS                  NAMES\n\
+         0123456789ab   localhost:5000/busybox   \"sh -c 'while true; …\"   About a minute ago   Up 5 seconds               0.0.0.0:8080->80/tcp   web\n\
+         fedcba987654   busybox                  \"true\"                   2 hours ago          Exited (0) 2 minutes ago                          old\n"
     );
     let quiet = PsArgs {
         quiet: true,

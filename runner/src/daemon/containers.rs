@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::error::{Error, Result};
 use super::images::{ImageRecord, Images};
+use super::network;
 use super::overlay;
 use super::restart::{self, Policy};
 use crate::api::{
@@ -214,6 +215,7 @@ pub struct Containers {
     hierarchy: std::result::Result<Hierarchy, String>,
     exe: PathBuf,
     live: Mutex<HashMap<String, Arc<Live>>>,
+    network: Arc<network::Network>,
 }
 
 fn now() -> String {
@@ -374,9 +376,10 @@ fn run_options(id: &str, req: &CreateRequest, mounts: Vec<oci_spec::runtime::Mou
         cpu_shares: req.cpu_shares,
         pids_limit: req.pids_limit,
         network: match req.network {
-            Network::None => NetworkMode::None,
+            Network::None | Network::Bridge => NetworkMode::None,
             Network::Host => NetworkMode::Host,
         },
+        network_namespace: None,
         read_only: req.read_only,
         tty: false,
         cgroups_path: format!("/{CGROUP_PARENT}/{id}"),
@@ -430,6 +433,7 @@ impl Containers {
         images: Arc<Images>,
         exe: PathBuf,
         runtimes: Runtimes,
+        network: Arc<network::Network>,
     ) -> Result<Arc<Containers>> {
         let dir = root.join("containers");
         std::fs::create_dir_all(&dir).map_err(internal("creating the containers dir"))?;
@@ -445,6 +449,7 @@ impl Containers {
             hierarchy,
             exe,
             live: Mutex::new(HashMap::new()),
+            network,
         });
         me.recover().await?;
         Ok(me)
@@ -608,11 +613,22 @@ impl Containers {
             }
             return Err(e.into());
         }
+        if req.network == Network::Bridge
+            && let Err(e) = self.network.allocate(&id).await
+        {
+            let _ = sqlx::query("DELETE FROM containers WHERE id = ?")
+                .bind(&id)
+                .execute(&self.pool)
+                .await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        let mut warnings = Vec::new();
+        if req.network == Network::Host && (!req.publish.is_empty() || req.publish_all) {
+            warnings.push("Published ports are discarded when using host network mode".to_string());
+        }
         tracing::info!(container = %id, %name, image = %req.image, "created");
-        Ok(CreateResponse {
-            id,
-            warnings: Vec::new(),
-        })
+        Ok(CreateResponse { id, warnings })
     }
 
     /// `start` without attaching: returns once the command runs (or fails
@@ -743,11 +759,20 @@ impl Containers {
                 tracing::warn!(error = %e, "unmounting {}", rootfs.display());
             }
         };
+        let address = match self.network_up(&row, &req, &image).await {
+            Ok(a) => a,
+            Err(e) => {
+                undo_mount();
+                self.network.detach(&row.id).await;
+                return Err(e);
+            }
+        };
         let t_mounted = Instant::now();
-        let spec = match self.write_bundle(&row.id, &req, &image, &dir) {
+        let spec = match self.write_bundle(&row.id, &req, &image, &dir, address) {
             Ok(spec) => spec,
             Err(e) => {
                 undo_mount();
+                self.network.detach(&row.id).await;
                 return Err(e);
             }
         };
@@ -760,6 +785,7 @@ impl Containers {
             Ok(h) => h,
             Err(e) => {
                 undo_mount();
+                self.network.detach(&row.id).await;
                 return Err(Error::Internal(format!("cgroups: {e}")));
             }
         };
@@ -777,6 +803,7 @@ impl Containers {
             Ok(m) => m,
             Err(e) => {
                 undo_mount();
+                self.network.detach(&row.id).await;
                 return Err(Error::Internal(format!(
                     "container {}: cgroup: {e}",
                     row.name
@@ -791,6 +818,7 @@ impl Containers {
             Err(e) => {
                 let _ = manager.destroy();
                 undo_mount();
+                self.network.detach(&row.id).await;
                 return Err(e);
             }
         };
@@ -801,6 +829,7 @@ impl Containers {
             Err(e) => {
                 let _ = manager.destroy();
                 undo_mount();
+                self.network.detach(&row.id).await;
                 return Err(e);
             }
         };
@@ -871,6 +900,7 @@ impl Containers {
         req: &CreateRequest,
         image: &ImageRecord,
         dir: &Path,
+        address: Option<std::net::Ipv4Addr>,
     ) -> Result<oci_spec::runtime::Spec> {
         let host_network = req.network == Network::Host;
         let probe = run_options(id, req, Vec::new());
@@ -879,6 +909,8 @@ impl Containers {
             .unwrap_or_default();
         let hosts = if host_network {
             std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| HOSTS.to_string())
+        } else if let Some(ip) = address {
+            format!("{HOSTS}{ip}\t{hostname}\n")
         } else {
             HOSTS.to_string()
         };
@@ -899,6 +931,11 @@ impl Containers {
                 .map(|l| format!("{l}\n"))
                 .collect()
         };
+        let resolv = if address.is_some() {
+            network::resolv_conf(&resolv)
+        } else {
+            resolv
+        };
         let files = [
             ("hostname", "/etc/hostname", format!("{hostname}\n")),
             ("hosts", "/etc/hosts", hosts),
@@ -913,7 +950,10 @@ impl Containers {
                     .map_err(|e| Error::Internal(e.to_string()))?,
             );
         }
-        let opts = run_options(id, req, mounts);
+        let mut opts = run_options(id, req, mounts);
+        if address.is_some() {
+            opts.network_namespace = Some(self.network.netns_path(id));
+        }
         let spec =
             bundle::build_spec(&image.config, &opts, &dir.join("rootfs")).map_err(|e| match e {
                 bundle::BundleError::Write { .. } | bundle::BundleError::Read { .. } => {
@@ -991,6 +1031,9 @@ impl Containers {
         }
         if let Err(e) = overlay::unmount(&dir.join("rootfs")) {
             tracing::warn!(container = %id, error = %e, "unmounting the rootfs");
+        }
+        if req.as_ref().is_none_or(|r| r.network == Network::Bridge) {
+            self.network.detach(id).await;
         }
         let updated = sqlx::query(
             "UPDATE containers SET state = 'exited', pid = 0, shim_pid = 0, shim_start = 0,
@@ -1165,6 +1208,9 @@ impl Containers {
             let id = row.id.clone();
             if alive {
                 tracing::info!(container = %id, shim = row.shim_pid, "re-attached");
+                if let Err(e) = self.network.restore(&id, &row.name).await {
+                    tracing::warn!(container = %id, error = %e, "publishing its ports again");
+                }
                 let (pid, start) = (row.shim_pid, row.shim_start);
                 let pid_file = self.container_dir(&id).join(shim::INIT_PID_FILE);
                 if row.pid == 0
@@ -1187,6 +1233,7 @@ impl Containers {
             }
         }
         let known: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        self.network.remove_orphans(&known).await;
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -1401,6 +1448,8 @@ impl Containers {
             m.destroy()
                 .map_err(|e| Error::Internal(format!("removing the cgroup of {id}: {e}")))?;
         }
+        // Its address is freed with the row (ON DELETE CASCADE).
+        self.network.detach(id).await;
         // The row goes first: a crash after it leaves a dir that the next
         // start removes (see recover), never a row without its files.
         sqlx::query("DELETE FROM containers WHERE id = ?")
@@ -1423,6 +1472,10 @@ impl Containers {
     /// `ps [-a]`.
     pub async fn list(&self, all: bool) -> Result<Vec<ContainerSummary>> {
         let rows = self.rows().await?;
+        let mut ports = HashMap::new();
+        for r in rows.iter().filter(|r| r.running()) {
+            ports.insert(r.id.clone(), self.network.published(&r.id).await?);
+        }
         Ok(rows
             .into_iter()
             .filter(|r| all || r.running())
@@ -1456,6 +1509,7 @@ impl Containers {
                         r.state.clone()
                     },
                     status,
+                    ports: ports.remove(&r.id).unwrap_or_default(),
                 }
             })
             .collect())
@@ -1500,11 +1554,13 @@ impl Containers {
         let network = match req.network {
             Network::None => "none",
             Network::Host => "host",
+            Network::Bridge => "bridge",
         };
         let restarting = !r.running() && self.live(&r.id).restarting();
         let policy = Policy::from_request(req.restart.as_ref())
             .unwrap_or(Policy::No)
             .to_api();
+        let network_settings = self.network_settings(&r, &req, config.as_ref()).await?;
         Ok(json!({
             "Id": r.id,
             "Created": r.created_at,
@@ -1534,6 +1590,8 @@ impl Containers {
             "Platform": "linux",
             "HostConfig": {
                 "NetworkMode": network,
+                "PortBindings": network::port_bindings(&req.publish),
+                "PublishAllPorts": req.publish_all,
                 "AutoRemove": req.auto_remove,
                 "RestartPolicy": policy,
                 "ReadonlyRootfs": req.read_only,
@@ -1565,12 +1623,7 @@ impl Containers {
                 "Labels": config.as_ref().and_then(|c| c.labels().clone()).unwrap_or_default(),
                 "StopSignal": r.stop_signal,
             },
-            "NetworkSettings": {
-                "IPAddress": "",
-                "Gateway": "",
-                "MacAddress": "",
-                "Networks": {},
-            },
+            "NetworkSettings": network_settings,
         }))
     }
 
@@ -1605,6 +1658,96 @@ impl Containers {
         });
         Ok(out)
     }
+}
+
+/// The bridge network's part of a container (see `network`).
+impl Containers {
+    /// At start, for `--network bridge`: its address (given at create, or
+    /// now for a container made before), namespace, veth and published
+    /// ports. Undoes itself on failure.
+    async fn network_up(
+        &self,
+        row: &Row,
+        req: &CreateRequest,
+        image: &ImageRecord,
+    ) -> Result<Option<std::net::Ipv4Addr>> {
+        if req.network != Network::Bridge {
+            return Ok(None);
+        }
+        let ip = self.network.allocate(&row.id).await?;
+        let exposed = exposed_ports(image.config.config().as_ref());
+        let wanted = network::wanted_ports(&req.publish, req.publish_all, &exposed);
+        self.network.attach(&row.id, ip).await?;
+        if let Err(e) = self.network.publish(&row.id, &row.name, ip, &wanted).await {
+            self.network.detach(&row.id).await;
+            return Err(e);
+        }
+        Ok(Some(ip))
+    }
+
+    /// docker's `NetworkSettings` of `inspect`.
+    async fn network_settings(
+        &self,
+        r: &Row,
+        req: &CreateRequest,
+        config: Option<&oci_spec::image::Config>,
+    ) -> Result<serde_json::Value> {
+        let exposed = exposed_ports(config);
+        let bridge = req.network == Network::Bridge;
+        let ip = if bridge && r.running() {
+            self.network.address(&r.id).await?
+        } else {
+            None
+        };
+        let published = if r.running() {
+            self.network.published(&r.id).await?
+        } else {
+            Vec::new()
+        };
+        let subnet = self.network.subnet();
+        let (ip_s, prefix, gateway, mac) = match ip {
+            Some(ip) => (
+                ip.to_string(),
+                subnet.prefix,
+                subnet.gateway().to_string(),
+                network::format_mac(network::mac_of(ip)),
+            ),
+            None => (String::new(), 0, String::new(), String::new()),
+        };
+        let name = match req.network {
+            Network::None => "none",
+            Network::Host => "host",
+            Network::Bridge => "bridge",
+        };
+        let sandbox = if ip.is_some() {
+            self.network.netns_path(&r.id).display().to_string()
+        } else {
+            String::new()
+        };
+        Ok(json!({
+            "SandboxKey": sandbox,
+            "Ports": if bridge { network::ports_json(&exposed, &published) } else { json!({}) },
+            "IPAddress": ip_s,
+            "IPPrefixLen": prefix,
+            "Gateway": gateway,
+            "MacAddress": mac,
+            "Networks": {
+                name: {
+                    "IPAddress": ip_s,
+                    "IPPrefixLen": prefix,
+                    "Gateway": gateway,
+                    "MacAddress": mac,
+                },
+            },
+        }))
+    }
+}
+
+/// The image's ExposedPorts keys (`80/tcp`).
+fn exposed_ports(config: Option<&oci_spec::image::Config>) -> Vec<String> {
+    config
+        .and_then(|c| c.exposed_ports().clone())
+        .unwrap_or_default()
 }
 
 /// The last line the container (or the runtime) wrote on stderr.

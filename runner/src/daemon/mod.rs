@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod error;
 pub mod http;
 pub mod images;
+pub mod network;
 pub mod overlay;
 pub mod restart;
 
@@ -37,6 +38,9 @@ pub struct Config {
     pub default_runtime: String,
     /// Extra OCI runtimes as `NAME=PATH` (`runc` is found on PATH).
     pub runtimes: Vec<String>,
+    /// The bridge of `--network bridge` (made if missing) and its subnet.
+    pub bridge: String,
+    pub bridge_subnet: String,
 }
 
 /// The built-in runtime's name (`--runtime wharf`).
@@ -65,8 +69,10 @@ pub async fn run(config: Config) -> Result<()> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::Internal(format!("cannot find the wharf-runner binary: {e}")))?;
     let runtimes = containers::Runtimes::new(&config.default_runtime, &config.runtimes)?;
+    let network =
+        network::Network::open(root, pool.clone(), &config.bridge, &config.bridge_subnet).await?;
     let containers =
-        containers::Containers::open(root, pool, images.clone(), exe, runtimes).await?;
+        containers::Containers::open(root, pool, images.clone(), exe, runtimes, network).await?;
 
     let socket = &config.socket;
     if let Some(parent) = socket.parent() {
