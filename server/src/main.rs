@@ -103,7 +103,23 @@ fn read_password() -> anyhow::Result<String> {
     Ok(pw)
 }
 
+/// Caps glibc's malloc arenas at two. By default every thread that
+/// allocates may get an arena of its own (up to 8 per core); the runtime's
+/// worker and blocking threads each kept the freed buffers of an upload or
+/// download round in theirs, and resident memory during the small-request
+/// benchmark that followed rose from ~17 to ~36 MB (27 MB with two arenas,
+/// same throughput). Called before any thread exists. Not an allocator
+/// crate: no extra C build, and glibc's trimming stays as it is.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc parameter; called single-threaded.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
