@@ -55,6 +55,7 @@ from runner_support import (  # noqa: E402
     busybox_image,
     dir_entry,
     make_layer,
+    unique_bridge,
 )
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -787,9 +788,11 @@ class Bench:
     # --- runner
     def runner(self):
         wharf = self.regs[WHARF]
+        # A bridge of its own, so the benchmark never shares one with a daemon on this host.
+        bridge, subnet = unique_bridge()
         self.daemon = RunnerDaemon(self.bin_dir / "wharf-runner", self.tmp / "runner-root",
                                    self.tmp / "runner-sock" / "runner.sock", self.logdir / "wharf-runner.log",
-                                   wharf.host)  # fmt: skip
+                                   wharf.host, bridge=bridge, bridge_subnet=subnet)  # fmt: skip
         self.daemon.start()
         if "run" in self.only:
             self.guarded("runner: run", self.runner_run, wharf)
@@ -828,7 +831,9 @@ class Bench:
             return ["runc", "--root", str(runc_root), "run", "--bundle", str(bundle), f"wharf-bench-{os.getpid()}-{counter[0]}"]
 
         systems = [
-            ("wharf-runner run --rm", lambda: [str(self.daemon.binary), "run", "--rm", ref, "true"]),
+            # --network none on both sides (runc's bundle has an empty network namespace too).
+            ("wharf-runner run --rm --network none",
+             lambda: [str(self.daemon.binary), "run", "--rm", "--network", "none", ref, "true"]),
             ("runc run", runc_cmd),
             ("docker run --rm --network none", lambda: [self.docker, "run", "--rm", "--network", "none", docker_ref, "true"]),
         ]  # fmt: skip
@@ -923,6 +928,7 @@ class Bench:
                 self.daemon.stop()
             except Exception as e:  # noqa: BLE001
                 self.error_nofail(f"wharf-runner daemon stop: {e}")
+            self.daemon.remove_bridge()
             # Unpacked layers and container dirs may hold mounts the daemon left: unmount before removing.
         for reg in self.regs.values():
             reg.stop()
