@@ -11,6 +11,7 @@
 //! details.
 
 pub mod client;
+pub mod export;
 pub mod pull;
 pub mod reference;
 pub mod store;
