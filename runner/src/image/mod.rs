@@ -13,6 +13,7 @@
 pub mod client;
 pub mod export;
 pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod store;
 #[cfg(test)]
