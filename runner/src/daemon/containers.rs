@@ -480,6 +480,19 @@ impl Containers {
         }
     }
 
+    /// What `commit` needs of a container: its image, its create request
+    /// and its writable layer (`upper/`), and whether it is running.
+    pub async fn commit_source(&self, name: &str) -> Result<super::commit::CommitSource> {
+        let r = self.resolve(name).await?;
+        Ok(super::commit::CommitSource {
+            request: r.request()?,
+            upper: self.container_dir(&r.id).join("upper"),
+            running: r.running(),
+            id: r.id,
+            image_id: r.image_id,
+        })
+    }
+
     /// How many containers use each image id (for `rmi` and `images`).
     pub async fn images_in_use(&self) -> Result<HashMap<String, u64>> {
         let rows: Vec<(String, i64)> =
