@@ -9,6 +9,7 @@
 //! the binary's `main`.
 
 pub mod client;
+pub mod commit;
 pub mod containers;
 pub mod format;
 pub mod images;
@@ -90,6 +91,12 @@ pub enum Command {
     /// Manage containers
     #[command(subcommand)]
     Container(ContainerCommand),
+    /// Create a new image from a container's changes
+    Commit(commit::CommitArgs),
+    /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
+    Tag(commit::TagArgs),
+    /// Upload an image to a registry
+    Push(commit::PushArgs),
     /// Log in to a registry
     Login(LoginArgs),
     /// Log out from a registry
@@ -110,6 +117,10 @@ pub enum ImageCommand {
     Inspect(FormatNamesArgs),
     /// Remove unused images
     Prune(PruneArgs),
+    /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
+    Tag(commit::TagArgs),
+    /// Upload an image to a registry
+    Push(commit::PushArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +149,8 @@ pub enum ContainerCommand {
     Inspect(FormatNamesArgs),
     /// Fetch the logs of a container
     Logs(LogsArgs),
+    /// Create a new image from a container's changes
+    Commit(commit::CommitArgs),
 }
 
 #[derive(Debug, Args)]
@@ -657,6 +670,9 @@ async fn dispatch(client: &Client, command: Command) -> Result<i32, Error> {
         Command::Images(a) | Command::Image(I::Ls(a)) => images::images(client, a).await,
         Command::Rmi(a) | Command::Image(I::Rm(a)) => images::rmi(client, a).await,
         Command::Image(I::Prune(a)) => images::prune(client, a).await,
+        Command::Commit(a) | Command::Container(C::Commit(a)) => commit::commit(client, a).await,
+        Command::Tag(a) | Command::Image(I::Tag(a)) => commit::tag(client, a).await,
+        Command::Push(a) | Command::Image(I::Push(a)) => commit::push(client, a).await,
         Command::Login(a) => images::login(client, a).await,
         Command::Logout(a) => images::logout(client, a).await,
     }

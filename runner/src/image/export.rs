@@ -6,6 +6,12 @@
 //! 0/0 `dir/name` is written as an empty `dir/.wh.name`, a directory with
 //! `trusted.overlay.opaque=y` gets a `dir/.wh..wh..opq` entry after itself.
 //!
+//! The empty `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf` files the
+//! runtime creates as mount points are left out, as docker's init layer
+//! keeps them out of its commits. Xattrs other than overlay's are not
+//! carried (no PAX records): file capabilities set inside a container are
+//! lost on commit.
+//!
 //! Called by the daemon's `commit`; calls `store` (temp blob) and std fs.
 //! Upper dirs made with `redirect_dir` or `metacopy` (whose content lives
 //! partly in the lower layers) are refused: the runner mounts without them.
@@ -25,6 +31,10 @@ const REDIRECT_XATTR: &str = "trusted.overlay.redirect";
 const METACOPY_XATTR: &str = "trusted.overlay.metacopy";
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// Mount points the runtime makes in the upper dir for the daemon's bind
+/// mounts (docker keeps them in its uncommitted init layer): left out when
+/// they are still the empty files the runtime created.
+const RUNTIME_MOUNTPOINTS: [&str; 3] = ["etc/hostname", "etc/hosts", "etc/resolv.conf"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -111,6 +121,9 @@ fn walk(
         let entry = rel.join(&name);
         let meta = fs::symlink_metadata(&path).map_err(io_err("inspecting", &path))?;
         let ft = meta.file_type();
+        if ft.is_file() && meta.len() == 0 && RUNTIME_MOUNTPOINTS.iter().any(|m| entry == Path::new(m)) {
+            continue;
+        }
         check_overlay_xattrs(&path)?;
         if ft.is_char_device() && meta.rdev() == 0 {
             let mut wh_name = std::ffi::OsString::from(WHITEOUT_PREFIX);
@@ -289,6 +302,21 @@ mod tests {
                 ("zeta".into(), T::Regular),
             ]
         );
+    }
+
+    #[test]
+    fn runtime_mount_points_are_left_out() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("etc")).unwrap();
+        fs::write(t.path().join("etc/hosts"), b"").unwrap();
+        fs::write(t.path().join("etc/resolv.conf"), b"").unwrap();
+        fs::write(t.path().join("etc/hostname"), b"kept: not empty").unwrap();
+        fs::write(t.path().join("hosts"), b"").unwrap();
+        let names: Vec<_> = entries(&tar_of(t.path()))
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .collect();
+        assert_eq!(names, ["etc", "etc/hostname", "hosts"]);
     }
 
     #[test]
