@@ -85,7 +85,6 @@ def test_commit_history_diff_ids_and_changes(runner):
     runner.cli("rm", name)
     info = image_inspect(runner, ref)
     assert info["Id"] == image_id
-    assert info["Comment"] == "" or info["Comment"] == "a message"
     assert info["Author"] == "someone"
     layers = info["RootFS"]["Layers"]
     assert layers[:-1] == base["RootFS"]["Layers"] and len(layers) == len(base["RootFS"]["Layers"]) + 1
@@ -112,13 +111,14 @@ def test_commit_of_a_running_container_and_errors(runner):
     wait_for(lambda: upper.is_file() and upper.read_text() == "live\n", 10, "/live in the upper dir")
     commit(runner, name, ref)
     assert run_out(runner, ref, "cat /live") == "live\n"
+    bad = runner.cli("commit", "-c", "RUN rm -rf /", name, check=False)
+    assert bad.returncode == 1, output(bad)
+    assert bad.stderr.startswith("Error response from daemon: RUN is not a valid change command"), output(bad)
     runner.cli("rm", "-f", name)
 
     missing = runner.cli("commit", "no-such-container", check=False)
     assert missing.returncode == 1
     assert missing.stderr.strip() == "Error response from daemon: No such container: no-such-container", output(missing)
-    bad = runner.cli("commit", "-c", "RUN rm -rf /", runner.image, check=False)
-    assert bad.returncode == 1 and "not a valid change command" in bad.stderr, output(bad)
 
 
 def push(runner_env, ref: str, check: bool = True):
@@ -191,8 +191,7 @@ def test_tag_then_push_under_another_name(runner):
     assert missing.stderr.strip() == "An image does not exist locally with the tag: e2e/never-made:1", output(missing)
     bad_tag = runner.cli("tag", "no-such-image", "e2e/x:1", check=False)
     assert bad_tag.returncode == 1
-    assert bad_tag.stderr.strip() == "Error response from daemon: No such image: no-such-image:latest" or \
-        "No such image: no-such-image" in bad_tag.stderr, output(bad_tag)
+    assert bad_tag.stderr.strip() == "Error response from daemon: No such image: no-such-image", output(bad_tag)
 
 
 def test_push_to_an_auth_registry_needs_credentials(runner_factory, wharf_auth):
@@ -214,7 +213,7 @@ def test_push_to_an_auth_registry_needs_credentials(runner_factory, wharf_auth):
     assert denied.returncode == 1, output(denied)
     errors = [line for line in denied.stderr.splitlines() if line.strip()]
     assert len(errors) == 1, output(denied)
-    assert errors[0].startswith(("denied:", "unauthorized:")) or "requires authentication" in errors[0], output(denied)
+    assert errors[0].endswith("requires authentication and no credentials are stored for it (log in first)"), output(denied)
 
     # bob may only pull team/*: refused with the registry's reason.
     env.cli("login", "-u", "bob", "--password-stdin", host, input=wharf_auth.users["bob"] + "\n")

@@ -72,9 +72,7 @@ pub async fn tag(client: &Client, args: TagArgs) -> Result<i32, Error> {
     };
     let body = serde_json::to_vec(&req)
         .map_err(|e| Error::Message(format!("encoding the request: {e}")))?;
-    client
-        .send(Method::POST, "/images/tag", Some(body))
-        .await?;
+    client.send(Method::POST, "/images/tag", Some(body)).await?;
     Ok(0)
 }
 

@@ -68,8 +68,7 @@ impl Images {
                     .map_err(|e| Error::BadRequest(format!("invalid reference format: {e}")))?;
                 if parsed.digest().is_some() {
                     return Err(Error::BadRequest(
-                        "invalid reference format: a commit is named by a tag, not a digest"
-                            .into(),
+                        "invalid reference format: a commit is named by a tag, not a digest".into(),
                     ));
                 }
                 Some(parsed)
@@ -162,7 +161,10 @@ impl Images {
         let config_digest = crate::image::client::sha256_digest(&config_bytes);
 
         let docker_types = base_manifest["mediaType"].as_str() == Some(DOCKER_MANIFEST);
-        let mut layers = base_manifest["layers"].as_array().cloned().unwrap_or_default();
+        let mut layers = base_manifest["layers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if !empty {
             layers.push(json!({
                 "mediaType": if docker_types {
@@ -211,10 +213,7 @@ impl Images {
             layers: rows,
             created: chrono::Utc::now().timestamp(),
         };
-        let names: Vec<(String, &str)> = target
-            .iter()
-            .map(|r| (catalog_name(r), "tag"))
-            .collect();
+        let names: Vec<(String, &str)> = target.iter().map(|r| (catalog_name(r), "tag")).collect();
         self.insert(&img, &names).await?;
         tracing::info!(container = %src.id, image = %config_digest, live = src.running, "committed");
         Ok(config_digest)
@@ -265,11 +264,12 @@ impl Images {
                 .fetch_optional(&self.pool)
                 .await?;
         let id = id.ok_or_else(missing)?;
-        let manifest: String = sqlx::query_scalar("SELECT manifest_digest FROM images WHERE id = ?")
-            .bind(&id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(missing)?;
+        let manifest: String =
+            sqlx::query_scalar("SELECT manifest_digest FROM images WHERE id = ?")
+                .bind(&id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(missing)?;
         Ok((r, manifest))
     }
 
@@ -471,7 +471,11 @@ fn unquote(v: &str) -> String {
 /// The command the container ran (Entrypoint + Cmd as docker computes it).
 fn run_command(image: &Value, req: &CreateRequest) -> Vec<String> {
     let (entrypoint, cmd) = entry_and_cmd(image, req);
-    entrypoint.into_iter().flatten().chain(cmd.into_iter().flatten()).collect()
+    entrypoint
+        .into_iter()
+        .flatten()
+        .chain(cmd.into_iter().flatten())
+        .collect()
 }
 
 fn strings(v: &Value) -> Option<Vec<String>> {
@@ -505,7 +509,8 @@ fn effective_config(image: &Value, req: &CreateRequest, changes: &[Change]) -> V
         _ => serde_json::Map::new(),
     };
     let (entrypoint, cmd) = entry_and_cmd(image, req);
-    let mut env: Vec<String> = strings(&c.get("Env").cloned().unwrap_or(Value::Null)).unwrap_or_default();
+    let mut env: Vec<String> =
+        strings(&c.get("Env").cloned().unwrap_or(Value::Null)).unwrap_or_default();
     let mut set_env = |kv: String| {
         let key = kv.split('=').next().unwrap_or("").to_string();
         env.retain(|e| e.split('=').next() != Some(key.as_str()));
@@ -548,9 +553,7 @@ fn effective_config(image: &Value, req: &CreateRequest, changes: &[Change]) -> V
                 c.insert("User".into(), json!(u));
             }
             Change::Expose(p) => {
-                let ports = c
-                    .entry("ExposedPorts")
-                    .or_insert_with(|| json!({}));
+                let ports = c.entry("ExposedPorts").or_insert_with(|| json!({}));
                 if !ports.is_object() {
                     *ports = json!({});
                 }

@@ -123,7 +123,10 @@ async fn commit(State(s): State<AppState>, body: Bytes) -> Result<Response> {
     let req: crate::api::CommitRequest = parse(&body)?;
     let src = s.containers.commit_source(&req.container).await?;
     let id = s.images.commit(src, &req).await?;
-    Ok(json(StatusCode::CREATED, &crate::api::CommitResponse { id }))
+    Ok(json(
+        StatusCode::CREATED,
+        &crate::api::CommitResponse { id },
+    ))
 }
 
 async fn image_tag(State(s): State<AppState>, body: Bytes) -> Result<Response> {

@@ -773,7 +773,10 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 
 /// Reads a response body up to `max` bytes: `Err(None)` when larger,
 /// `Err(Some(detail))` on a transfer error.
-pub(crate) async fn read_limited(resp: reqwest::Response, max: usize) -> Result<Vec<u8>, Option<String>> {
+pub(crate) async fn read_limited(
+    resp: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, Option<String>> {
     if resp.content_length().is_some_and(|l| l > max as u64) {
         return Err(None);
     }

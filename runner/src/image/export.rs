@@ -121,7 +121,10 @@ fn walk(
         let entry = rel.join(&name);
         let meta = fs::symlink_metadata(&path).map_err(io_err("inspecting", &path))?;
         let ft = meta.file_type();
-        if ft.is_file() && meta.len() == 0 && RUNTIME_MOUNTPOINTS.iter().any(|m| entry == Path::new(m)) {
+        if ft.is_file()
+            && meta.len() == 0
+            && RUNTIME_MOUNTPOINTS.iter().any(|m| entry == Path::new(m))
+        {
             continue;
         }
         check_overlay_xattrs(&path)?;
@@ -203,7 +206,10 @@ fn is_opaque(dir: &Path) -> bool {
 }
 
 fn check_overlay_xattrs(path: &Path) -> Result<(), ExportError> {
-    for (x, what) in [(REDIRECT_XATTR, "redirect_dir"), (METACOPY_XATTR, "metacopy")] {
+    for (x, what) in [
+        (REDIRECT_XATTR, "redirect_dir"),
+        (METACOPY_XATTR, "metacopy"),
+    ] {
         if xattr(path, x).is_some() {
             return Err(ExportError::Unsupported {
                 path: path.to_path_buf(),
@@ -287,7 +293,10 @@ mod tests {
         let one = tar_of(t.path());
         let two = tar_of(t.path());
         assert_eq!(one, two);
-        let names: Vec<_> = entries(&one).into_iter().map(|(n, ty, _)| (n, ty)).collect();
+        let names: Vec<_> = entries(&one)
+            .into_iter()
+            .map(|(n, ty, _)| (n, ty))
+            .collect();
         use tar::EntryType as T;
         assert_eq!(
             names,
@@ -343,10 +352,7 @@ mod tests {
             rustix::fs::XattrFlags::empty(),
         )
         .expect("trusted xattrs need root");
-        let names: Vec<_> = entries(&tar_of(root))
-            .into_iter()
-            .map(|(n, ty, size)| (n, ty, size))
-            .collect();
+        let names = entries(&tar_of(root));
         use tar::EntryType as T;
         assert_eq!(
             names,

@@ -414,12 +414,10 @@ async fn pull_layer(
             source,
         })?;
     // The compressed bytes are kept too, so the image can be pushed as is.
-    let blob = store
-        .begin_blob()
-        .map_err(|source| PullError::LayerStore {
-            digest: digest.clone(),
-            source,
-        })?;
+    let blob = store.begin_blob().map_err(|source| PullError::LayerStore {
+        digest: digest.clone(),
+        source,
+    })?;
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_CHUNKS);
     let (d, compression, diff_id) = (digest.clone(), job.compression, job.diff_id.clone());
     let unpack_task = tokio::task::spawn_blocking(move || {
@@ -519,10 +517,11 @@ fn unpack_blocking(
         });
     }
     if let Some(blob) = raw.copy.take() {
-        blob.commit(digest).map_err(|source| PullError::LayerStore {
-            digest: digest.to_string(),
-            source,
-        })?;
+        blob.commit(digest)
+            .map_err(|source| PullError::LayerStore {
+                digest: digest.to_string(),
+                source,
+            })?;
     }
     temp.commit().map_err(|source| PullError::LayerStore {
         digest: digest.to_string(),

@@ -82,8 +82,7 @@ pub async fn push(
         digest: manifest_digest.to_string(),
         detail,
     };
-    let manifest: ImageManifest =
-        serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
     let media_type = manifest
         .media_type()
         .as_ref()
@@ -132,7 +131,13 @@ pub async fn push(
                 .body(body.clone()))
         })
         .await?;
-    expect(resp, target, &format!("the manifest {tag}"), StatusCode::CREATED).await?;
+    expect(
+        resp,
+        target,
+        &format!("the manifest {tag}"),
+        StatusCode::CREATED,
+    )
+    .await?;
     Ok(Pushed {
         digest: sha256_digest(&bytes),
         size: bytes.len(),
@@ -208,9 +213,9 @@ async fn upload(
     }
     let resp = client
         .send_scoped(r, scope, |http| {
-            let (file, len) = store.open_blob(digest).map_err(|e| {
-                ClientError::Setup(format!("reading the local blob {digest}: {e}"))
-            })?;
+            let (file, len) = store
+                .open_blob(digest)
+                .map_err(|e| ClientError::Setup(format!("reading the local blob {digest}: {e}")))?;
             let stream = blob_body(file);
             Ok(http
                 .put(url.clone())
@@ -219,7 +224,13 @@ async fn upload(
                 .body(reqwest::Body::wrap_stream(stream)))
         })
         .await?;
-    expect(resp, r, &format!("the upload of {digest}"), StatusCode::CREATED).await
+    expect(
+        resp,
+        r,
+        &format!("the upload of {digest}"),
+        StatusCode::CREATED,
+    )
+    .await
 }
 
 /// The blob file as a stream of chunks.
@@ -271,9 +282,9 @@ async fn refusal(resp: reqwest::Response, r: &Reference, what: &str) -> PushErro
         .ok()
         .and_then(|b| b.errors.into_iter().next());
     match (status, first) {
-        (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Some(e)) => PushError::Refused(
-            format!("{}: {}", e.code.to_ascii_lowercase(), e.message),
-        ),
+        (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Some(e)) => {
+            PushError::Refused(format!("{}: {}", e.code.to_ascii_lowercase(), e.message))
+        }
         (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, None) => {
             PushError::Refused("denied: requested access to the resource is denied".into())
         }
@@ -291,4 +302,3 @@ async fn refusal(resp: reqwest::Response, r: &Reference, what: &str) -> PushErro
         },
     }
 }
-
