@@ -28,7 +28,15 @@ pub struct CommitArgs {
     pub message: String,
     /// Pause container during commit (accepted for docker's sake: the
     /// runner reads a running container's layer live)
-    #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(
+        short,
+        long,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
     pub pause: bool,
     pub container: String,
     #[arg(value_name = "REPOSITORY[:TAG]")]
@@ -127,4 +135,68 @@ pub async fn push(client: &Client, args: PushArgs) -> Result<i32, Error> {
         outln(l);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command, ContainerCommand, ImageCommand};
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("wharf-runner").chain(args.iter().copied()))
+            .unwrap()
+            .command
+    }
+
+    #[test]
+    fn commit_takes_dockers_flags() {
+        let Command::Commit(a) = parse(&[
+            "commit",
+            "-m",
+            "msg",
+            "-a",
+            "me",
+            "-c",
+            "ENV A=1",
+            "--change",
+            "CMD [\"sh\"]",
+            "-p",
+            "web",
+            "team/app:1",
+        ]) else {
+            panic!("not commit")
+        };
+        assert_eq!((a.message.as_str(), a.author.as_str()), ("msg", "me"));
+        assert_eq!(a.changes, ["ENV A=1", "CMD [\"sh\"]"]);
+        assert!(a.pause);
+        assert_eq!(a.container, "web");
+        assert_eq!(a.reference.as_deref(), Some("team/app:1"));
+        let Command::Commit(a) = parse(&["commit", "--pause=false", "web"]) else {
+            panic!("not commit")
+        };
+        assert!(!a.pause && a.reference.is_none());
+        assert!(matches!(
+            parse(&["container", "commit", "web"]),
+            Command::Container(ContainerCommand::Commit(_))
+        ));
+    }
+
+    #[test]
+    fn tag_and_push_have_image_aliases() {
+        assert!(matches!(parse(&["tag", "a", "b"]), Command::Tag(_)));
+        assert!(matches!(
+            parse(&["image", "tag", "a", "b"]),
+            Command::Image(ImageCommand::Tag(_))
+        ));
+        let Command::Push(p) = parse(&["push", "-q", "localhost:5000/a:1"]) else {
+            panic!("not push")
+        };
+        assert!(p.quiet);
+        assert_eq!(p.reference, "localhost:5000/a:1");
+        assert!(matches!(
+            parse(&["image", "push", "a"]),
+            Command::Image(ImageCommand::Push(_))
+        ));
+    }
 }

@@ -387,8 +387,13 @@ fn build_layer(
             .map_err(|e| e.to_string())?;
         let (file, _) = store.open_blob(&layer.digest).map_err(|e| e.to_string())?;
         let gz = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file));
-        crate::image::unpack::unpack_layer(gz, &temp.diff_dir())
-            .map_err(|e| format!("unpacking the new layer: {e}"))?;
+        if let Err(e) = crate::image::unpack::unpack_layer(gz, &temp.diff_dir()) {
+            // No layer dir for it: the blob would only be garbage.
+            if let Ok(p) = store.blob_path(&layer.digest) {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(format!("unpacking the new layer: {e}"));
+        }
         temp.commit().map_err(|e| e.to_string())?;
     }
     let path = store.layer_path(&layer.digest).map_err(|e| e.to_string())?;
