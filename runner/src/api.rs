@@ -13,6 +13,9 @@
 //! | `GET /images/inspect?name=N` | | docker's image inspect JSON |
 //! | `DELETE /images?name=N&force=BOOL` | | `[RemovedImage]`; 409 if a container uses it (unless force) |
 //! | `POST /images/prune?all=BOOL` | | [`PruneReport`] |
+//! | `POST /commit` | [`CommitRequest`] | 201 [`CommitResponse`] |
+//! | `POST /images/tag` | [`TagRequest`] | 201; 404 `No such image: X` |
+//! | `POST /images/push` | [`PushRequest`] | 200, NDJSON [`PullEvent`]s (docker's push vocabulary); 404 before the stream when the image is not local |
 //! | `POST /auth` | [`LoginRequest`] | [`LoginResponse`]; 401 on wrong credentials |
 //! | `DELETE /auth?registry=R` | | 204; 404 when not logged in there |
 //! | `POST /containers/create` | [`CreateRequest`] | 201 [`CreateResponse`]; 404 `No such image: REF` (the CLI then pulls and retries) |
@@ -60,6 +63,44 @@ pub struct PullEvent {
     /// Set on the last event when the pull failed: one line naming what failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `POST /commit`: a new image from a container's writable layer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CommitRequest {
+    pub container: String,
+    /// `REPOSITORY[:TAG]`; none: a dangling image.
+    #[serde(default)]
+    pub reference: Option<String>,
+    #[serde(default)]
+    pub comment: String,
+    #[serde(default)]
+    pub author: String,
+    /// `--change` Dockerfile instructions (CMD, ENTRYPOINT, ENV, WORKDIR,
+    /// LABEL, USER, EXPOSE, STOPSIGNAL).
+    #[serde(default)]
+    pub changes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct CommitResponse {
+    /// `sha256:<image id>`.
+    pub id: String,
+}
+
+/// `POST /images/tag`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TagRequest {
+    pub source: String,
+    pub target: String,
+}
+
+/// `POST /images/push`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PushRequest {
+    /// As the user typed it; a local image name (no tag: `latest`).
+    pub reference: String,
 }
 
 /// `GET /images/json`: one row of `images`.

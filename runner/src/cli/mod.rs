@@ -9,6 +9,7 @@
 //! the binary's `main`.
 
 pub mod client;
+pub mod commit;
 pub mod containers;
 pub mod format;
 pub mod images;
@@ -95,6 +96,12 @@ pub enum Command {
     /// Manage containers
     #[command(subcommand)]
     Container(ContainerCommand),
+    /// Create a new image from a container's changes
+    Commit(commit::CommitArgs),
+    /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
+    Tag(commit::TagArgs),
+    /// Upload an image to a registry
+    Push(commit::PushArgs),
     /// Log in to a registry
     Login(LoginArgs),
     /// Log out from a registry
@@ -115,6 +122,10 @@ pub enum ImageCommand {
     Inspect(FormatNamesArgs),
     /// Remove unused images
     Prune(PruneArgs),
+    /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
+    Tag(commit::TagArgs),
+    /// Upload an image to a registry
+    Push(commit::PushArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +158,8 @@ pub enum ContainerCommand {
     Logs(LogsArgs),
     /// List port mappings or a specific mapping for the container
     Port(PortArgs),
+    /// Create a new image from a container's changes
+    Commit(commit::CommitArgs),
 }
 
 #[derive(Debug, Args)]
@@ -697,6 +710,9 @@ async fn dispatch(client: &Client, command: Command) -> Result<i32, Error> {
         Command::Images(a) | Command::Image(I::Ls(a)) => images::images(client, a).await,
         Command::Rmi(a) | Command::Image(I::Rm(a)) => images::rmi(client, a).await,
         Command::Image(I::Prune(a)) => images::prune(client, a).await,
+        Command::Commit(a) | Command::Container(C::Commit(a)) => commit::commit(client, a).await,
+        Command::Tag(a) | Command::Image(I::Tag(a)) => commit::tag(client, a).await,
+        Command::Push(a) | Command::Image(I::Push(a)) => commit::push(client, a).await,
         Command::Login(a) => images::login(client, a).await,
         Command::Logout(a) => images::logout(client, a).await,
     }

@@ -119,7 +119,10 @@ fn restart_policy_flag() {
     let a = run_opts(&["run", "--restart", "on-failure:3", "busybox"]);
     let req = create_request(&a.opts, |_| None).unwrap();
     let policy = req.restart.expect("a policy");
-    assert_eq!((policy.name.as_str(), policy.maximum_retry_count), ("on-failure", 3));
+    assert_eq!(
+        (policy.name.as_str(), policy.maximum_retry_count),
+        ("on-failure", 3)
+    );
     // "no" is no policy at all; --rm with a policy is refused before the daemon.
     let a = run_opts(&["run", "--restart", "no", "--rm", "busybox"]);
     assert_eq!(create_request(&a.opts, |_| None).unwrap().restart, None);

@@ -534,6 +534,19 @@ impl Containers {
         }
     }
 
+    /// What `commit` needs of a container: its image, its create request
+    /// and its writable layer (`upper/`), and whether it is running.
+    pub async fn commit_source(&self, name: &str) -> Result<super::commit::CommitSource> {
+        let r = self.resolve(name).await?;
+        Ok(super::commit::CommitSource {
+            request: r.request()?,
+            upper: self.container_dir(&r.id).join("upper"),
+            running: r.running(),
+            id: r.id,
+            image_id: r.image_id,
+        })
+    }
+
     /// How many containers use each image id (for `rmi` and `images`).
     pub async fn images_in_use(&self) -> Result<HashMap<String, u64>> {
         let rows: Vec<(String, i64)> =
@@ -695,6 +708,12 @@ impl Containers {
     /// Makes everything a start needs and spawns the monitor. Undoes what
     /// it made on failure.
     async fn launch(self: &Arc<Self>, row: &Row) -> Result<()> {
+        self.launch_as(row, None).await
+    }
+
+    /// `launch`; `restart`: the token of the restart by policy this is,
+    /// which does nothing if a stop, kill or rm cancelled it meanwhile.
+    async fn launch_as(self: &Arc<Self>, row: &Row, restart: Option<u64>) -> Result<()> {
         let t_begin = Instant::now();
         let live = self.live(&row.id);
         let guard = live.lock.lock().await;
@@ -703,6 +722,12 @@ impl Containers {
             .row(&row.id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("No such container: {}", row.id)))?;
+        if let Some(token) = restart {
+            let current = live.pending.lock().unwrap_or_else(|p| p.into_inner()).token;
+            if current != token || row.manually_stopped || row.running() {
+                return Ok(());
+            }
+        }
         if row.running() {
             return Err(Error::Conflict(format!(
                 "container {} is already running",
@@ -838,11 +863,12 @@ impl Containers {
         sqlx::query(
             "UPDATE containers SET state = 'running', pid = 0, shim_pid = ?, shim_start = ?,
              exit_code = 0, oom_killed = 0, error = '', started_at = ?, finished_at = '',
-             manually_stopped = 0 WHERE id = ?",
+             manually_stopped = 0, restart_count = restart_count + ? WHERE id = ?",
         )
         .bind(shim_pid)
         .bind(shim_start)
         .bind(now())
+        .bind(i64::from(restart.is_some()))
         .bind(&row.id)
         .execute(&self.pool)
         .await?;
@@ -1102,22 +1128,14 @@ impl Containers {
             if pending.token != token || pending.task.is_none() {
                 return;
             }
+            // No longer "restarting"; a cancel from now on still changes
+            // the token, which launch_as checks under the container's lock.
             pending.task = None;
-        }
-        let counted = sqlx::query(
-            "UPDATE containers SET restart_count = restart_count + 1
-              WHERE id = ? AND state = 'exited' AND manually_stopped = 0",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await;
-        if !matches!(counted, Ok(r) if r.rows_affected() == 1) {
-            return;
         }
         let Ok(Some(row)) = self.row(id).await else {
             return;
         };
-        if let Err(e) = self.launch(&row).await {
+        if let Err(e) = self.launch_as(&row, Some(token)).await {
             tracing::warn!(container = %id, error = %e, "restart by policy failed");
             let _ = sqlx::query("UPDATE containers SET error = ? WHERE id = ?")
                 .bind(e.to_string())
@@ -1345,17 +1363,23 @@ impl Containers {
     pub async fn stop(&self, name: &str, timeout: Option<u64>) -> Result<()> {
         let row = self.resolve(name).await?;
         let live = self.live(&row.id);
+        // A stop by hand first: from here no restart by policy begins, and
+        // one being launched is waited for (the lock) and stopped below.
+        let was_restarting = live.restarting();
+        self.stopped_by_hand(&row.id).await?;
+        let row = {
+            let _guard = live.lock.lock().await;
+            self.row(&row.id).await?.unwrap_or(row)
+        };
         if !row.running() {
-            if live.cancel_restart() {
+            if was_restarting {
                 // Stopping a restarting container cancels its restart.
-                self.stopped_by_hand(&row.id).await?;
                 return Ok(());
             }
             return Err(Error::NotModified(format!(
                 "container {name} is already stopped"
             )));
         }
-        self.stopped_by_hand(&row.id).await?;
         let mut rx = live.exits.subscribe();
         rx.borrow_and_update();
         // It may have stopped before we subscribed.
@@ -1417,6 +1441,8 @@ impl Containers {
                     row.id
                 )));
             }
+            // No restart by policy for a container being removed.
+            self.stopped_by_hand(&row.id).await?;
             let live = self.live(&row.id);
             let mut rx = live.exits.subscribe();
             rx.borrow_and_update();

@@ -76,6 +76,9 @@ pub fn router(state: AppState) -> Router {
         .route("/images/inspect", get(image_inspect))
         .route("/images", delete(image_remove))
         .route("/images/prune", post(image_prune))
+        .route("/commit", post(commit))
+        .route("/images/tag", post(image_tag))
+        .route("/images/push", post(push))
         .route("/auth", post(login).delete(logout))
         .route("/containers/create", post(create))
         .route("/containers/json", get(containers_list))
@@ -114,6 +117,60 @@ async fn pull(State(s): State<AppState>, body: Bytes) -> Result<Response> {
         };
         let pulling = async move { images.pull(&req.reference, events_tx).await };
         let (result, ()) = tokio::join!(pulling, forward);
+        if let Err(e) = result {
+            let ev = PullEvent {
+                error: Some(e.to_string()),
+                ..PullEvent::default()
+            };
+            let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+            line.push(b'\n');
+            let _ = tx.send(Bytes::from(line)).await;
+        }
+    });
+    Ok(streamed(rx, "application/x-ndjson"))
+}
+
+async fn commit(State(s): State<AppState>, body: Bytes) -> Result<Response> {
+    let req: crate::api::CommitRequest = parse(&body)?;
+    let src = s.containers.commit_source(&req.container).await?;
+    let id = s.images.commit(src, &req).await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &crate::api::CommitResponse { id },
+    ))
+}
+
+async fn image_tag(State(s): State<AppState>, body: Bytes) -> Result<Response> {
+    let req: crate::api::TagRequest = parse(&body)?;
+    s.images.tag(&req.source, &req.target).await?;
+    Ok(StatusCode::CREATED.into_response())
+}
+
+/// Like `pull`: NDJSON events, a failure after the 200 as a last event.
+async fn push(State(s): State<AppState>, body: Bytes) -> Result<Response> {
+    let req: crate::api::PushRequest = parse(&body)?;
+    if req.reference.is_empty() || req.reference.len() > 1024 {
+        return Err(Error::BadRequest("invalid reference format".into()));
+    }
+    let (target, manifest) = s.images.push_target(&req.reference).await?;
+    let (events_tx, mut events_rx) = mpsc::channel::<PullEvent>(256);
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let images = s.images.clone();
+    tokio::spawn(async move {
+        let forward = {
+            let tx = tx.clone();
+            async move {
+                while let Some(ev) = events_rx.recv().await {
+                    let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+                    line.push(b'\n');
+                    if tx.send(Bytes::from(line)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        };
+        let pushing = async move { images.push(&target, &manifest, events_tx).await };
+        let (result, ()) = tokio::join!(pushing, forward);
         if let Err(e) = result {
             let ev = PullEvent {
                 error: Some(e.to_string()),

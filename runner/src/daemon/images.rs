@@ -64,31 +64,31 @@ pub struct ImageRecord {
 
 pub struct Images {
     store: Store,
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
     config: ImagesConfig,
     credentials: Mutex<CredentialStore>,
     /// Read: a pull in flight. Write: `remove`/`prune` deleting from disk.
-    lock: RwLock<()>,
+    pub(super) lock: RwLock<()>,
 }
 
 /// How a name given by the user resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Resolved {
-    id: String,
+pub(super) struct Resolved {
+    pub(super) id: String,
     /// The catalog name it matched (`registry/repo:tag` or
     /// `registry/repo@sha256:..`); None when it matched by id.
-    name: Option<String>,
+    pub(super) name: Option<String>,
 }
 
 /// An image about to be recorded.
-struct NewImage {
-    id: String,
-    manifest_digest: String,
-    index_digest: Option<String>,
-    config_json: String,
+pub(super) struct NewImage {
+    pub(super) id: String,
+    pub(super) manifest_digest: String,
+    pub(super) index_digest: Option<String>,
+    pub(super) config_json: String,
     /// (digest, unpacked size), bottom first.
-    layers: Vec<(String, u64)>,
-    created: i64,
+    pub(super) layers: Vec<(String, u64)>,
+    pub(super) created: i64,
 }
 
 impl Images {
@@ -122,7 +122,7 @@ impl Images {
         &self.config.default_registry
     }
 
-    fn client(&self) -> Result<RegistryClient> {
+    pub(super) fn client(&self) -> Result<RegistryClient> {
         let credentials = self
             .credentials
             .lock()
@@ -276,7 +276,7 @@ impl Images {
     /// Inserts or refreshes an image and points `names` at it (moving them
     /// from any other image). True when the image was there and every name
     /// already pointed at it.
-    async fn insert(&self, img: &NewImage, names: &[(String, &str)]) -> Result<bool> {
+    pub(super) async fn insert(&self, img: &NewImage, names: &[(String, &str)]) -> Result<bool> {
         let now = chrono::Utc::now().timestamp();
         let size: u64 = {
             let mut seen = BTreeSet::new();
@@ -350,7 +350,7 @@ impl Images {
     /// Resolves a user-given name: `sha256:<id>` or a unique id prefix
     /// (with or without `sha256:`), or a reference (`busybox` means
     /// `<default registry>/[library/]busybox:latest`; `repo@sha256:..`).
-    async fn resolve(&self, name: &str) -> Result<Resolved> {
+    pub(super) async fn resolve(&self, name: &str) -> Result<Resolved> {
         let missing = || Error::NotFound(format!("No such image: {name}"));
         if name.is_empty() || name.len() > 512 {
             return Err(missing());
@@ -638,7 +638,8 @@ impl Images {
         tokio::task::spawn_blocking(move || {
             let mut freed = 0;
             for l in &gone_layers {
-                match remove_layer(&store, l) {
+                // The unpacked dir and the compressed blob kept for push.
+                match remove_layer(&store, l).and_then(|n| Ok(n + remove_blob(&store, l)?)) {
                     Ok(n) => freed += n,
                     Err(e) => tracing::warn!(image = %id, error = %e, "leaving a layer behind"),
                 }
@@ -697,7 +698,8 @@ impl Images {
                 .await?
                 .into_iter()
                 .collect();
-        let mut blobs = BTreeSet::new();
+        // Compressed layer blobs (kept for push) live beside the others.
+        let mut blobs = layers.clone();
         for r in sqlx::query("SELECT id, manifest_digest, index_digest FROM images")
             .fetch_all(&self.pool)
             .await?
@@ -925,7 +927,7 @@ fn pull_error(e: PullError, r: &Reference, store_root: &Path) -> Error {
     }
 }
 
-fn client_error(e: ClientError, r: &Reference) -> Error {
+pub(super) fn client_error(e: ClientError, r: &Reference) -> Error {
     match e {
         ClientError::NotFound { reference } => Error::NotFound(format!(
             "manifest for {reference} not found: manifest unknown"
@@ -960,7 +962,7 @@ fn in_use_conflict(short: &str) -> Error {
 }
 
 /// The catalog name a reference is looked up by.
-fn catalog_name(r: &Reference) -> String {
+pub(super) fn catalog_name(r: &Reference) -> String {
     let base = format!("{}/{}", r.registry(), r.repository());
     match (r.digest(), r.tag()) {
         (Some(d), _) => format!("{base}@{d}"),
@@ -1063,7 +1065,7 @@ fn inspect_json(id: &str, config: &Value, size: i64, names: &[(String, String)])
 }
 
 /// Bytes of the regular files under `dir` (symlinks not followed).
-fn dir_size(dir: &Path) -> io::Result<u64> {
+pub(super) fn dir_size(dir: &Path) -> io::Result<u64> {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -7,6 +7,7 @@
 //! by `main` only. The CLI never links against this: it speaks HTTP.
 
 pub mod catalog;
+pub mod commit;
 pub mod containers;
 pub mod credentials;
 pub mod error;

@@ -1,6 +1,8 @@
-//! An async client for the OCI distribution API, just the pull side:
-//! manifests (with platform selection from an index) and blob streams, with
-//! anonymous, Basic and Bearer-token auth (the `WWW-Authenticate` flow).
+//! An async client for the OCI distribution API: the pull side (manifests,
+//! with platform selection from an index, and blob streams) and, for
+//! `push`, authenticated requests of any method with a given scope
+//! ([`RegistryClient::send_scoped`]); anonymous, Basic and Bearer-token
+//! auth (the `WWW-Authenticate` flow).
 //!
 //! Called by `pull`; calls only `reference` and the network (reqwest over
 //! rustls with the ring provider).
@@ -250,6 +252,61 @@ impl RegistryClient {
                     scope,
                 }) => {
                     let scope = scope.as_deref().unwrap_or(&default_scope);
+                    let token = self
+                        .token(r, realm, service.as_deref(), scope, retried)
+                        .await?;
+                    req = req.bearer_auth(token);
+                }
+            }
+            let resp = req.send().await.map_err(|e| unreachable_err(&host, &e))?;
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                return Ok(resp);
+            }
+            if retried {
+                return Err(refused(&host, creds));
+            }
+            retried = true;
+            if let Some(ch) = challenge_from(resp.headers()) {
+                auth = HostAuth::Challenged(ch);
+                lock(&self.hosts).insert(host.clone(), auth.clone());
+            } else if auth == HostAuth::Anonymous {
+                return Err(no_challenge(&host));
+            }
+        }
+    }
+
+    /// The registry's base URL (`http(s)://host[:port]`) for `r`.
+    pub fn registry_url(&self, r: &Reference) -> String {
+        self.base_url(r)
+    }
+
+    /// Sends the request `build` makes (called again for the retry, so a
+    /// streamed body can be reopened) with auth for `scope` (e.g.
+    /// `repository:team/app:pull,push`), answering one 401 challenge.
+    /// Used by `push`; the status is the caller's to judge.
+    pub async fn send_scoped<F>(
+        &self,
+        r: &Reference,
+        scope: &str,
+        build: F,
+    ) -> Result<reqwest::Response, ClientError>
+    where
+        F: Fn(&reqwest::Client) -> Result<reqwest::RequestBuilder, ClientError>,
+    {
+        let host = r.registry_host().to_string();
+        let mut auth = self.host_auth(r).await?;
+        let creds = self.credentials(r);
+        let mut retried = false;
+        loop {
+            let mut req = build(&self.http)?;
+            match &auth {
+                HostAuth::Anonymous => {}
+                HostAuth::Challenged(Challenge::Basic) => {
+                    let c =
+                        creds.ok_or_else(|| ClientError::AuthRequired { host: host.clone() })?;
+                    req = req.basic_auth(&c.username, Some(&c.password));
+                }
+                HostAuth::Challenged(Challenge::Bearer { realm, service, .. }) => {
                     let token = self
                         .token(r, realm, service.as_deref(), scope, retried)
                         .await?;
@@ -716,7 +773,10 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 
 /// Reads a response body up to `max` bytes: `Err(None)` when larger,
 /// `Err(Some(detail))` on a transfer error.
-async fn read_limited(resp: reqwest::Response, max: usize) -> Result<Vec<u8>, Option<String>> {
+pub(crate) async fn read_limited(
+    resp: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, Option<String>> {
     if resp.content_length().is_some_and(|l| l > max as u64) {
         return Err(None);
     }

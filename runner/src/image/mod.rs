@@ -11,7 +11,9 @@
 //! details.
 
 pub mod client;
+pub mod export;
 pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod store;
 #[cfg(test)]

@@ -4,6 +4,10 @@
 //! by media type and unpacked as the bytes arrive into a temp dir of the
 //! store that becomes the layer dir only once everything checked out.
 //!
+//! The compressed bytes are written to a temp blob of the store as they
+//! arrive and kept under the layer's digest once it is committed, so a
+//! pulled image can be pushed elsewhere byte for byte.
+//!
 //! Calls `client` (network), `store` (disk) and a [`LayerUnpacker`] (the
 //! safe tar unpacker, passed in so this module does not pick it); called by
 //! the daemon/CLI.
@@ -409,10 +413,15 @@ async fn pull_layer(
             digest: digest.clone(),
             source,
         })?;
+    // The compressed bytes are kept too, so the image can be pushed as is.
+    let blob = store.begin_blob().map_err(|source| PullError::LayerStore {
+        digest: digest.clone(),
+        source,
+    })?;
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_CHUNKS);
     let (d, compression, diff_id) = (digest.clone(), job.compression, job.diff_id.clone());
     let unpack_task = tokio::task::spawn_blocking(move || {
-        unpack_blocking(rx, temp, &d, compression, &diff_id, unpacker.as_ref())
+        unpack_blocking(rx, temp, blob, &d, compression, &diff_id, unpacker.as_ref())
     });
 
     let mut done = 0u64;
@@ -465,6 +474,7 @@ async fn pull_layer(
 fn unpack_blocking(
     rx: mpsc::Receiver<io::Result<Bytes>>,
     temp: super::store::LayerTemp,
+    blob: super::store::BlobTemp,
     digest: &str,
     compression: Compression,
     diff_id: &str,
@@ -478,6 +488,7 @@ fn unpack_blocking(
         rx,
         current: Bytes::new(),
         ended: false,
+        copy: Some(blob),
     };
     let actual = {
         let decoder = compression
@@ -505,6 +516,13 @@ fn unpack_blocking(
             actual,
         });
     }
+    if let Some(blob) = raw.copy.take() {
+        blob.commit(digest)
+            .map_err(|source| PullError::LayerStore {
+                digest: digest.to_string(),
+                source,
+            })?;
+    }
     temp.commit().map_err(|source| PullError::LayerStore {
         digest: digest.to_string(),
         source,
@@ -518,6 +536,8 @@ struct ChannelReader {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
     ended: bool,
+    /// Receives every chunk as it arrives (the compressed blob's file).
+    copy: Option<super::store::BlobTemp>,
 }
 
 impl Read for ChannelReader {
@@ -528,7 +548,12 @@ impl Read for ChannelReader {
             }
             match self.rx.blocking_recv() {
                 Some(Ok(c)) if c.is_empty() => self.ended = true,
-                Some(Ok(c)) => self.current = c,
+                Some(Ok(c)) => {
+                    if let Some(copy) = self.copy.as_mut() {
+                        io::Write::write_all(copy, &c)?;
+                    }
+                    self.current = c;
+                }
                 Some(Err(e)) => return Err(e),
                 None => {
                     return Err(io::Error::new(
@@ -631,6 +656,7 @@ mod tests {
             rx,
             current: Bytes::new(),
             ended: false,
+            copy: None,
         };
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
@@ -643,6 +669,7 @@ mod tests {
             rx,
             current: Bytes::new(),
             ended: false,
+            copy: None,
         };
         let e = r.read_to_end(&mut Vec::new()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);

@@ -180,6 +180,37 @@ impl Store {
         Ok(bytes)
     }
 
+    /// Starts writing a large blob (a compressed layer) without holding it
+    /// in memory: a temp file beside the blobs, renamed into place by
+    /// [`BlobTemp::commit`] once its digest is known; dropped, it is removed.
+    pub fn begin_blob(&self) -> Result<BlobTemp, StoreError> {
+        let dir = self.root.join("blobs/sha256");
+        let path = dir.join(format!(".tmp-{}", unique_name()));
+        let file = fs::File::create_new(&path).map_err(io_err("create", &path))?;
+        Ok(BlobTemp {
+            file: Some(file),
+            path,
+            dir,
+            sync: self.sync,
+            done: false,
+        })
+    }
+
+    /// Opens a stored blob for streaming (not re-verified: large layer
+    /// blobs are checked by whoever reads them, e.g. the registry).
+    pub fn open_blob(&self, digest: &str) -> Result<(fs::File, u64), StoreError> {
+        let path = self.blob_path(digest)?;
+        let f = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::MissingBlob(digest.to_string()));
+            }
+            Err(e) => return Err(io_err("open", &path)(e)),
+        };
+        let len = f.metadata().map_err(io_err("stat", &path))?.len();
+        Ok((f, len))
+    }
+
     fn layer_dir(&self, digest: &str) -> Result<PathBuf, StoreError> {
         Ok(self.root.join("layers").join(hex_of(digest)?))
     }
@@ -338,6 +369,58 @@ impl Drop for LayerTemp {
     fn drop(&mut self) {
         if !self.done {
             let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A blob being written, not yet visible under a digest.
+#[derive(Debug)]
+pub struct BlobTemp {
+    file: Option<fs::File>,
+    path: PathBuf,
+    dir: PathBuf,
+    sync: bool,
+    done: bool,
+}
+
+impl Write for BlobTemp {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.file.as_mut() {
+            Some(f) => f.write(buf),
+            None => Err(io::Error::other("blob already committed")),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), |f| f.flush())
+    }
+}
+
+impl BlobTemp {
+    /// Makes the written bytes the blob `digest` (the caller hashed them
+    /// while writing). An existing blob of that digest is kept.
+    pub fn commit(mut self, digest: &str) -> Result<PathBuf, StoreError> {
+        let final_path = self.dir.join(hex_of(digest)?);
+        let file = self.file.take();
+        if self.sync
+            && let Some(f) = &file
+        {
+            f.sync_all().map_err(io_err("sync", &self.path))?;
+        }
+        drop(file);
+        fs::rename(&self.path, &final_path).map_err(io_err("rename into", &final_path))?;
+        self.done = true;
+        if self.sync {
+            sync_dir(&self.dir).map_err(io_err("sync", &self.dir))?;
+        }
+        Ok(final_path)
+    }
+}
+
+impl Drop for BlobTemp {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.path);
         }
     }
 }
