@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod containers;
 pub mod credentials;
 pub mod error;
+pub mod exec;
 pub mod http;
 pub mod images;
 pub mod overlay;
@@ -65,7 +66,8 @@ pub async fn run(config: Config) -> Result<()> {
         .map_err(|e| Error::Internal(format!("cannot find the wharf-runner binary: {e}")))?;
     let runtimes = containers::Runtimes::new(&config.default_runtime, &config.runtimes)?;
     let containers =
-        containers::Containers::open(root, pool, images.clone(), exe, runtimes).await?;
+        containers::Containers::open(root, pool, images.clone(), exe.clone(), runtimes).await?;
+    let execs = exec::Execs::new(containers.clone(), exe);
 
     let socket = &config.socket;
     if let Some(parent) = socket.parent() {
@@ -85,7 +87,11 @@ pub async fn run(config: Config) -> Result<()> {
         .map_err(|e| Error::Internal(format!("socket {}: {e}", socket.display())))?;
     tracing::info!(root = %root.display(), socket = %socket.display(), "wharf-runner daemon listening");
 
-    let app = http::router(http::AppState { images, containers });
+    let app = http::router(http::AppState {
+        images,
+        containers,
+        execs,
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;

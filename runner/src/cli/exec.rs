@@ -1,0 +1,132 @@
+//! `exec`: runs a command in a running container with docker's flags,
+//! output and exit codes (the command's own code; 126/127 when it cannot
+//! be run, with the runtime's message; 1 when the container is missing or
+//! not running).
+//!
+//! Two calls, as docker: create the exec instance, then start it attached
+//! (copy the frames, exit with the exit frame's code) or detached (`-d`).
+//! `-i`/`-t` are refused until stdin/pty streaming exists. Called by
+//! `cli::dispatch`; calls the daemon through `client`.
+
+use clap::Args;
+use hyper::Method;
+
+use super::client::{Client, Error, copy_frames, encode};
+use crate::api::{ExecCreateRequest, ExecCreateResponse};
+use crate::bundle as parse;
+
+const EXEC_USAGE: &str = "wharf-runner exec [OPTIONS] CONTAINER COMMAND [ARG...]";
+
+#[derive(Debug, Args)]
+#[command(override_usage = EXEC_USAGE)]
+pub struct ExecArgs {
+    /// Detached mode: run command in the background
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Set environment variables
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Read in a file of environment variables
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<std::path::PathBuf>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Username or UID (format: "<name|uid>[:<group|gid>]")
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Keep STDIN open even if not attached
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY
+    #[arg(short, long)]
+    pub tty: bool,
+    /// The container, then the command and its arguments
+    #[arg(
+        value_name = "CONTAINER",
+        required = true,
+        num_args = 2..,
+        trailing_var_arg = true
+    )]
+    pub args: Vec<String>,
+}
+
+/// The container and the exec request from `exec`'s flags, reading
+/// `--env-file`s and resolving bare `-e KEY` through `lookup`.
+pub fn exec_request(
+    args: &ExecArgs,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<(String, ExecCreateRequest), Error> {
+    let Some((container, cmd)) = args.args.split_first().filter(|(_, c)| !c.is_empty()) else {
+        return Err(Error::Message(
+            "\"wharf-runner exec\" requires at least 2 arguments.".into(),
+        ));
+    };
+    let mut env = Vec::new();
+    for path in &args.env_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Message(format!("wharf-runner: open {}: {e}", path.display())))?;
+        env.extend(
+            parse::parse_env_file_with(&text, &lookup)
+                .map_err(|e| Error::Message(format!("wharf-runner: {}: {e}", path.display())))?,
+        );
+    }
+    for arg in &args.env {
+        env.push(
+            parse::resolve_env_arg(arg, &lookup)
+                .map_err(|e| Error::Message(format!("wharf-runner: {e}")))?,
+        );
+    }
+    Ok((
+        container.clone(),
+        ExecCreateRequest {
+            cmd: cmd.to_vec(),
+            env,
+            workdir: args.workdir.clone(),
+            user: args.user.clone(),
+            attach_stdin: args.interactive,
+            tty: args.tty,
+        },
+    ))
+}
+
+/// `exec`.
+pub async fn exec(client: &Client, args: ExecArgs) -> Result<i32, Error> {
+    if args.interactive || args.tty {
+        return Err(Error::Message(
+            "wharf-runner: exec -i and -t are not supported yet".into(),
+        ));
+    }
+    let (container, request) = exec_request(&args, |k| std::env::var(k).ok())?;
+    let created: ExecCreateResponse = client
+        .json(
+            Method::POST,
+            &format!("/containers/{}/exec", encode(&container)),
+            Some(&request),
+        )
+        .await?;
+    let path = format!("/exec/{}/start?detach={}", encode(&created.id), args.detach);
+    if args.detach {
+        return match client.call(Method::POST, &path).await {
+            Ok(()) => Ok(0),
+            Err(Error::Daemon {
+                message,
+                exit_code: Some(code),
+                ..
+            }) => {
+                eprintln!("{message}");
+                Ok(i32::try_from(code).unwrap_or(126))
+            }
+            Err(e) => Err(e),
+        };
+    }
+    let response = client.send(Method::POST, &path, None).await?;
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    match copy_frames(response.into_body(), &mut stdout, &mut stderr).await? {
+        Some(code) => Ok(i32::try_from(code).unwrap_or(126)),
+        None => Err(Error::Message(
+            "wharf-runner: the daemon ended the exec's output without its exit status".into(),
+        )),
+    }
+}
