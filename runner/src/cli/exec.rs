@@ -130,3 +130,79 @@ pub async fn exec(client: &Client, args: ExecArgs) -> Result<i32, Error> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command, ContainerCommand};
+
+    fn exec_args(args: &[&str]) -> Result<ExecArgs, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("wharf-runner").chain(args.iter().copied()))?;
+        match cli.command {
+            Command::Exec(a) | Command::Container(ContainerCommand::Exec(a)) => Ok(a),
+            other => panic!("not exec: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_stop_at_the_container_and_the_command_keeps_its_own() {
+        let a = exec_args(&[
+            "exec",
+            "-d",
+            "-e",
+            "A=1",
+            "-w",
+            "/tmp",
+            "-u",
+            "nobody:users",
+            "web",
+            "ls",
+            "-la",
+            "-e",
+            "X",
+        ])
+        .unwrap();
+        assert!(a.detach && !a.interactive && !a.tty);
+        let (container, req) = exec_request(&a, |_| None).unwrap();
+        assert_eq!(container, "web");
+        assert_eq!(req.cmd, vec!["ls", "-la", "-e", "X"]);
+        assert_eq!(req.env, vec!["A=1"]);
+        assert_eq!(req.workdir.as_deref(), Some("/tmp"));
+        assert_eq!(req.user.as_deref(), Some("nobody:users"));
+        let a = exec_args(&["container", "exec", "-it", "c", "sh"]).unwrap();
+        assert!(a.interactive && a.tty);
+    }
+
+    #[test]
+    fn env_files_then_flags_and_bare_keys_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("env");
+        std::fs::write(&file, "# c\nF=1\nHOSTVAR\n").unwrap();
+        let a = exec_args(&[
+            "exec",
+            "--env-file",
+            file.to_str().unwrap(),
+            "-e",
+            "HOSTVAR",
+            "-e",
+            "UNSET",
+            "c",
+            "env",
+        ])
+        .unwrap();
+        let lookup = |k: &str| (k == "HOSTVAR").then(|| "h".to_string());
+        let (_, req) = exec_request(&a, lookup).unwrap();
+        assert_eq!(req.env, vec!["F=1", "HOSTVAR=h", "HOSTVAR=h", "UNSET"]);
+        let a = exec_args(&["exec", "-e", "BAD KEY=1", "c", "env"]).unwrap();
+        assert!(exec_request(&a, |_| None).is_err());
+    }
+
+    #[test]
+    fn a_container_without_a_command_is_a_usage_error() {
+        for args in [&["exec"][..], &["exec", "c"], &["exec", "-d", "c"]] {
+            assert!(exec_args(args).is_err(), "{args:?}");
+        }
+    }
+}
