@@ -26,6 +26,7 @@
 //! | `GET /containers/{id}/logs?follow=BOOL&tail=N&timestamps=BOOL` | | 200, frame stream |
 //! | `POST /containers/{id}/exec` | [`ExecCreateRequest`] | 201 [`ExecCreateResponse`]; 409 `container ID is not running` |
 //! | `POST /exec/{id}/start?detach=BOOL` | | detached: 204 once the command runs; else 200, frame stream ending with an exit frame |
+//! | `POST /exec/{id}/start?stdin=true` + `Connection: Upgrade`, `Upgrade: tcp` | raw stdin after the 101, half-closed at its end | 101, then the frame stream on the upgraded connection (`exec -i`) |
 //! | `GET /exec/{id}/json` | | docker's exec inspect JSON |
 //!
 //! `{id}` is a full id, a unique id prefix, or a name. Errors: 400 for a bad
@@ -238,7 +239,7 @@ pub struct ExecCreateRequest {
     /// `-u USER[:GROUP]`; `None`: the container's user.
     #[serde(default)]
     pub user: Option<String>,
-    /// `-i`: keep stdin open (refused until stdin streaming exists).
+    /// `-i`: the command's stdin comes from an upgraded start (`stdin=true`).
     #[serde(default)]
     pub attach_stdin: bool,
     /// `-t`: a terminal (refused until pty streaming exists).

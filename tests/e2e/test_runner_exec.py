@@ -185,9 +185,28 @@ def test_exec_detached_leaves_the_process_running(runner):
     wait_for(lambda: not host_pids(["sleep", "777"]), 10, "the exec'd process to end with its container")
 
 
-def test_exec_interactive_and_tty_are_refused_for_now(runner):
+@BOTH_RUNTIMES
+def test_exec_interactive_pipes_stdin(runner):
     cid = start(runner)
-    for flag in ["-i", "-t", "-it"]:
+    proc = runner.cli("exec", "-i", cid, "cat", input="hello\n", timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "hello\n"), output(proc)
+    proc = runner.cli(
+        "exec", "-i", cid, "sh", "-c", "read x; echo got $x; echo err >&2; exit 3", input="abc\n", check=False, timeout=60,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "got abc\n", "err\n"), output(proc)
+    big = "x" * (2 << 20)
+    proc = runner.cli("exec", "-i", cid, "wc", "-c", input=big, timeout=60)
+    assert proc.stdout.strip() == str(len(big)), output(proc)
+    # Without -i the command's stdin is empty.
+    proc = runner.cli("exec", cid, "cat", input="ignored\n", timeout=60)
+    assert proc.stdout == "", output(proc)
+    proc = runner.cli("exec", "-i", cid, "nope", input="", check=False, timeout=60)
+    assert proc.returncode == 127 and "executable file not found" in proc.stderr, output(proc)
+
+
+def test_exec_tty_is_refused_for_now(runner):
+    cid = start(runner)
+    for flag in ["-t", "-it"]:
         proc = exec_(runner, flag, cid, "true", check=False)
         assert proc.returncode != 0 and "not supported yet" in proc.stderr, output(proc)
     proc = runner.cli("exec", cid, check=False)

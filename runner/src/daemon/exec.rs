@@ -18,9 +18,10 @@
 //! stderr piped into the frame stream of an attached start (discarded for
 //! `-d`). Exec instances live in memory only, as docker's do.
 //!
-//! `-i`/`-t` are refused for now; stdin and pty streaming for run/attach
-//! plug in at [`Execs::start`] (the runtime process's stdin and a console
-//! socket) when they exist. Calls `containers` (the target), `bundle`,
+//! `-i` is served on an upgraded connection ([`serve_upgraded`]: raw stdin
+//! up, frames down, stdin closed at the client's half-close); `-t` is
+//! refused for now: a pty (runc's console socket, the built-in runtime's
+//! terminal) plugs in at `launch` when run/attach get one. Calls `containers` (the target), `bundle`,
 //! `exec_main` (the failure log); called by `http`.
 
 use std::collections::HashMap;
@@ -142,9 +143,9 @@ impl Execs {
         container: &str,
         req: ExecCreateRequest,
     ) -> Result<ExecCreateResponse> {
-        if req.tty || req.attach_stdin {
+        if req.tty {
             return Err(Error::BadRequest(
-                "exec with -i or -t is not supported yet".into(),
+                "exec with -t is not supported yet".into(),
             ));
         }
         if req.cmd.first().is_none_or(|c| c.is_empty()) {
@@ -234,7 +235,28 @@ impl Execs {
     /// runs (or with docker's error and exit code when it cannot). Attached:
     /// a frame stream of its output ending with its exit code.
     pub async fn start(&self, id: &str, detach: bool) -> Result<Option<mpsc::Receiver<Bytes>>> {
+        Ok(self.start_with(id, detach, false).await?.0)
+    }
+
+    /// [`Execs::start`] attached, with the process's stdin piped: for an
+    /// upgraded connection (see [`serve_upgraded`]).
+    pub async fn start_with_stdin(
+        &self,
+        id: &str,
+    ) -> Result<(mpsc::Receiver<Bytes>, tokio::process::ChildStdin)> {
+        match self.start_with(id, false, true).await? {
+            (Some(output), Some(stdin)) => Ok((output, stdin)),
+            _ => Err(Error::Internal("the exec's stdin was not piped".into())),
+        }
+    }
+
+    async fn start_with(&self, id: &str, detach: bool, stdin: bool) -> Result<Started> {
         let instance = self.get(id)?;
+        if stdin && !instance.request.attach_stdin {
+            return Err(Error::BadRequest(format!(
+                "exec {id} was not created with stdin (-i)"
+            )));
+        }
         let mut first = false;
         instance.status.send_if_modified(|s| {
             first = !s.started;
@@ -246,7 +268,7 @@ impl Execs {
                 "Error: Exec command {id} has already run"
             )));
         }
-        let result = self.launch(&instance, detach).await;
+        let result = self.launch(&instance, detach, stdin).await;
         if let Err(e) = &result {
             instance.status.send_modify(|s| {
                 s.exit_code.get_or_insert(126);
@@ -256,11 +278,7 @@ impl Execs {
         result
     }
 
-    async fn launch(
-        &self,
-        instance: &Arc<Instance>,
-        detach: bool,
-    ) -> Result<Option<mpsc::Receiver<Bytes>>> {
+    async fn launch(&self, instance: &Arc<Instance>, detach: bool, stdin: bool) -> Result<Started> {
         let target = self.containers.exec_target(&instance.container_id).await?;
         if !target.running {
             return Err(not_running(&target.id));
@@ -297,7 +315,12 @@ impl Execs {
             None => self.exe.as_path(),
         });
         cmd.args(runtime_args(&target, &files));
-        cmd.stdin(std::process::Stdio::null()).kill_on_drop(false);
+        cmd.stdin(if stdin {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .kill_on_drop(false);
         let piped = || {
             if detach {
                 std::process::Stdio::null()
@@ -314,6 +337,7 @@ impl Execs {
             }
         };
         tracing::info!(container = %target.id, exec = %instance.id, "exec started");
+        let child_stdin = child.stdin.take();
         let (tx, rx) = mpsc::channel::<Bytes>(64);
         // Whether the command ran (the pid file appeared), once known. Until
         // then stderr is held back: an external runtime that cannot start
@@ -405,7 +429,7 @@ impl Execs {
             cleanup();
         });
         if !detach {
-            return Ok(Some(rx));
+            return Ok((Some(rx), child_stdin));
         }
         drop(rx);
         // Detached: answer once the command runs or could not be run.
@@ -430,9 +454,54 @@ impl Execs {
                 message,
                 exit_code: st.exit_code.unwrap_or(126),
             }),
-            _ => Ok(None),
+            _ => Ok((None, None)),
         }
     }
+}
+
+/// What a start hands back: the output frames (attached) and the
+/// process's stdin (when piped).
+type Started = (
+    Option<mpsc::Receiver<Bytes>>,
+    Option<tokio::process::ChildStdin>,
+);
+
+/// Serves an attached exec with stdin over an upgraded connection (`exec
+/// -i`): what the client sends is copied to the process's stdin (its
+/// half-close closes the stdin), and the output frames, ending with the
+/// exit frame, are written back. docker's hijacked exec start, without a
+/// terminal.
+pub fn serve_upgraded(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    mut output: mpsc::Receiver<Bytes>,
+    mut stdin: tokio::process::ChildStdin,
+) {
+    use tokio::io::AsyncWriteExt;
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "exec: the connection upgrade failed");
+                return;
+            }
+        };
+        let (mut from_client, mut to_client) =
+            tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+        let input = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut from_client, &mut stdin).await;
+            let _ = stdin.shutdown().await;
+        });
+        let mut open = true;
+        while let Some(frame) = output.recv().await {
+            // Keep receiving after the client left so the exec is reaped
+            // and its files removed.
+            if open && to_client.write_all(&frame).await.is_err() {
+                open = false;
+            }
+        }
+        let _ = to_client.shutdown().await;
+        input.abort();
+    });
 }
 
 /// Stderr bytes held back at most while it is not known whether the

@@ -238,7 +238,19 @@ async fn exec_start(
     State(s): State<AppState>,
     Path(id): Path<String>,
     Query(q): Q,
+    mut request: axum::extract::Request,
 ) -> Result<Response> {
+    if flag(&q, "stdin") {
+        // `exec -i`: the connection is upgraded to a raw stream both ways.
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        let (output, stdin) = s.execs.start_with_stdin(&id).await?;
+        super::exec::serve_upgraded(on_upgrade, output, stdin);
+        return Ok((
+            StatusCode::SWITCHING_PROTOCOLS,
+            [(header::CONNECTION, "Upgrade"), (header::UPGRADE, "tcp")],
+        )
+            .into_response());
+    }
     match s.execs.start(&id, flag(&q, "detach")).await? {
         Some(rx) => Ok(streamed(rx, "application/vnd.docker.multiplexed-stream")),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
