@@ -28,6 +28,10 @@
 //! | `GET /containers/json?all=BOOL` | | `[ContainerSummary]` |
 //! | `GET /containers/{id}/json` | | docker's container inspect JSON |
 //! | `GET /containers/{id}/logs?follow=BOOL&tail=N&timestamps=BOOL` | | 200, frame stream |
+//! | `POST /containers/{id}/exec` | [`ExecCreateRequest`] | 201 [`ExecCreateResponse`]; 409 `container ID is not running` |
+//! | `POST /exec/{id}/start?detach=BOOL` | | detached: 204 once the command runs; else 200, frame stream ending with an exit frame |
+//! | `POST /exec/{id}/start?stdin=true` + `Connection: Upgrade`, `Upgrade: tcp` | raw stdin after the 101, half-closed at its end | 101, then the frame stream on the upgraded connection (`exec -i`) |
+//! | `GET /exec/{id}/json` | | docker's exec inspect JSON |
 //!
 //! `{id}` is a full id, a unique id prefix, or a name. Errors: 400 for a bad
 //! request, 404 `No such container: X` / `No such image: X`, 409 for a
@@ -334,6 +338,36 @@ pub struct ContainerSummary {
     /// The ports it publishes while running.
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+}
+
+/// `POST /containers/{id}/exec`: `exec`'s flags, parsed by the CLI
+/// (`--env-file` read and bare `-e KEY` resolved into `env`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ExecCreateRequest {
+    /// The command and its arguments (at least the command).
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` added to (or replacing in) the container's environment;
+    /// a bare `KEY` removes it.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// `-w`; `None`: the container's working directory.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// `-u USER[:GROUP]`; `None`: the container's user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `-i`: the command's stdin comes from an upgraded start (`stdin=true`).
+    #[serde(default)]
+    pub attach_stdin: bool,
+    /// `-t`: a terminal (refused until pty streaming exists).
+    #[serde(default)]
+    pub tty: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExecCreateResponse {
+    pub id: String,
 }
 
 /// An error answer: `{"message": "..."}`.

@@ -24,6 +24,9 @@ pub fn runtime_main(args: &[String]) -> i32 {
         eprintln!("{RUNTIME_USAGE}");
         return 125;
     };
+    if sub == "exec" {
+        return crate::exec_main::runtime_exec_main(rest);
+    }
     if sub != "run" {
         eprintln!("{RUNTIME_USAGE}");
         return 125;
@@ -95,7 +98,7 @@ pub fn runtime_main(args: &[String]) -> i32 {
 /// The cgroup the bundle asks for: `linux.cgroupsPath` of the form
 /// `/PARENT/NAME` (the daemon writes `/wharf/<id>`), and its resources.
 /// `None` when the spec names none.
-fn cgroup_of(bundle: &Path) -> Result<Option<(String, String, LinuxResources)>, String> {
+pub(crate) fn cgroup_of(bundle: &Path) -> Result<Option<(String, String, LinuxResources)>, String> {
     let spec = crate::bundle::load_bundle(bundle).map_err(|e| e.to_string())?;
     let Some(linux) = spec.linux() else {
         return Ok(None);

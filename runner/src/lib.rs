@@ -11,6 +11,7 @@ pub mod bundle;
 pub mod cgroups;
 pub mod cli;
 pub mod daemon;
+pub mod exec_main;
 pub mod image;
 pub mod internal;
 pub mod logs;

@@ -11,6 +11,7 @@
 pub mod client;
 pub mod commit;
 pub mod containers;
+pub mod exec;
 pub mod format;
 pub mod images;
 pub mod network;
@@ -84,6 +85,8 @@ pub enum Command {
     Wait(NamesArgs),
     /// Return low-level information on containers or images
     Inspect(InspectArgs),
+    /// Execute a command in a running container
+    Exec(exec::ExecArgs),
     /// Download an image from a registry
     Pull(PullArgs),
     /// List images
@@ -160,6 +163,8 @@ pub enum ContainerCommand {
     Port(PortArgs),
     /// Create a new image from a container's changes
     Commit(commit::CommitArgs),
+    /// Execute a command in a running container
+    Exec(exec::ExecArgs),
 }
 
 #[derive(Debug, Args)]
@@ -565,6 +570,9 @@ fn usage_error(err: clap::Error, args: &[String]) -> i32 {
             let sub = context(ContextKind::InvalidSubcommand).unwrap_or_default();
             format!("wharf-runner: '{sub}' is not a wharf-runner command.")
         }
+        ErrorKind::MissingRequiredArgument | ErrorKind::TooFewValues if path.ends_with("exec") => {
+            format!("\"{full}\" requires at least 2 arguments.")
+        }
         ErrorKind::MissingRequiredArgument => {
             format!("\"{full}\" requires at least 1 argument.")
         }
@@ -699,6 +707,7 @@ async fn dispatch(client: &Client, command: Command) -> Result<i32, Error> {
         Command::Kill(a) | Command::Container(C::Kill(a)) => containers::kill(client, a).await,
         Command::Rm(a) | Command::Container(C::Rm(a)) => containers::rm(client, a).await,
         Command::Wait(a) | Command::Container(C::Wait(a)) => containers::wait(client, a).await,
+        Command::Exec(a) | Command::Container(C::Exec(a)) => exec::exec(client, a).await,
         Command::Inspect(a) => containers::inspect(client, a.object_type, a.names).await,
         Command::Container(C::Inspect(a)) => {
             containers::inspect(client, Some(ObjectType::Container), a).await

@@ -424,7 +424,43 @@ fn validate(req: &CreateRequest) -> Result<()> {
     Ok(())
 }
 
+/// What `exec` needs to know of a container (see `super::exec`).
+#[derive(Debug, Clone)]
+pub struct ExecTarget {
+    pub id: String,
+    pub name: String,
+    /// The container's directory: its bundle (`config.json`), `rootfs/`.
+    pub dir: PathBuf,
+    pub running: bool,
+    /// The host pid of its PID 1 (0 when not known).
+    pub pid: i64,
+    /// The external runtime binary it runs under; `None`: the built-in one.
+    pub runtime: Option<PathBuf>,
+}
+
 impl Containers {
+    /// The container `name` as `exec` sees it.
+    pub async fn exec_target(&self, name: &str) -> Result<ExecTarget> {
+        let row = self.resolve(name).await?;
+        let req = row.request()?;
+        let dir = self.container_dir(&row.id);
+        let pid = if row.pid > 0 {
+            row.pid
+        } else {
+            read_pid(&dir.join(shim::INIT_PID_FILE)).unwrap_or(0)
+        };
+        Ok(ExecTarget {
+            running: row.running() && pid > 1,
+            runtime: self
+                .runtimes
+                .binary(self.runtimes.name(req.runtime.as_deref()))?,
+            id: row.id,
+            name: row.name,
+            dir,
+            pid,
+        })
+    }
+
     /// Opens the containers of `root` and re-attaches to the running ones
     /// (see [`Containers::recover`]).
     pub async fn open(

@@ -24,6 +24,7 @@ use crate::api::{CreateRequest, LoginRequest, LoginResponse, PullEvent, PullRequ
 pub struct AppState {
     pub images: Arc<Images>,
     pub containers: Arc<Containers>,
+    pub execs: Arc<super::exec::Execs>,
 }
 
 type Q = Query<HashMap<String, String>>;
@@ -90,6 +91,9 @@ pub fn router(state: AppState) -> Router {
         .route("/containers/{id}/json", get(container_inspect))
         .route("/containers/{id}/logs", get(logs))
         .route("/containers/{id}", delete(container_remove))
+        .route("/containers/{id}/exec", post(exec_create))
+        .route("/exec/{id}/start", post(exec_start))
+        .route("/exec/{id}/json", get(exec_inspect))
         .fallback(|| async { Error::NotFound("page not found".into()) })
         .with_state(state)
 }
@@ -273,7 +277,58 @@ async fn wait(State(s): State<AppState>, Path(id): Path<String>) -> Result<Respo
 }
 
 async fn container_inspect(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response> {
-    Ok(json(StatusCode::OK, &s.containers.inspect(&id).await?))
+    let mut value = s.containers.inspect(&id).await?;
+    // docker's ExecIDs: the container's exec instances still running (null
+    // when none).
+    let cid = value["Id"].as_str().unwrap_or_default().to_string();
+    let execs = s.execs.ids_of(&cid);
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert(
+            "ExecIDs".into(),
+            if execs.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::json!(execs)
+            },
+        );
+    }
+    Ok(json(StatusCode::OK, &value))
+}
+
+async fn exec_create(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    let req: crate::api::ExecCreateRequest = parse(&body)?;
+    Ok(json(StatusCode::CREATED, &s.execs.create(&id, req).await?))
+}
+
+async fn exec_start(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Q,
+    mut request: axum::extract::Request,
+) -> Result<Response> {
+    if flag(&q, "stdin") {
+        // `exec -i`: the connection is upgraded to a raw stream both ways.
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        let (output, stdin) = s.execs.start_with_stdin(&id).await?;
+        super::exec::serve_upgraded(on_upgrade, output, stdin);
+        return Ok((
+            StatusCode::SWITCHING_PROTOCOLS,
+            [(header::CONNECTION, "Upgrade"), (header::UPGRADE, "tcp")],
+        )
+            .into_response());
+    }
+    match s.execs.start(&id, flag(&q, "detach")).await? {
+        Some(rx) => Ok(streamed(rx, "application/vnd.docker.multiplexed-stream")),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+async fn exec_inspect(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+    Ok(json(StatusCode::OK, &s.execs.inspect(&id)?))
 }
 
 async fn logs(State(s): State<AppState>, Path(id): Path<String>, Query(q): Q) -> Result<Response> {

@@ -11,6 +11,7 @@ pub mod commit;
 pub mod containers;
 pub mod credentials;
 pub mod error;
+pub mod exec;
 pub mod http;
 pub mod images;
 pub mod network;
@@ -73,7 +74,9 @@ pub async fn run(config: Config) -> Result<()> {
     let network =
         network::Network::open(root, pool.clone(), &config.bridge, &config.bridge_subnet).await?;
     let containers =
-        containers::Containers::open(root, pool, images.clone(), exe, runtimes, network).await?;
+        containers::Containers::open(root, pool, images.clone(), exe.clone(), runtimes, network)
+            .await?;
+    let execs = exec::Execs::new(containers.clone(), exe);
 
     let socket = &config.socket;
     if let Some(parent) = socket.parent() {
@@ -93,7 +96,11 @@ pub async fn run(config: Config) -> Result<()> {
         .map_err(|e| Error::Internal(format!("socket {}: {e}", socket.display())))?;
     tracing::info!(root = %root.display(), socket = %socket.display(), "wharf-runner daemon listening");
 
-    let app = http::router(http::AppState { images, containers });
+    let app = http::router(http::AppState {
+        images,
+        containers,
+        execs,
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;

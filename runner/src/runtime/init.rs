@@ -103,7 +103,7 @@ pub fn child_main(setup: &ChildSetup, sync_read: &OwnedFd, err_write: &OwnedFd) 
     1
 }
 
-fn step(what: &str) -> impl FnOnce(Errno) -> Failure + '_ {
+pub(super) fn step(what: &str) -> impl FnOnce(Errno) -> Failure + '_ {
     move |e| Failure::Setup(format!("{what}: {}", e.desc()))
 }
 
@@ -176,12 +176,29 @@ fn run(setup: &ChildSetup, sync_read: &OwnedFd) -> Result<std::convert::Infallib
         }
     }
     set_rlimits(spec)?;
+    drop_privileges_and_exec(spec, setup.seccomp, &setup.original_mask)
+}
 
+/// The last steps before the command runs, shared by a container's init and
+/// by `exec` (`super::exec`): seccomp (before the capability drop when
+/// no_new_privs is off, as the kernel then wants CAP_SYS_ADMIN), the spec's
+/// user and capabilities, the parent-death signal, the working directory,
+/// no_new_privs, the lookup of the command (127 / 126 like docker), the
+/// signal mask, then execve. Returns only on failure.
+pub(super) fn drop_privileges_and_exec(
+    spec: &Spec,
+    seccomp_programs: &[BpfProgram],
+    original_mask: &SigSet,
+) -> Result<std::convert::Infallible, Failure> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Failure::Setup("the spec has no process".into()))?;
     let no_new_privs = process.no_new_privileges() == Some(true);
     if !no_new_privs {
         // Without no_new_privs the kernel wants CAP_SYS_ADMIN to install a
         // filter, so it goes in before the capabilities are dropped.
-        seccomp::install(setup.seccomp).map_err(|e| Failure::Setup(e.to_string()))?;
+        seccomp::install(seccomp_programs).map_err(|e| Failure::Setup(e.to_string()))?;
     }
 
     set_user_and_caps(spec)?;
@@ -223,9 +240,9 @@ fn run(setup: &ChildSetup, sync_read: &OwnedFd) -> Result<std::convert::Infallib
         .collect::<Result<Vec<_>, _>>()?;
 
     if no_new_privs {
-        seccomp::install(setup.seccomp).map_err(|e| Failure::Setup(e.to_string()))?;
+        seccomp::install(seccomp_programs).map_err(|e| Failure::Setup(e.to_string()))?;
     }
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&setup.original_mask), None)
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(original_mask), None)
         .map_err(step("restore the signal mask"))?;
     let Err(errno) = execve(&c_program, &c_args, &c_env);
     let detail = format!("exec {}: {}", program.display(), errno.desc());
@@ -253,7 +270,7 @@ fn cstring(bytes: &[u8]) -> Result<CString, Failure> {
 
 /// Marks every descriptor above stderr close-on-exec so nothing of the
 /// runtime leaks into the container (the error pipe already is).
-fn mark_fds_cloexec() {
+pub(super) fn mark_fds_cloexec() {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
     // SAFETY: close_range with CLOEXEC only changes descriptor flags.
     let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
@@ -393,7 +410,7 @@ fn rlimit_resource(typ: PosixRlimitType) -> Resource {
 
 /// Sets the spec's rlimits, never above the current hard limit (raising it
 /// needs CAP_SYS_RESOURCE, which the runtime may not have).
-fn set_rlimits(spec: &Spec) -> Result<(), Failure> {
+pub(super) fn set_rlimits(spec: &Spec) -> Result<(), Failure> {
     let rlimits = spec.process().as_ref().and_then(|p| p.rlimits().as_ref());
     for rl in rlimits.into_iter().flatten() {
         let resource = rlimit_resource(rl.typ());

@@ -16,6 +16,7 @@
 //! images, bundles' making or cgroup managers (the hook is how it meets
 //! them).
 
+pub mod exec;
 mod init;
 mod mounts;
 pub mod seccomp;
