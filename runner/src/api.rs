@@ -20,10 +20,15 @@
 //! | `POST /containers/{id}/stop?t=SECONDS` | | 204; 304 when not running |
 //! | `POST /containers/{id}/kill?signal=SIG` | | 204; 409 when not running |
 //! | `POST /containers/{id}/wait` | | [`WaitResponse`] once it has stopped |
-//! | `DELETE /containers/{id}?force=BOOL` | | 204; 409 when running (unless force) |
+//! | `DELETE /containers/{id}?force=BOOL&v=BOOL` | | 204; 409 when running (unless force); `v` removes its anonymous volumes |
 //! | `GET /containers/json?all=BOOL` | | `[ContainerSummary]` |
 //! | `GET /containers/{id}/json` | | docker's container inspect JSON |
 //! | `GET /containers/{id}/logs?follow=BOOL&tail=N&timestamps=BOOL` | | 200, frame stream |
+//! | `POST /volumes/create` | [`VolumeCreateRequest`] | 201 [`Volume`] (the existing one if the name is taken) |
+//! | `GET /volumes` | | `[Volume]` |
+//! | `GET /volumes/{name}` | | [`Volume`]; 404 `get NAME: no such volume` |
+//! | `DELETE /volumes/{name}?force=BOOL` | | 204; 409 when a container uses it; force: no 404 |
+//! | `POST /volumes/prune?all=BOOL` | | [`VolumePruneReport`] |
 //!
 //! `{id}` is a full id, a unique id prefix, or a name. Errors: 400 for a bad
 //! request, 404 `No such container: X` / `No such image: X`, 409 for a
@@ -184,6 +189,48 @@ pub struct CreateRequest {
     /// default (`wharf`, the built-in one, unless configured otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// `-v` values as typed (see [`crate::volumes::parse_volume`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub binds: Vec<String>,
+    /// `--tmpfs` values as typed (see [`crate::volumes::parse_tmpfs`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<String>,
+}
+
+/// `POST /volumes/create`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct VolumeCreateRequest {
+    /// `None` or empty: a random 64-hex name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `-d`; only "local" exists.
+    #[serde(default)]
+    pub driver: Option<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A volume as docker's `volume inspect` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct Volume {
+    pub created_at: String,
+    pub driver: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub mountpoint: String,
+    pub name: String,
+    /// Driver options; none exist for "local" volumes made here (`null`).
+    pub options: Option<std::collections::BTreeMap<String, String>>,
+    pub scope: String,
+}
+
+/// `POST /volumes/prune`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct VolumePruneReport {
+    pub volumes_deleted: Vec<String>,
+    pub space_reclaimed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -16,3 +16,4 @@ pub mod internal;
 pub mod logs;
 pub mod runtime;
 pub mod shim;
+pub mod volumes;

@@ -62,6 +62,8 @@ pub fn create_request(
         read_only: opts.read_only,
         auto_remove: opts.rm,
         runtime: opts.runtime.clone(),
+        binds: opts.volumes.clone(),
+        tmpfs: opts.tmpfs.clone(),
     })
 }
 
@@ -389,7 +391,7 @@ pub async fn rm(client: &Client, args: RmArgs) -> Result<i32, Error> {
     each(
         client,
         &args.containers,
-        |c| format!("/containers/{c}?force={}", args.force),
+        |c| format!("/containers/{c}?force={}&v={}", args.force, args.volumes),
         None,
         Method::DELETE,
     )

@@ -13,6 +13,7 @@ pub mod containers;
 pub mod format;
 pub mod images;
 pub mod progress;
+pub mod volumes;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -94,6 +95,9 @@ pub enum Command {
     Login(LoginArgs),
     /// Log out from a registry
     Logout(LogoutArgs),
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(volumes::VolumeCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +229,12 @@ pub struct ContainerOpts {
     /// Runtime to use for this container ("wharf", "runc", or one the daemon was given)
     #[arg(long, value_name = "STRING")]
     pub runtime: Option<String>,
+    /// Bind mount a volume ([SRC:]DEST[:ro|rw,...])
+    #[arg(short = 'v', long = "volume", value_name = "LIST")]
+    pub volumes: Vec<String>,
+    /// Mount a tmpfs directory (DEST[:OPTIONS])
+    #[arg(long = "tmpfs", value_name = "LIST")]
+    pub tmpfs: Vec<String>,
     /// The image, then the command and its arguments
     #[arg(
         value_name = "IMAGE",
@@ -300,6 +310,9 @@ pub struct RmArgs {
     /// Force the removal of a running container (uses SIGKILL)
     #[arg(short, long)]
     pub force: bool,
+    /// Remove anonymous volumes associated with the container
+    #[arg(short = 'v', long = "volumes")]
+    pub volumes: bool,
     #[arg(value_name = "CONTAINER", required = true)]
     pub containers: Vec<String>,
 }
@@ -461,7 +474,7 @@ fn command_path(args: &[String]) -> String {
             break;
         }
         words.push(arg.as_str());
-        if words.len() == 2 || !matches!(words[0], "image" | "container") {
+        if words.len() == 2 || !matches!(words[0], "image" | "container" | "volume") {
             break;
         }
     }
@@ -659,6 +672,7 @@ async fn dispatch(client: &Client, command: Command) -> Result<i32, Error> {
         Command::Image(I::Prune(a)) => images::prune(client, a).await,
         Command::Login(a) => images::login(client, a).await,
         Command::Logout(a) => images::logout(client, a).await,
+        Command::Volume(c) => volumes::dispatch(client, c).await,
     }
 }
 

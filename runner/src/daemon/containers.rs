@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, watch};
 use super::error::{Error, Result};
 use super::images::{ImageRecord, Images};
 use super::overlay;
+use super::volumes::Volumes;
 use crate::api::{
     ContainerSummary, CreateRequest, CreateResponse, FrameKind, Network, WaitResponse, encode_frame,
 };
@@ -173,6 +174,7 @@ pub struct Containers {
     dir: PathBuf,
     pool: SqlitePool,
     images: Arc<Images>,
+    volumes: Arc<Volumes>,
     hierarchy: std::result::Result<Hierarchy, String>,
     exe: PathBuf,
     live: Mutex<HashMap<String, Arc<Live>>>,
@@ -371,6 +373,7 @@ fn validate(req: &CreateRequest) -> Result<()> {
             "the working directory '{w}' is invalid, it needs to be an absolute path"
         )));
     }
+    crate::volumes::parse_all(&req.binds, &req.tmpfs).map_err(Error::BadRequest)?;
     Ok(())
 }
 
@@ -381,6 +384,7 @@ impl Containers {
         root: &Path,
         pool: SqlitePool,
         images: Arc<Images>,
+        volumes: Arc<Volumes>,
         exe: PathBuf,
         runtimes: Runtimes,
     ) -> Result<Arc<Containers>> {
@@ -395,6 +399,7 @@ impl Containers {
             dir,
             pool,
             images,
+            volumes,
             hierarchy,
             exe,
             live: Mutex::new(HashMap::new()),
@@ -553,6 +558,16 @@ impl Containers {
             }
             return Err(e.into());
         }
+        let (volume_specs, _) =
+            crate::volumes::parse_all(&req.binds, &req.tmpfs).map_err(Error::BadRequest)?;
+        if let Err(e) = self.volumes.attach(&id, &volume_specs).await {
+            let _ = sqlx::query("DELETE FROM containers WHERE id = ?")
+                .bind(&id)
+                .execute(&self.pool)
+                .await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
         tracing::info!(container = %id, %name, image = %req.image, "created");
         Ok(CreateResponse {
             id,
@@ -686,8 +701,15 @@ impl Containers {
                 tracing::warn!(error = %e, "unmounting {}", rootfs.display());
             }
         };
+        let extra = match self.volumes.mounts(&row.id, &req, &rootfs).await {
+            Ok(m) => m,
+            Err(e) => {
+                undo_mount();
+                return Err(e);
+            }
+        };
         let t_mounted = Instant::now();
-        let spec = match self.write_bundle(&row.id, &req, &image, &dir) {
+        let spec = match self.write_bundle(&row.id, &req, &image, &dir, extra) {
             Ok(spec) => spec,
             Err(e) => {
                 undo_mount();
@@ -813,6 +835,7 @@ impl Containers {
         req: &CreateRequest,
         image: &ImageRecord,
         dir: &Path,
+        volumes: Vec<oci_spec::runtime::Mount>,
     ) -> Result<oci_spec::runtime::Spec> {
         let host_network = req.network == Network::Host;
         let probe = run_options(id, req, Vec::new());
@@ -855,6 +878,10 @@ impl Containers {
                     .map_err(|e| Error::Internal(e.to_string()))?,
             );
         }
+        // The user's mounts last; docker drops its own file of a
+        // destination the user mounts over.
+        mounts.retain(|m| !volumes.iter().any(|v| v.destination() == m.destination()));
+        mounts.extend(volumes);
         let opts = run_options(id, req, mounts);
         let spec =
             bundle::build_spec(&image.config, &opts, &dir.join("rootfs")).map_err(|e| match e {
@@ -959,7 +986,7 @@ impl Containers {
         });
         let auto_remove = req.is_some_and(|r| r.auto_remove);
         drop(guard);
-        if auto_remove && let Err(e) = self.remove_stopped(id).await {
+        if auto_remove && let Err(e) = self.remove_stopped(id, true).await {
             tracing::warn!(container = %id, error = %e, "auto-remove");
         }
     }
@@ -1147,8 +1174,8 @@ impl Containers {
         Ok(WaitResponse { status_code: code })
     }
 
-    /// `rm [-f]`.
-    pub async fn remove(&self, name: &str, force: bool) -> Result<()> {
+    /// `rm [-f] [-v]`; `volumes`: its anonymous volumes go too.
+    pub async fn remove(&self, name: &str, force: bool, volumes: bool) -> Result<()> {
         let row = self.resolve(name).await?;
         if row.running() {
             if !force {
@@ -1168,10 +1195,10 @@ impl Containers {
                 )));
             }
         }
-        self.remove_stopped(&row.id).await
+        self.remove_stopped(&row.id, volumes).await
     }
 
-    async fn remove_stopped(&self, id: &str) -> Result<()> {
+    async fn remove_stopped(&self, id: &str, volumes: bool) -> Result<()> {
         let live = self.live(id);
         let _guard = live.lock.lock().await;
         let Some(row) = self.row(id).await? else {
@@ -1187,12 +1214,17 @@ impl Containers {
             m.destroy()
                 .map_err(|e| Error::Internal(format!("removing the cgroup of {id}: {e}")))?;
         }
+        let anonymous = self.volumes.anonymous_of(id).await?;
         // The row goes first: a crash after it leaves a dir that the next
-        // start removes (see recover), never a row without its files.
+        // start removes (see recover), never a row without its files. Its
+        // volume_users rows go with it (ON DELETE CASCADE).
         sqlx::query("DELETE FROM containers WHERE id = ?")
             .bind(id)
             .execute(&self.pool)
             .await?;
+        if volumes {
+            self.volumes.remove_unused(&anonymous).await;
+        }
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -1277,6 +1309,7 @@ impl Containers {
             Network::None => "none",
             Network::Host => "host",
         };
+        let (mounts, binds, tmpfs, anonymous) = self.volumes.inspect_parts(&r.id, &req).await?;
         Ok(json!({
             "Id": r.id,
             "Created": r.created_at,
@@ -1315,7 +1348,10 @@ impl Containers {
                 "PidsLimit": req.pids_limit,
                 "CgroupParent": CGROUP_PARENT,
                 "Runtime": self.runtimes.name(req.runtime.as_deref()),
+                "Binds": binds,
+                "Tmpfs": tmpfs,
             },
+            "Mounts": mounts,
             "GraphDriver": {
                 "Name": "overlay",
                 "Data": {
@@ -1335,6 +1371,7 @@ impl Containers {
                 "WorkingDir": req.workdir.clone().or_else(|| config.as_ref().and_then(|c| c.working_dir().clone())).unwrap_or_default(),
                 "Labels": config.as_ref().and_then(|c| c.labels().clone()).unwrap_or_default(),
                 "StopSignal": r.stop_signal,
+                "Volumes": anonymous,
             },
             "NetworkSettings": {
                 "IPAddress": "",

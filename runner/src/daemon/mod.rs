@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod images;
 pub mod overlay;
+pub mod volumes;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -64,8 +65,10 @@ pub async fn run(config: Config) -> Result<()> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::Internal(format!("cannot find the wharf-runner binary: {e}")))?;
     let runtimes = containers::Runtimes::new(&config.default_runtime, &config.runtimes)?;
+    let volumes = Arc::new(volumes::Volumes::open(root, pool.clone())?);
     let containers =
-        containers::Containers::open(root, pool, images.clone(), exe, runtimes).await?;
+        containers::Containers::open(root, pool, images.clone(), volumes.clone(), exe, runtimes)
+            .await?;
 
     let socket = &config.socket;
     if let Some(parent) = socket.parent() {
@@ -85,7 +88,11 @@ pub async fn run(config: Config) -> Result<()> {
         .map_err(|e| Error::Internal(format!("socket {}: {e}", socket.display())))?;
     tracing::info!(root = %root.display(), socket = %socket.display(), "wharf-runner daemon listening");
 
-    let app = http::router(http::AppState { images, containers });
+    let app = http::router(http::AppState {
+        images,
+        containers,
+        volumes,
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;

@@ -1,0 +1,279 @@
+//! The `volume` commands (`create`, `ls`, `inspect`, `rm`, `prune`) with
+//! docker's flags, output and exit codes.
+//!
+//! Called by `cli::dispatch`; calls the daemon through `client`, and
+//! `format` for tables, JSON and `--format`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use clap::{Args, Subcommand};
+use hyper::Method;
+use serde_json::Value;
+
+use super::client::{Client, Error, encode};
+use super::format::{self, Template};
+use super::outln;
+use crate::api::{Volume, VolumeCreateRequest, VolumePruneReport};
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume
+    Create(CreateArgs),
+    /// List volumes
+    #[command(visible_alias = "list")]
+    Ls(LsArgs),
+    /// Display detailed information on one or more volumes
+    Inspect(InspectArgs),
+    /// Remove one or more volumes
+    #[command(visible_alias = "remove")]
+    Rm(RmArgs),
+    /// Remove unused local volumes
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Specify volume driver name
+    #[arg(short, long, default_value = "local")]
+    pub driver: String,
+    /// Set metadata for a volume
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Specify volume name
+    #[arg(long = "name", value_name = "NAME")]
+    pub name_flag: Option<String>,
+    #[arg(value_name = "VOLUME")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only display volume names
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Format output using a Go template
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Format output using a Go template
+    #[arg(short, long)]
+    pub format: Option<String>,
+    #[arg(value_name = "VOLUME", required = true)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Force the removal of one or more volumes
+    #[arg(short, long)]
+    pub force: bool,
+    #[arg(value_name = "VOLUME", required = true)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Remove all unused volumes, not just anonymous ones
+    #[arg(short, long)]
+    pub all: bool,
+    /// Do not prompt for confirmation
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+pub async fn dispatch(client: &Client, command: VolumeCommand) -> Result<i32, Error> {
+    match command {
+        VolumeCommand::Create(a) => create(client, a).await,
+        VolumeCommand::Ls(a) => ls(client, a).await,
+        VolumeCommand::Inspect(a) => inspect(client, a).await,
+        VolumeCommand::Rm(a) => rm(client, a).await,
+        VolumeCommand::Prune(a) => prune(client, a).await,
+    }
+}
+
+async fn create(client: &Client, args: CreateArgs) -> Result<i32, Error> {
+    let name = match (args.name_flag, args.name) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(Error::Message(format!(
+                "conflicting options: either specify --name or provide positional arg, not both ({a} != {b})"
+            )));
+        }
+        (a, b) => a.or(b),
+    };
+    let mut labels = BTreeMap::new();
+    for l in &args.labels {
+        let (k, v) = l.split_once('=').unwrap_or((l, ""));
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let req = VolumeCreateRequest {
+        name,
+        driver: Some(args.driver),
+        labels,
+    };
+    let v: Volume = client
+        .json(Method::POST, "/volumes/create", Some(&req))
+        .await?;
+    outln(v.name);
+    Ok(0)
+}
+
+/// docker's `volume ls` table (or names with `-q`).
+pub fn ls_output(volumes: &[Volume], quiet: bool) -> String {
+    if quiet {
+        return volumes.iter().map(|v| format!("{}\n", v.name)).collect();
+    }
+    let mut rows = vec![vec!["DRIVER".to_string(), "VOLUME NAME".to_string()]];
+    for v in volumes {
+        rows.push(vec![v.driver.clone(), v.name.clone()]);
+    }
+    format::table(&rows)
+}
+
+async fn ls(client: &Client, args: LsArgs) -> Result<i32, Error> {
+    let volumes: Vec<Volume> = client.json(Method::GET, "/volumes", None::<&()>).await?;
+    if let Some(f) = &args.format {
+        let t = Template::parse(f).map_err(Error::Message)?;
+        for v in &volumes {
+            outln(t.render(&serde_json::to_value(v).unwrap_or(Value::Null)));
+        }
+        return Ok(0);
+    }
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(ls_output(&volumes, args.quiet).as_bytes());
+    Ok(0)
+}
+
+async fn inspect(client: &Client, args: InspectArgs) -> Result<i32, Error> {
+    let template = args
+        .format
+        .as_deref()
+        .map(Template::parse)
+        .transpose()
+        .map_err(Error::Message)?;
+    let mut found = Vec::new();
+    let mut code = 0;
+    for name in &args.names {
+        match client
+            .json::<Value>(
+                Method::GET,
+                &format!("/volumes/{}", encode(name)),
+                None::<&()>,
+            )
+            .await
+        {
+            Ok(v) => found.push(v),
+            Err(e @ Error::Connect(_)) => return Err(e),
+            Err(e) => {
+                eprintln!("{e}");
+                code = 1;
+            }
+        }
+    }
+    match template {
+        Some(t) => found.iter().for_each(|v| outln(t.render(v))),
+        None => outln(format::json_pretty(&Value::Array(found))),
+    }
+    Ok(code)
+}
+
+async fn rm(client: &Client, args: RmArgs) -> Result<i32, Error> {
+    let mut code = 0;
+    for name in &args.names {
+        let path = format!("/volumes/{}?force={}", encode(name), args.force);
+        match client.call(Method::DELETE, &path).await {
+            Ok(()) => outln(name),
+            Err(e @ Error::Connect(_)) => return Err(e),
+            Err(e) => {
+                eprintln!("{e}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+pub fn prune_output(report: &VolumePruneReport) -> String {
+    let mut out = String::new();
+    if !report.volumes_deleted.is_empty() {
+        out.push_str("Deleted Volumes:\n");
+        for v in &report.volumes_deleted {
+            out.push_str(v);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "Total reclaimed space: {}\n",
+        format::human_size(report.space_reclaimed)
+    ));
+    out
+}
+
+async fn prune(client: &Client, args: PruneArgs) -> Result<i32, Error> {
+    if !args.force {
+        let warning = if args.all {
+            "WARNING! This will remove all local volumes not used by at least one container.\nAre you sure you want to continue?"
+        } else {
+            "WARNING! This will remove anonymous local volumes not used by at least one container.\nAre you sure you want to continue?"
+        };
+        if !super::images::confirm(warning) {
+            outln("Total reclaimed space: 0B");
+            return Ok(0);
+        }
+    }
+    let report: VolumePruneReport = client
+        .json(
+            Method::POST,
+            &format!("/volumes/prune?all={}", args.all),
+            None::<&()>,
+        )
+        .await?;
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(prune_output(&report).as_bytes());
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vol(name: &str) -> Volume {
+        Volume {
+            created_at: String::new(),
+            driver: "local".into(),
+            labels: BTreeMap::new(),
+            mountpoint: String::new(),
+            name: name.into(),
+            options: None,
+            scope: "local".into(),
+        }
+    }
+
+    #[test]
+    fn ls_like_docker() {
+        let v = [vol("data"), vol("cache")];
+        assert_eq!(
+            ls_output(&v, false),
+            "DRIVER    VOLUME NAME\nlocal     data\nlocal     cache\n"
+        );
+        assert_eq!(ls_output(&v, true), "data\ncache\n");
+    }
+
+    #[test]
+    fn prune_like_docker() {
+        let r = VolumePruneReport {
+            volumes_deleted: vec!["a".into()],
+            space_reclaimed: 0,
+        };
+        assert_eq!(
+            prune_output(&r),
+            "Deleted Volumes:\na\n\nTotal reclaimed space: 0B\n"
+        );
+    }
+}
