@@ -327,3 +327,23 @@ def test_symlinked_destinations_stay_inside_the_rootfs(vr, tmp_path):
     # The image's /etc, plus the mount points of /etc/hosts & co. made in it.
     listed = set(os.listdir(volume_data(vr, seeded)))
     assert {"passwd", "group"} <= listed <= {"passwd", "group", "hostname", "hosts", "resolv.conf"}, listed
+
+
+def test_mount_flag_binds_volumes_and_tmpfs(vr, tmp_path):
+    (tmp_path / "f").write_text("host\n")
+    vol = unique("mnt")
+    proc = run_rm(vr, "--mount", f"type=bind,source={tmp_path},target=/b,readonly",
+                  "--mount", f"source={vol},target=/v", "--mount", "type=tmpfs,target=/t,tmpfs-size=1048576",
+                  "--", "sh", "-c", "cat /b/f; echo v > /v/f; cat /proc/mounts; echo x > /b/f", check=False)  # fmt: skip
+    assert proc.returncode != 0 and EROFS in proc.stderr, output(proc)
+    assert proc.stdout.startswith("host\n"), output(proc)
+    assert "size=1024k" in mount_line(proc.stdout, "/t")[3].split(","), output(proc)
+    assert (volume_data(vr, vol) / "f").read_text() == "v\n"
+    missing = vr.cli("run", "--rm", "--mount", f"type=bind,source={tmp_path}/nope,target=/b", vr.image, "true",
+                     check=False)  # fmt: skip
+    assert missing.returncode == 125, output(missing)
+    assert missing.stderr.strip() == (
+        "Error response from daemon: invalid mount config for type \"bind\": "
+        f"bind source path does not exist: {tmp_path}/nope"
+    )
+    assert not (tmp_path / "nope").exists()

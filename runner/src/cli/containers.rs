@@ -44,6 +44,13 @@ pub fn create_request(
                 .map_err(|e| Error::Message(format!("wharf-runner: {e}")))?,
         );
     }
+    let (mut binds, mut tmpfs) = (opts.volumes.clone(), opts.tmpfs.clone());
+    for m in &opts.mounts {
+        match super::volumes::parse_mount_flag(m).map_err(Error::Message)? {
+            super::volumes::MountFlag::Volume(v) => binds.push(v),
+            super::volumes::MountFlag::Tmpfs(t) => tmpfs.push(t),
+        }
+    }
     Ok(CreateRequest {
         image: image.clone(),
         name: opts.name.clone(),
@@ -62,8 +69,8 @@ pub fn create_request(
         read_only: opts.read_only,
         auto_remove: opts.rm,
         runtime: opts.runtime.clone(),
-        binds: opts.volumes.clone(),
-        tmpfs: opts.tmpfs.clone(),
+        binds,
+        tmpfs,
     })
 }
 

@@ -235,6 +235,9 @@ pub struct ContainerOpts {
     /// Mount a tmpfs directory (DEST[:OPTIONS])
     #[arg(long = "tmpfs", value_name = "LIST")]
     pub tmpfs: Vec<String>,
+    /// Attach a filesystem mount to the container (type=bind|volume|tmpfs,source=..,target=..)
+    #[arg(long = "mount", value_name = "MOUNT")]
+    pub mounts: Vec<String>,
     /// The image, then the command and its arguments
     #[arg(
         value_name = "IMAGE",

@@ -239,6 +239,95 @@ async fn prune(client: &Client, args: PruneArgs) -> Result<i32, Error> {
     Ok(0)
 }
 
+/// What one `--mount` becomes: a `-v` value or a `--tmpfs` value.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MountFlag {
+    Volume(String),
+    Tmpfs(String),
+}
+
+/// Translates docker's `--mount type=bind|volume|tmpfs,source=..,target=..
+/// [,readonly][,bind-propagation=..][,volume-nocopy][,tmpfs-size=..]
+/// [,tmpfs-mode=..]` into the `-v`/`--tmpfs` grammar the daemon takes. A
+/// bind's source must exist (docker's rule for `--mount`, unlike `-v`).
+pub fn parse_mount_flag(spec: &str) -> Result<MountFlag, String> {
+    let bad = |why: &str| format!("invalid argument \"{spec}\" for \"--mount\" flag: {why}");
+    let (mut kind, mut source, mut target) = ("volume".to_string(), None, None);
+    let (mut ro, mut propagation, mut nocopy) = (false, None, false);
+    let (mut size, mut mode) = (None, None);
+    for field in spec.split(',').filter(|f| !f.is_empty()) {
+        let (key, value) = match field.split_once('=') {
+            Some((k, v)) => (k.to_ascii_lowercase(), Some(v.to_string())),
+            None => (field.to_ascii_lowercase(), None),
+        };
+        let flag = |v: &Option<String>| match v.as_deref() {
+            None | Some("1") | Some("true") => Ok(true),
+            Some("0") | Some("false") => Ok(false),
+            Some(other) => Err(bad(&format!("invalid value for {key}: {other}"))),
+        };
+        let need = |v: Option<String>| {
+            v.ok_or_else(|| bad(&format!("invalid field '{field}' must be a key=value pair")))
+        };
+        match key.as_str() {
+            "type" => kind = need(value)?,
+            "source" | "src" => source = Some(need(value)?),
+            "target" | "destination" | "dst" => target = Some(need(value)?),
+            "readonly" | "ro" => ro = flag(&value)?,
+            "bind-propagation" => propagation = Some(need(value)?),
+            "volume-nocopy" => nocopy = flag(&value)?,
+            "tmpfs-size" => size = Some(need(value)?),
+            "tmpfs-mode" => mode = Some(need(value)?),
+            _ => return Err(bad(&format!("unexpected key '{key}' in '{field}'"))),
+        }
+    }
+    let target = target.ok_or_else(|| bad("target is required"))?;
+    match kind.as_str() {
+        "bind" => {
+            let source =
+                source.ok_or_else(|| bad("source is required when specifying volume-driver"))?;
+            if !std::path::Path::new(&source).exists() {
+                return Err(format!(
+                    "Error response from daemon: invalid mount config for type \"bind\": bind source path does not exist: {source}"
+                ));
+            }
+            let mut mode = vec![if ro { "ro" } else { "rw" }.to_string()];
+            mode.extend(propagation);
+            Ok(MountFlag::Volume(format!(
+                "{source}:{target}:{}",
+                mode.join(",")
+            )))
+        }
+        "volume" => {
+            let mut mode = vec![if ro { "ro" } else { "rw" }.to_string()];
+            if nocopy {
+                mode.push("nocopy".into());
+            }
+            match source.filter(|s| !s.is_empty()) {
+                Some(source) => Ok(MountFlag::Volume(format!(
+                    "{source}:{target}:{}",
+                    mode.join(",")
+                ))),
+                None if !ro && !nocopy => Ok(MountFlag::Volume(target)),
+                None => Err(bad("an anonymous volume takes no options here; use -v")),
+            }
+        }
+        "tmpfs" => {
+            let mut opts = Vec::new();
+            if ro {
+                opts.push("ro".to_string());
+            }
+            opts.extend(size.map(|s| format!("size={s}")));
+            opts.extend(mode.map(|m| format!("mode={m}")));
+            Ok(MountFlag::Tmpfs(if opts.is_empty() {
+                target
+            } else {
+                format!("{target}:{}", opts.join(","))
+            }))
+        }
+        other => Err(bad(&format!("invalid mount type: {other}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +352,39 @@ mod tests {
             "DRIVER    VOLUME NAME\nlocal     data\nlocal     cache\n"
         );
         assert_eq!(ls_output(&v, true), "data\ncache\n");
+    }
+
+    #[test]
+    fn mount_flags_become_volume_and_tmpfs_values() {
+        assert_eq!(
+            parse_mount_flag("type=bind,source=/tmp,target=/data,readonly").unwrap(),
+            MountFlag::Volume("/tmp:/data:ro".into())
+        );
+        assert_eq!(
+            parse_mount_flag("type=bind,src=/tmp,dst=/d,bind-propagation=rshared").unwrap(),
+            MountFlag::Volume("/tmp:/d:rw,rshared".into())
+        );
+        assert_eq!(
+            parse_mount_flag("source=cache,target=/c,volume-nocopy").unwrap(),
+            MountFlag::Volume("cache:/c:rw,nocopy".into())
+        );
+        assert_eq!(
+            parse_mount_flag("target=/anon").unwrap(),
+            MountFlag::Volume("/anon".into())
+        );
+        assert_eq!(
+            parse_mount_flag("type=tmpfs,destination=/t,tmpfs-size=1048576,tmpfs-mode=1777")
+                .unwrap(),
+            MountFlag::Tmpfs("/t:size=1048576,mode=1777".into())
+        );
+        assert!(
+            parse_mount_flag("type=bind,source=/no/such/dir/here,target=/d")
+                .unwrap_err()
+                .ends_with("bind source path does not exist: /no/such/dir/here")
+        );
+        assert!(parse_mount_flag("type=bind,source=/tmp").is_err());
+        assert!(parse_mount_flag("type=nfs,target=/x").is_err());
+        assert!(parse_mount_flag("type=volume,target=/x,bogus=1").is_err());
     }
 
     #[test]
