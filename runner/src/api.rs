@@ -25,7 +25,7 @@
 //! | `GET /containers/{id}/json` | | docker's container inspect JSON |
 //! | `GET /containers/{id}/logs?follow=BOOL&tail=N&timestamps=BOOL` | | 200, frame stream |
 //! | `POST /volumes/create` | [`VolumeCreateRequest`] | 201 [`Volume`] (the existing one if the name is taken) |
-//! | `GET /volumes` | | `[Volume]` |
+//! | `GET /volumes?dangling=BOOL` | | `[Volume]`; `dangling`: only unused (true) or used (false) ones |
 //! | `GET /volumes/{name}` | | [`Volume`]; 404 `get NAME: no such volume` |
 //! | `DELETE /volumes/{name}?force=BOOL` | | 204; 409 when a container uses it; force: no 404 |
 //! | `POST /volumes/prune?all=BOOL` | | [`VolumePruneReport`] |

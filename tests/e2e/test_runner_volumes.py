@@ -347,3 +347,16 @@ def test_mount_flag_binds_volumes_and_tmpfs(vr, tmp_path):
         f"bind source path does not exist: {tmp_path}/nope"
     )
     assert not (tmp_path / "nope").exists()
+
+
+def test_volume_ls_filters_dangling_name_and_label(vr):
+    used, unused = unique("used"), unique("unused")
+    vr.cli("volume", "create", "--label", "team=web", unused)
+    cid = vr.track(vr.cli("create", "-v", f"{used}:/d", vr.image).stdout.strip())
+    assert vr.cli("volume", "ls", "-q", "-f", "dangling=true").stdout.split() == [unused]
+    assert vr.cli("volume", "ls", "-q", "--filter", "dangling=false").stdout.split() == [used]
+    assert vr.cli("volume", "ls", "-q", "-f", "name=unus").stdout.split() == [unused]
+    assert vr.cli("volume", "ls", "-q", "-f", "label=team=web").stdout.split() == [unused]
+    bad = vr.cli("volume", "ls", "-f", "colour=red", check=False)
+    assert bad.returncode == 1 and bad.stderr.strip() == "Error response from daemon: invalid filter 'colour'"
+    vr.cli("rm", cid)

@@ -55,6 +55,70 @@ pub struct LsArgs {
     /// Format output using a Go template
     #[arg(long)]
     pub format: Option<String>,
+    /// Provide filter values (dangling=BOOL, name=TEXT, label=KEY[=VALUE], driver=local)
+    #[arg(short = 'f', long = "filter", value_name = "FILTER")]
+    pub filters: Vec<String>,
+}
+
+/// `volume ls --filter`s: what the daemon filters (`dangling`) and what
+/// is filtered here.
+#[derive(Debug, Default, PartialEq)]
+pub struct LsFilter {
+    pub dangling: Option<bool>,
+    names: Vec<String>,
+    labels: Vec<(String, Option<String>)>,
+    drivers: Vec<String>,
+}
+
+impl LsFilter {
+    pub fn parse(filters: &[String]) -> Result<LsFilter, Error> {
+        let mut out = LsFilter::default();
+        for f in filters {
+            let (key, value) = f.split_once('=').ok_or_else(|| {
+                Error::Message(format!("bad format of filter (expected name=value): {f}"))
+            })?;
+            match key {
+                "dangling" => {
+                    out.dangling = Some(match value {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => {
+                            return Err(Error::Message(format!(
+                                "Error response from daemon: invalid filter 'dangling={value}'"
+                            )));
+                        }
+                    })
+                }
+                "name" => out.names.push(value.to_string()),
+                "label" => out.labels.push(match value.split_once('=') {
+                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                    None => (value.to_string(), None),
+                }),
+                "driver" => out.drivers.push(value.to_string()),
+                _ => {
+                    return Err(Error::Message(format!(
+                        "Error response from daemon: invalid filter '{key}'"
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// docker: each kind of filter must match (names by substring, any
+    /// of several values; every label given).
+    pub fn matches(&self, v: &Volume) -> bool {
+        (self.names.is_empty() || self.names.iter().any(|n| v.name.contains(n.as_str())))
+            && (self.drivers.is_empty() || self.drivers.contains(&v.driver))
+            && self
+                .labels
+                .iter()
+                .all(|(k, want)| match (v.labels.get(k), want) {
+                    (Some(have), Some(want)) => have == want,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -134,7 +198,13 @@ pub fn ls_output(volumes: &[Volume], quiet: bool) -> String {
 }
 
 async fn ls(client: &Client, args: LsArgs) -> Result<i32, Error> {
-    let volumes: Vec<Volume> = client.json(Method::GET, "/volumes", None::<&()>).await?;
+    let filter = LsFilter::parse(&args.filters)?;
+    let path = match filter.dangling {
+        Some(d) => format!("/volumes?dangling={d}"),
+        None => "/volumes".to_string(),
+    };
+    let mut volumes: Vec<Volume> = client.json(Method::GET, &path, None::<&()>).await?;
+    volumes.retain(|v| filter.matches(v));
     if let Some(f) = &args.format {
         let t = Template::parse(f).map_err(Error::Message)?;
         for v in &volumes {
@@ -385,6 +455,26 @@ mod tests {
         assert!(parse_mount_flag("type=bind,source=/tmp").is_err());
         assert!(parse_mount_flag("type=nfs,target=/x").is_err());
         assert!(parse_mount_flag("type=volume,target=/x,bogus=1").is_err());
+    }
+
+    #[test]
+    fn ls_filters() {
+        let mut v = vol("web-data");
+        v.labels.insert("app".into(), "web".into());
+        let f = |list: &[&str]| {
+            LsFilter::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        };
+        assert!(f(&[]).matches(&v));
+        assert!(f(&["name=data", "name=zzz"]).matches(&v));
+        assert!(!f(&["name=zzz"]).matches(&v));
+        assert!(f(&["label=app", "label=app=web"]).matches(&v));
+        assert!(!f(&["label=app=db"]).matches(&v));
+        assert!(!f(&["label=other"]).matches(&v));
+        assert!(!f(&["driver=nfs"]).matches(&v));
+        assert_eq!(f(&["dangling=true"]).dangling, Some(true));
+        assert!(LsFilter::parse(&["dangling=maybe".into()]).is_err());
+        assert!(LsFilter::parse(&["bogus=1".into()]).is_err());
+        assert!(LsFilter::parse(&["noequals".into()]).is_err());
     }
 
     #[test]

@@ -245,8 +245,9 @@ async fn volume_create(State(s): State<AppState>, body: Bytes) -> Result<Respons
     Ok(json(StatusCode::CREATED, &s.volumes.create(req).await?))
 }
 
-async fn volumes_list(State(s): State<AppState>) -> Result<Response> {
-    Ok(json(StatusCode::OK, &s.volumes.list().await?))
+async fn volumes_list(State(s): State<AppState>, Query(q): Q) -> Result<Response> {
+    let dangling = q.get("dangling").map(|_| flag(&q, "dangling"));
+    Ok(json(StatusCode::OK, &s.volumes.list(dangling).await?))
 }
 
 async fn volume_inspect(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response> {

@@ -143,11 +143,17 @@ impl Volumes {
         self.inspect(&name).await
     }
 
-    /// `volume ls`, by name.
-    pub async fn list(&self) -> Result<Vec<Volume>> {
-        let rows = sqlx::query_as::<_, Row>("SELECT * FROM volumes ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
+    /// `volume ls`, by name; `dangling`: only those no container uses
+    /// (`Some(true)`) or only those in use (`Some(false)`).
+    pub async fn list(&self, dangling: Option<bool>) -> Result<Vec<Volume>> {
+        let rows = sqlx::query_as::<_, Row>(
+            "SELECT * FROM volumes v WHERE ?1 IS NULL
+             OR ?1 = NOT EXISTS (SELECT 1 FROM volume_users u WHERE u.volume = v.name)
+             ORDER BY name",
+        )
+        .bind(dangling)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(|r| self.to_api(r)).collect())
     }
 
