@@ -239,6 +239,7 @@ impl Volumes {
     /// nothing it made is left.
     pub async fn attach(&self, container_id: &str, specs: &[VolumeSpec]) -> Result<()> {
         let mut made_anonymous = Vec::new();
+        let mut recorded = Vec::new();
         let result = async {
             for s in specs {
                 let name = match &s.source {
@@ -263,15 +264,21 @@ impl Volumes {
                 .bind(&s.destination)
                 .execute(&self.pool)
                 .await?;
+                recorded.push(s.destination.clone());
             }
             Ok::<_, Error>(())
         }
         .await;
         if result.is_err() {
-            let _ = sqlx::query("DELETE FROM volume_users WHERE container_id = ?")
+            for dest in &recorded {
+                let _ = sqlx::query(
+                    "DELETE FROM volume_users WHERE container_id = ? AND destination = ?",
+                )
                 .bind(container_id)
+                .bind(dest)
                 .execute(&self.pool)
                 .await;
+            }
             self.remove_unused(&made_anonymous).await;
         }
         result
@@ -321,7 +328,18 @@ impl Volumes {
     ) -> Result<Vec<Mount>> {
         let (volumes, tmpfs) =
             spec::parse_all(&req.binds, &req.tmpfs).map_err(Error::BadRequest)?;
-        let names = self.names_of(container_id).await?;
+        let mut names = self.names_of(container_id).await?;
+        // A daemon that stopped between recording the container and its
+        // volumes left some out: record them now.
+        let missing: Vec<VolumeSpec> = volumes
+            .iter()
+            .filter(|v| !matches!(v.source, Source::Host(_)) && !names.contains_key(&v.destination))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            self.attach(container_id, &missing).await?;
+            names = self.names_of(container_id).await?;
+        }
         let mut out: Vec<Mount> = Vec::new();
         for v in &volumes {
             let source = match &v.source {
@@ -366,7 +384,9 @@ impl Volumes {
                 v.propagation.clone()
             });
             if v.read_only {
+                // docker 25+: read-only all the way down (runc's `rro`).
                 options.push("ro".to_string());
+                options.push("rro".to_string());
             }
             out.push(
                 MountBuilder::default()
@@ -442,15 +462,8 @@ impl Volumes {
         }
         let mut tmpfs_map = serde_json::Map::new();
         for t in &tmpfs {
+            // docker lists `--tmpfs` mounts here only, not in `Mounts`.
             tmpfs_map.insert(t.destination.clone(), json!(t.options));
-            mounts.push(json!({
-                "Type": "tmpfs",
-                "Source": "",
-                "Destination": t.destination,
-                "Mode": t.options,
-                "RW": !t.mount_options.iter().any(|o| o == "ro"),
-                "Propagation": "",
-            }));
         }
         let binds = if binds.is_empty() {
             Value::Null
