@@ -25,7 +25,6 @@ from runner_support import (
     make_layer,
     output,
     symlink_entry,
-    wait_for,
 )
 
 BOTH_RUNTIMES = pytest.mark.parametrize("runner", ["wharf", "runc"], indirect=True)
@@ -180,9 +179,9 @@ def test_anonymous_volumes_go_with_rm_v_and_with_rm(vr):
     vr.cli("rm", "-v", cid)
     assert volume_ls(vr) == []
     assert not volume_data(vr, name).parent.exists()
-    # --rm removes its anonymous volume too.
+    # --rm removes its anonymous volume too, before `run` returns (as docker).
     run_rm(vr, "-v", "/scratch", "--", "sh", "-c", "echo y > /scratch/f")
-    wait_for(lambda: volume_ls(vr) == [], 10, "the --rm container's anonymous volume to go")
+    assert volume_ls(vr) == []
     # Without -v it stays (docker's default), and prune (anonymous only) takes it.
     cid = vr.track(vr.cli("create", "-v", "/scratch", vr.image).stdout.strip())
     vr.cli("rm", cid)
@@ -379,3 +378,12 @@ def test_read_only_bind_is_read_only_all_the_way_down(vr, tmp_path):
         assert (host / "sub" / "f").read_text() == "x\n"
     finally:
         subprocess.run(["umount", "-l", str(host / "sub")], check=True)
+
+
+@BOTH_RUNTIMES
+def test_volume_over_etc_keeps_the_containers_hosts_and_hostname(vr):
+    vol = unique("etc")
+    proc = run_rm(vr, "-h", "vol-etc", "-v", f"{vol}:/etc", "--", "sh", "-c", "cat /etc/hostname; cat /etc/passwd")
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "vol-etc", output(proc)
+    assert lines[1].startswith("root:x:0:0:"), output(proc)

@@ -160,7 +160,25 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32, Error> {
             Err(e) => Err(e),
         };
     }
-    attach_start(client, &id).await
+    let code = attach_start(client, &id).await?;
+    if request.auto_remove {
+        wait_removed(client, &id).await;
+    }
+    Ok(code)
+}
+
+/// docker's `run --rm` returns once the container (and its anonymous
+/// volumes) are gone, so a script's next command does not see it. Bounded:
+/// a daemon that is slow to remove it does not hang the CLI.
+async fn wait_removed(client: &Client, id: &str) {
+    let path = format!("/containers/{}/json", encode(id));
+    for _ in 0..200 {
+        match client.json::<Value>(Method::GET, &path, None::<&()>).await {
+            Err(e) if e.is_not_found() => return,
+            Err(_) => return,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(25)).await,
+        }
+    }
 }
 
 /// Starts a container attached and copies its output; the container's

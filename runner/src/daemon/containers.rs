@@ -882,6 +882,9 @@ impl Containers {
         // destination the user mounts over.
         mounts.retain(|m| !volumes.iter().any(|v| v.destination() == m.destination()));
         mounts.extend(volumes);
+        // Parents before children (docker's order): `-v x:/etc` goes under
+        // the /etc/hosts bind, not over it.
+        mounts.sort_by_key(|m| m.destination().components().count());
         let opts = run_options(id, req, mounts);
         let spec =
             bundle::build_spec(&image.config, &opts, &dir.join("rootfs")).map_err(|e| match e {
