@@ -387,3 +387,19 @@ def test_volume_over_etc_keeps_the_containers_hosts_and_hostname(vr):
     lines = proc.stdout.splitlines()
     assert lines[0] == "vol-etc", output(proc)
     assert lines[1].startswith("root:x:0:0:"), output(proc)
+
+
+def test_volumes_and_their_users_survive_a_daemon_restart(runner_factory):
+    r = runner_factory()
+    r.cli("pull", r.image, timeout=120)
+    vol = unique("kept")
+    run_rm(r, "-v", f"{vol}:/data", "--", "sh", "-c", "echo before > /data/f")
+    cid = r.track(r.cli("create", "-v", f"{vol}:/data", r.image, "cat", "/data/f").stdout.strip())
+    r.daemon.restart()
+    assert volume_ls(r) == [vol]
+    proc = r.cli("volume", "rm", vol, check=False)
+    assert proc.returncode == 1 and f"volume is in use - [{cid}]" in proc.stderr, output(proc)
+    assert r.cli("start", "-a", cid).stdout == "before\n"
+    r.cli("rm", cid)
+    r.cli("volume", "rm", vol)
+    assert volume_ls(r) == []
