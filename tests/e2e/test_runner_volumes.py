@@ -16,7 +16,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from runner_support import (
     ID_RE,
     busybox_image,
@@ -277,7 +276,7 @@ def test_read_only_rootfs_keeps_tmpfs_volumes_and_dev_writable(vr):
 def test_bad_mount_flags_are_refused_with_dockers_messages(vr, tmp_path):
     before = vr.cli("ps", "-a", "-q").stdout
     cases = {
-        (f"-v", f"{tmp_path}:rel"): f"invalid volume specification: '{tmp_path}:rel': invalid mount config for type \"bind\": invalid mount path: 'rel' mount path must be absolute",
+        ("-v", f"{tmp_path}:rel"): f"invalid volume specification: '{tmp_path}:rel': invalid mount config for type \"bind\": invalid mount path: 'rel' mount path must be absolute",
         ("-v", "vol:/"): "invalid volume specification: 'vol:/': invalid mount config for type \"volume\": invalid specification: destination can't be '/'",
         ("-v", "bad@name:/d"): "create bad@name: \"bad@name\" includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host directory, use absolute path",
         ("-v", f"{tmp_path}:/d:bogus"): "invalid mode: bogus",
