@@ -24,7 +24,7 @@
 //! | `POST /containers/{id}/restart?t=SECONDS` | | 204: stopped (if running), then started by hand |
 //! | `POST /containers/{id}/kill?signal=SIG` | | 204; 409 when not running |
 //! | `POST /containers/{id}/wait` | | [`WaitResponse`] once it has stopped |
-//! | `DELETE /containers/{id}?force=BOOL` | | 204; 409 when running (unless force) |
+//! | `DELETE /containers/{id}?force=BOOL&v=BOOL` | | 204; 409 when running (unless force); `v` removes its anonymous volumes |
 //! | `GET /containers/json?all=BOOL` | | `[ContainerSummary]` |
 //! | `GET /containers/{id}/json` | | docker's container inspect JSON |
 //! | `GET /containers/{id}/logs?follow=BOOL&tail=N&timestamps=BOOL` | | 200, frame stream |
@@ -32,6 +32,11 @@
 //! | `POST /exec/{id}/start?detach=BOOL` | | detached: 204 once the command runs; else 200, frame stream ending with an exit frame |
 //! | `POST /exec/{id}/start?stdin=true` + `Connection: Upgrade`, `Upgrade: tcp` | raw stdin after the 101, half-closed at its end | 101, then the frame stream on the upgraded connection (`exec -i`) |
 //! | `GET /exec/{id}/json` | | docker's exec inspect JSON |
+//! | `POST /volumes/create` | [`VolumeCreateRequest`] | 201 [`Volume`] (the existing one if the name is taken) |
+//! | `GET /volumes?dangling=BOOL` | | `[Volume]`; `dangling`: only unused (true) or used (false) ones |
+//! | `GET /volumes/{name}` | | [`Volume`]; 404 `get NAME: no such volume` |
+//! | `DELETE /volumes/{name}?force=BOOL` | | 204; 409 when a container uses it; force: no 404 |
+//! | `POST /volumes/prune?all=BOOL` | | [`VolumePruneReport`] |
 //!
 //! `{id}` is a full id, a unique id prefix, or a name. Errors: 400 for a bad
 //! request, 404 `No such container: X` / `No such image: X`, 409 for a
@@ -259,6 +264,12 @@ pub struct CreateRequest {
     /// `--restart`; `None`: "no".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartPolicy>,
+    /// `-v` values as typed (see [`crate::volumes::parse_volume`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub binds: Vec<String>,
+    /// `--tmpfs` values as typed (see [`crate::volumes::parse_tmpfs`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<String>,
 }
 
 /// `--restart`: whether the daemon starts a container again after it
@@ -302,6 +313,42 @@ impl RestartPolicy {
     pub fn is_none(&self) -> bool {
         self.name.is_empty() || self.name == "no"
     }
+}
+
+/// `POST /volumes/create`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct VolumeCreateRequest {
+    /// `None` or empty: a random 64-hex name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `-d`; only "local" exists.
+    #[serde(default)]
+    pub driver: Option<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A volume as docker's `volume inspect` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct Volume {
+    pub created_at: String,
+    pub driver: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub mountpoint: String,
+    pub name: String,
+    /// Driver options; none exist for "local" volumes made here (`null`).
+    pub options: Option<std::collections::BTreeMap<String, String>>,
+    pub scope: String,
+}
+
+/// `POST /volumes/prune`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct VolumePruneReport {
+    pub volumes_deleted: Vec<String>,
+    pub space_reclaimed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

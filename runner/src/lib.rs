@@ -17,3 +17,4 @@ pub mod internal;
 pub mod logs;
 pub mod runtime;
 pub mod shim;
+pub mod volumes;

@@ -73,7 +73,12 @@ def test_exec_sees_the_containers_processes_hostname_and_files(runner):
     assert pid1 == [["1", "sleep 300"]], ps
     assert len(ps) == 3, f"more than PID 1 and ps itself in the container: {ps}"
     assert exec_(runner, cid, "hostname").stdout == cid[:12] + "\n"
-    assert exec_(runner, cid, "cat", "/proc/net/dev").stdout.count(":") == 1, "more than lo in the net namespace"
+    # The container's network: lo and its bridge interface with its address.
+    ip = runner.daemon.inspect(cid)["NetworkSettings"]["IPAddress"]
+    assert ip, "no address on the bridge"
+    devs = sorted(line.split(":", 1)[0].strip() for line in exec_(runner, cid, "cat", "/proc/net/dev").stdout.splitlines()[2:])
+    assert devs == ["eth0", "lo"], devs
+    assert f"|-- {ip}\n" in exec_(runner, cid, "cat", "/proc/net/fib_trie").stdout, "not the container's address"
     # What exec writes, the container sees.
     exec_(runner, cid, "sh", "-c", "echo from-exec > /tmp/back")
     assert exec_(runner, cid, "cat", "/tmp/back").stdout == "from-exec\n"

@@ -49,6 +49,13 @@ pub fn create_request(
                 .map_err(|e| Error::Message(format!("wharf-runner: {e}")))?,
         );
     }
+    let (mut binds, mut tmpfs) = (opts.volumes.clone(), opts.tmpfs.clone());
+    for m in &opts.mounts {
+        match super::volumes::parse_mount_flag(m).map_err(Error::Message)? {
+            super::volumes::MountFlag::Volume(v) => binds.push(v),
+            super::volumes::MountFlag::Tmpfs(t) => tmpfs.push(t),
+        }
+    }
     Ok(CreateRequest {
         image: image.clone(),
         name: opts.name.clone(),
@@ -70,6 +77,8 @@ pub fn create_request(
         auto_remove: opts.rm,
         runtime: opts.runtime.clone(),
         restart: opts.restart.clone().filter(|r| !r.is_none()),
+        binds,
+        tmpfs,
     })
 }
 
@@ -159,7 +168,25 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32, Error> {
             Err(e) => Err(e),
         };
     }
-    attach_start(client, &id).await
+    let code = attach_start(client, &id).await?;
+    if request.auto_remove {
+        wait_removed(client, &id).await;
+    }
+    Ok(code)
+}
+
+/// docker's `run --rm` returns once the container (and its anonymous
+/// volumes) are gone, so a script's next command does not see it. Bounded:
+/// a daemon that is slow to remove it does not hang the CLI.
+async fn wait_removed(client: &Client, id: &str) {
+    let path = format!("/containers/{}/json", encode(id));
+    for _ in 0..200 {
+        match client.json::<Value>(Method::GET, &path, None::<&()>).await {
+            Err(e) if e.is_not_found() => return,
+            Err(_) => return,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(25)).await,
+        }
+    }
 }
 
 /// Starts a container attached and copies its output; the container's
@@ -410,7 +437,7 @@ pub async fn rm(client: &Client, args: RmArgs) -> Result<i32, Error> {
     each(
         client,
         &args.containers,
-        |c| format!("/containers/{c}?force={}", args.force),
+        |c| format!("/containers/{c}?force={}&v={}", args.force, args.volumes),
         None,
         Method::DELETE,
     )

@@ -211,7 +211,7 @@ pub fn prune_output(report: &PruneReport) -> String {
 }
 
 /// Asks a yes/no question on stdin (docker's `[y/N]` prompt).
-fn confirm(question: &str) -> bool {
+pub(super) fn confirm(question: &str) -> bool {
     print!("{question} [y/N] ");
     let _ = std::io::stdout().flush();
     let mut answer = String::new();

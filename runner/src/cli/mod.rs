@@ -16,6 +16,7 @@ pub mod format;
 pub mod images;
 pub mod network;
 pub mod progress;
+pub mod volumes;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -109,6 +110,9 @@ pub enum Command {
     Login(LoginArgs),
     /// Log out from a registry
     Logout(LogoutArgs),
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(volumes::VolumeCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +271,15 @@ pub struct ContainerOpts {
     /// Restart policy to apply when a container exits ("no", "on-failure[:max-retries]", "always", "unless-stopped")
     #[arg(long, value_parser = RestartPolicy::parse, value_name = "POLICY")]
     pub restart: Option<RestartPolicy>,
+    /// Bind mount a volume ([SRC:]DEST[:ro|rw,...])
+    #[arg(short = 'v', long = "volume", value_name = "LIST")]
+    pub volumes: Vec<String>,
+    /// Mount a tmpfs directory (DEST[:OPTIONS])
+    #[arg(long = "tmpfs", value_name = "LIST")]
+    pub tmpfs: Vec<String>,
+    /// Attach a filesystem mount to the container (type=bind|volume|tmpfs,source=..,target=..)
+    #[arg(long = "mount", value_name = "MOUNT")]
+    pub mounts: Vec<String>,
     /// The image, then the command and its arguments
     #[arg(
         value_name = "IMAGE",
@@ -351,6 +364,9 @@ pub struct RmArgs {
     /// Force the removal of a running container (uses SIGKILL)
     #[arg(short, long)]
     pub force: bool,
+    /// Remove anonymous volumes associated with the container
+    #[arg(short = 'v', long = "volumes")]
+    pub volumes: bool,
     #[arg(value_name = "CONTAINER", required = true)]
     pub containers: Vec<String>,
 }
@@ -513,7 +529,7 @@ fn command_path(args: &[String]) -> String {
             break;
         }
         words.push(arg.as_str());
-        if words.len() == 2 || !matches!(words[0], "image" | "container") {
+        if words.len() == 2 || !matches!(words[0], "image" | "container" | "volume") {
             break;
         }
     }
@@ -724,6 +740,7 @@ async fn dispatch(client: &Client, command: Command) -> Result<i32, Error> {
         Command::Push(a) | Command::Image(I::Push(a)) => commit::push(client, a).await,
         Command::Login(a) => images::login(client, a).await,
         Command::Logout(a) => images::logout(client, a).await,
+        Command::Volume(c) => volumes::dispatch(client, c).await,
     }
 }
 

@@ -39,6 +39,7 @@ use super::images::{ImageRecord, Images};
 use super::network;
 use super::overlay;
 use super::restart::{self, Policy};
+use super::volumes::Volumes;
 use crate::api::{
     ContainerSummary, CreateRequest, CreateResponse, FrameKind, Network, WaitResponse, encode_frame,
 };
@@ -212,6 +213,7 @@ pub struct Containers {
     dir: PathBuf,
     pool: SqlitePool,
     images: Arc<Images>,
+    volumes: Arc<Volumes>,
     hierarchy: std::result::Result<Hierarchy, String>,
     exe: PathBuf,
     live: Mutex<HashMap<String, Arc<Live>>>,
@@ -421,6 +423,7 @@ fn validate(req: &CreateRequest) -> Result<()> {
             "the working directory '{w}' is invalid, it needs to be an absolute path"
         )));
     }
+    crate::volumes::parse_all(&req.binds, &req.tmpfs).map_err(Error::BadRequest)?;
     Ok(())
 }
 
@@ -467,6 +470,7 @@ impl Containers {
         root: &Path,
         pool: SqlitePool,
         images: Arc<Images>,
+        volumes: Arc<Volumes>,
         exe: PathBuf,
         runtimes: Runtimes,
         network: Arc<network::Network>,
@@ -482,6 +486,7 @@ impl Containers {
             dir,
             pool,
             images,
+            volumes,
             hierarchy,
             exe,
             live: Mutex::new(HashMap::new()),
@@ -672,6 +677,16 @@ impl Containers {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
+        let (volume_specs, _) =
+            crate::volumes::parse_all(&req.binds, &req.tmpfs).map_err(Error::BadRequest)?;
+        if let Err(e) = self.volumes.attach(&id, &volume_specs).await {
+            let _ = sqlx::query("DELETE FROM containers WHERE id = ?")
+                .bind(&id)
+                .execute(&self.pool)
+                .await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
         let mut warnings = Vec::new();
         if req.network == Network::Host && (!req.publish.is_empty() || req.publish_all) {
             warnings.push("Published ports are discarded when using host network mode".to_string());
@@ -828,8 +843,16 @@ impl Containers {
                 return Err(e);
             }
         };
+        let extra = match self.volumes.mounts(&row.id, &req, &rootfs).await {
+            Ok(m) => m,
+            Err(e) => {
+                undo_mount();
+                self.network.detach(&row.id).await;
+                return Err(e);
+            }
+        };
         let t_mounted = Instant::now();
-        let spec = match self.write_bundle(&row.id, &req, &image, &dir, address) {
+        let spec = match self.write_bundle(&row.id, &req, &image, &dir, address, extra) {
             Ok(spec) => spec,
             Err(e) => {
                 undo_mount();
@@ -963,6 +986,7 @@ impl Containers {
         image: &ImageRecord,
         dir: &Path,
         address: Option<std::net::Ipv4Addr>,
+        volumes: Vec<oci_spec::runtime::Mount>,
     ) -> Result<oci_spec::runtime::Spec> {
         let host_network = req.network == Network::Host;
         let probe = run_options(id, req, Vec::new());
@@ -1012,6 +1036,13 @@ impl Containers {
                     .map_err(|e| Error::Internal(e.to_string()))?,
             );
         }
+        // The user's mounts last; docker drops its own file of a
+        // destination the user mounts over.
+        mounts.retain(|m| !volumes.iter().any(|v| v.destination() == m.destination()));
+        mounts.extend(volumes);
+        // Parents before children (docker's order): `-v x:/etc` goes under
+        // the /etc/hosts bind, not over it.
+        mounts.sort_by_key(|m| m.destination().components().count());
         let mut opts = run_options(id, req, mounts);
         if address.is_some() {
             opts.network_namespace = Some(self.network.netns_path(id));
@@ -1133,7 +1164,7 @@ impl Containers {
         });
         let auto_remove = req.is_some_and(|r| r.auto_remove);
         drop(guard);
-        if auto_remove && let Err(e) = self.remove_stopped(id).await {
+        if auto_remove && let Err(e) = self.remove_stopped(id, true).await {
             tracing::warn!(container = %id, error = %e, "auto-remove");
         }
     }
@@ -1458,8 +1489,8 @@ impl Containers {
         Ok(WaitResponse { status_code: code })
     }
 
-    /// `rm [-f]`.
-    pub async fn remove(&self, name: &str, force: bool) -> Result<()> {
+    /// `rm [-f] [-v]`; `volumes`: its anonymous volumes go too.
+    pub async fn remove(&self, name: &str, force: bool, volumes: bool) -> Result<()> {
         let row = self.resolve(name).await?;
         if !row.running() && self.live(&row.id).restarting() {
             if !force {
@@ -1490,10 +1521,10 @@ impl Containers {
                 )));
             }
         }
-        self.remove_stopped(&row.id).await
+        self.remove_stopped(&row.id, volumes).await
     }
 
-    async fn remove_stopped(&self, id: &str) -> Result<()> {
+    async fn remove_stopped(&self, id: &str, volumes: bool) -> Result<()> {
         let live = self.live(id);
         live.cancel_restart();
         let _guard = live.lock.lock().await;
@@ -1512,12 +1543,17 @@ impl Containers {
         }
         // Its address is freed with the row (ON DELETE CASCADE).
         self.network.detach(id).await;
+        let anonymous = self.volumes.anonymous_of(id).await?;
         // The row goes first: a crash after it leaves a dir that the next
-        // start removes (see recover), never a row without its files.
+        // start removes (see recover), never a row without its files. Its
+        // volume_users rows go with it (ON DELETE CASCADE).
         sqlx::query("DELETE FROM containers WHERE id = ?")
             .bind(id)
             .execute(&self.pool)
             .await?;
+        if volumes {
+            self.volumes.remove_unused(&anonymous).await;
+        }
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -1623,6 +1659,7 @@ impl Containers {
             .unwrap_or(Policy::No)
             .to_api();
         let network_settings = self.network_settings(&r, &req, config.as_ref()).await?;
+        let (mounts, binds, tmpfs, anonymous) = self.volumes.inspect_parts(&r.id, &req).await?;
         Ok(json!({
             "Id": r.id,
             "Created": r.created_at,
@@ -1664,7 +1701,10 @@ impl Containers {
                 "PidsLimit": req.pids_limit,
                 "CgroupParent": CGROUP_PARENT,
                 "Runtime": self.runtimes.name(req.runtime.as_deref()),
+                "Binds": binds,
+                "Tmpfs": tmpfs,
             },
+            "Mounts": mounts,
             "GraphDriver": {
                 "Name": "overlay",
                 "Data": {
@@ -1684,6 +1724,7 @@ impl Containers {
                 "WorkingDir": req.workdir.clone().or_else(|| config.as_ref().and_then(|c| c.working_dir().clone())).unwrap_or_default(),
                 "Labels": config.as_ref().and_then(|c| c.labels().clone()).unwrap_or_default(),
                 "StopSignal": r.stop_signal,
+                "Volumes": anonymous,
             },
             "NetworkSettings": network_settings,
         }))

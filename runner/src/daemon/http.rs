@@ -18,13 +18,17 @@ use tokio::sync::mpsc;
 use super::containers::Containers;
 use super::error::{Error, Result};
 use super::images::Images;
-use crate::api::{CreateRequest, LoginRequest, LoginResponse, PullEvent, PullRequest};
+use super::volumes::Volumes;
+use crate::api::{
+    CreateRequest, LoginRequest, LoginResponse, PullEvent, PullRequest, VolumeCreateRequest,
+};
 
 #[derive(Clone)]
 pub struct AppState {
     pub images: Arc<Images>,
     pub containers: Arc<Containers>,
     pub execs: Arc<super::exec::Execs>,
+    pub volumes: Arc<Volumes>,
 }
 
 type Q = Query<HashMap<String, String>>;
@@ -94,6 +98,10 @@ pub fn router(state: AppState) -> Router {
         .route("/containers/{id}/exec", post(exec_create))
         .route("/exec/{id}/start", post(exec_start))
         .route("/exec/{id}/json", get(exec_inspect))
+        .route("/volumes/create", post(volume_create))
+        .route("/volumes", get(volumes_list))
+        .route("/volumes/prune", post(volume_prune))
+        .route("/volumes/{name}", get(volume_inspect).delete(volume_remove))
         .fallback(|| async { Error::NotFound("page not found".into()) })
         .with_state(state)
 }
@@ -351,6 +359,38 @@ async fn container_remove(
     Path(id): Path<String>,
     Query(q): Q,
 ) -> Result<Response> {
-    s.containers.remove(&id, flag(&q, "force")).await?;
+    s.containers
+        .remove(&id, flag(&q, "force"), flag(&q, "v"))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn volume_create(State(s): State<AppState>, body: Bytes) -> Result<Response> {
+    let req: VolumeCreateRequest = parse(&body)?;
+    Ok(json(StatusCode::CREATED, &s.volumes.create(req).await?))
+}
+
+async fn volumes_list(State(s): State<AppState>, Query(q): Q) -> Result<Response> {
+    let dangling = q.get("dangling").map(|_| flag(&q, "dangling"));
+    Ok(json(StatusCode::OK, &s.volumes.list(dangling).await?))
+}
+
+async fn volume_inspect(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response> {
+    Ok(json(StatusCode::OK, &s.volumes.inspect(&name).await?))
+}
+
+async fn volume_remove(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Q,
+) -> Result<Response> {
+    s.volumes.remove(&name, flag(&q, "force")).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn volume_prune(State(s): State<AppState>, Query(q): Q) -> Result<Response> {
+    Ok(json(
+        StatusCode::OK,
+        &s.volumes.prune(flag(&q, "all")).await?,
+    ))
 }

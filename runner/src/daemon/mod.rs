@@ -17,6 +17,7 @@ pub mod images;
 pub mod network;
 pub mod overlay;
 pub mod restart;
+pub mod volumes;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -73,9 +74,17 @@ pub async fn run(config: Config) -> Result<()> {
     let runtimes = containers::Runtimes::new(&config.default_runtime, &config.runtimes)?;
     let network =
         network::Network::open(root, pool.clone(), &config.bridge, &config.bridge_subnet).await?;
-    let containers =
-        containers::Containers::open(root, pool, images.clone(), exe.clone(), runtimes, network)
-            .await?;
+    let volumes = Arc::new(volumes::Volumes::open(root, pool.clone())?);
+    let containers = containers::Containers::open(
+        root,
+        pool,
+        images.clone(),
+        volumes.clone(),
+        exe.clone(),
+        runtimes,
+        network,
+    )
+    .await?;
     let execs = exec::Execs::new(containers.clone(), exe);
 
     let socket = &config.socket;
@@ -100,6 +109,7 @@ pub async fn run(config: Config) -> Result<()> {
         images,
         containers,
         execs,
+        volumes,
     });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

@@ -21,6 +21,9 @@ mod init;
 mod mounts;
 pub mod seccomp;
 
+/// Resolves a container path inside a rootfs (for the daemon's copy-up).
+pub use mounts::secure_join;
+
 use std::fmt;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};

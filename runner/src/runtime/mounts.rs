@@ -91,6 +91,9 @@ pub struct MountOptions {
     pub flags: MsFlags,
     pub propagation: Vec<MsFlags>,
     pub data: String,
+    /// `rro` (runc's recursive read-only): every mount under a bind is
+    /// made read-only too, as docker 25+ asks for `-v SRC:DST:ro`.
+    pub recursive_ro: bool,
 }
 
 pub fn parse_options(options: &[String]) -> MountOptions {
@@ -98,6 +101,7 @@ pub fn parse_options(options: &[String]) -> MountOptions {
         flags: MsFlags::empty(),
         propagation: Vec::new(),
         data: String::new(),
+        recursive_ro: false,
     };
     let mut data = Vec::new();
     for opt in options {
@@ -125,6 +129,10 @@ pub fn parse_options(options: &[String]) -> MountOptions {
             "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
             "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
             "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
+            "rro" => {
+                out.recursive_ro = true;
+                continue;
+            }
             "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
             "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
             | "runbindable" => {
@@ -210,6 +218,47 @@ fn bind_remount(dest: &Path, flags: MsFlags) -> Result<()> {
         .map_err(sys(|| format!("remount {} read-only", dest.display())))
 }
 
+/// The mount points strictly below `dir` in this mount namespace.
+fn mounts_below(dir: &Path) -> Result<Vec<PathBuf>> {
+    let text = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(field) = line.split(' ').nth(4) else {
+            continue;
+        };
+        let path = PathBuf::from(unescape_mountinfo(field));
+        if path != dir && path.starts_with(dir) {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// mountinfo's octal escapes (`\040` for a space) undone.
+fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = (b[i] == b'\\' && i + 3 < b.len())
+            .then(|| &b[i + 1..i + 4])
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| {
+                let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                u8::try_from(v).ok()
+            });
+        if let Some(byte) = octal {
+            out.push(byte);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Whether a failure of this mount may be ignored (the container works
 /// without it, as on hosts where sysfs or cgroupfs cannot be mounted).
 fn optional(typ: &str) -> bool {
@@ -255,6 +304,11 @@ fn mount_one(m: &Mount, rootfs: &Path, bundle: &Path) -> Result<()> {
         let rest = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !rest.is_empty() {
             bind_remount(&dest, rest)?;
+        }
+        if opts.recursive_ro {
+            for sub in mounts_below(&dest)? {
+                bind_remount(&sub, MsFlags::MS_RDONLY)?;
+            }
         }
     } else {
         mkdir_all(&dest)?;
@@ -628,5 +682,11 @@ mod tests {
         );
         let rw = parse_options(&["ro".to_string(), "rw".to_string(), "rbind".to_string()]);
         assert_eq!(rw.flags, MsFlags::MS_BIND | MsFlags::MS_REC);
+        assert!(!rw.recursive_ro);
+        let rro = parse_options(&["rbind".to_string(), "ro".to_string(), "rro".to_string()]);
+        assert!(rro.recursive_ro && rro.flags.contains(MsFlags::MS_RDONLY));
+        assert_eq!(rro.data, "");
+        assert_eq!(unescape_mountinfo("/a\\040b/c"), "/a b/c");
+        assert_eq!(unescape_mountinfo("/plain\\"), "/plain\\");
     }
 }
