@@ -184,6 +184,19 @@ pub struct CreateRequest {
     /// default (`wharf`, the built-in one, unless configured otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// `-t`: a pty is the container's stdio and controlling terminal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// `-i`: the container's stdin stays open for attach clients.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open_stdin: bool,
+    /// `run -i` attached: the end of the first client's input closes the
+    /// container's stdin.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_once: bool,
+    /// With `-t`: the terminal's size at the start, `[rows, cols]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_size: Option<[u16; 2]>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

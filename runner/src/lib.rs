@@ -16,3 +16,5 @@ pub mod internal;
 pub mod logs;
 pub mod runtime;
 pub mod shim;
+pub mod shim_io;
+pub mod stdio;

@@ -62,6 +62,14 @@ pub fn create_request(
         read_only: opts.read_only,
         auto_remove: opts.rm,
         runtime: opts.runtime.clone(),
+        tty: opts.tty,
+        open_stdin: opts.interactive,
+        stdin_once: false,
+        console_size: if opts.tty {
+            super::tty::size().map(|(r, c)| [r, c])
+        } else {
+            None
+        },
     })
 }
 
@@ -124,7 +132,10 @@ pub async fn create(client: &Client, opts: ContainerOpts) -> Result<i32, Error> 
 /// `run`: create, then start detached (print the id) or attached (copy
 /// the output, exit with the container's code).
 pub async fn run(client: &Client, args: RunArgs) -> Result<i32, Error> {
-    let request = create_request(&args.opts, |k| std::env::var(k).ok())?;
+    let mut request = create_request(&args.opts, |k| std::env::var(k).ok())?;
+    // docker's StdinOnce: the end of `run -i`'s input closes the
+    // container's stdin.
+    request.stdin_once = args.opts.interactive && !args.detach;
     let id = create_container(client, &request, args.opts.pull).await?;
     if args.detach {
         let started = client
@@ -149,6 +160,20 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32, Error> {
                 Ok(i32::try_from(code).unwrap_or(125))
             }
             Err(e) => Err(e),
+        };
+    }
+    if args.opts.interactive || args.opts.tty {
+        let opts = super::attach::StreamOptions {
+            stdin: args.opts.interactive,
+            tty: args.opts.tty,
+        };
+        let work = super::attach::start_attached(client, &id, opts, &args.detach_keys);
+        // Without a terminal, signals to the CLI go to the container (as
+        // docker's --sig-proxy); with one, ^C is a byte on the pty.
+        return if args.opts.tty {
+            work.await
+        } else {
+            proxy_signals(client, &id, work).await
         };
     }
     attach_start(client, &id).await
@@ -239,6 +264,21 @@ pub async fn start(client: &Client, args: StartArgs) -> Result<i32, Error> {
             return Err(Error::Message(
                 "Error: you cannot start and attach multiple containers at once".into(),
             ));
+        }
+        if args.interactive {
+            let name = &args.containers[0];
+            let info: Value = client
+                .json(
+                    Method::GET,
+                    &format!("/containers/{}/json", encode(name)),
+                    None::<&()>,
+                )
+                .await?;
+            let opts = super::attach::StreamOptions {
+                stdin: info["Config"]["OpenStdin"].as_bool().unwrap_or(false),
+                tty: info["Config"]["Tty"].as_bool().unwrap_or(false),
+            };
+            return super::attach::start_attached(client, name, opts, &args.detach_keys).await;
         }
         return attach_start(client, &args.containers[0]).await;
     }

@@ -331,7 +331,7 @@ fn run_options(id: &str, req: &CreateRequest, mounts: Vec<oci_spec::runtime::Mou
             Network::Host => NetworkMode::Host,
         },
         read_only: req.read_only,
-        tty: false,
+        tty: req.tty,
         cgroups_path: format!("/{CGROUP_PARENT}/{id}"),
         mounts,
     }
@@ -570,7 +570,7 @@ impl Containers {
         let live = self.live(&row.id);
         let mut rx = live.exits.subscribe();
         rx.borrow_and_update();
-        self.launch(&row).await?;
+        self.launch(&row, false).await?;
         let dir = self.container_dir(&row.id);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -613,15 +613,72 @@ impl Containers {
         let seen = rx.borrow().0;
         let log = self.container_dir(&row.id).join(shim::LOG_FILE);
         let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        self.launch(&row).await?;
+        self.launch(&row, false).await?;
         let (tx, out) = mpsc::channel(64);
         tokio::spawn(follow(log, offset, seen, rx, tx, false, true));
         Ok(out)
     }
 
+    /// What `attach` (see `attach`) needs of a running container.
+    pub(super) async fn attach_target(&self, name: &str) -> Result<AttachTarget> {
+        let row = self.resolve(name).await?;
+        if !row.running() {
+            return Err(Error::Conflict(
+                "You cannot attach to a stopped container, start it first".into(),
+            ));
+        }
+        let exits = self.live(&row.id).exits.subscribe();
+        self.target(&row, exits)
+    }
+
+    /// Starts a container whose shim waits for the first attach client
+    /// (an attached `run -i`/`-t` or `start -a -i`), so no output is lost.
+    pub(super) async fn start_for_attach(self: &Arc<Self>, name: &str) -> Result<AttachTarget> {
+        let row = self.resolve(name).await?;
+        if row.running() {
+            return Err(Error::Conflict(format!(
+                "container {} is already running",
+                row.name
+            )));
+        }
+        let exits = self.live(&row.id).exits.subscribe();
+        let req = row.request()?;
+        self.launch(&row, req.tty || req.open_stdin).await?;
+        self.target(&row, exits)
+    }
+
+    fn target(&self, row: &Row, exits: watch::Receiver<(u64, i64)>) -> Result<AttachTarget> {
+        let req = row.request()?;
+        let dir = self.container_dir(&row.id);
+        let log = dir.join(shim::LOG_FILE);
+        let seen = exits.borrow().0;
+        Ok(AttachTarget {
+            id: row.id.clone(),
+            interactive: req.tty || req.open_stdin,
+            stdin_once: req.stdin_once,
+            seen,
+            log_offset: std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0),
+            log,
+            dir,
+            exits,
+        })
+    }
+
+    /// `resize`: the container must run and have a terminal.
+    pub(super) async fn resize_target(&self, name: &str) -> Result<PathBuf> {
+        let row = self.resolve(name).await?;
+        if !row.running() {
+            return Err(Error::Conflict(format!(
+                "Container {} is not running",
+                row.id
+            )));
+        }
+        Ok(self.container_dir(&row.id))
+    }
+
     /// Makes everything a start needs and spawns the monitor. Undoes what
     /// it made on failure.
-    async fn launch(self: &Arc<Self>, row: &Row) -> Result<()> {
+    async fn launch(self: &Arc<Self>, row: &Row, wait_attach: bool) -> Result<()> {
         let t_begin = Instant::now();
         let live = self.live(&row.id);
         let guard = live.lock.lock().await;
@@ -654,6 +711,8 @@ impl Containers {
             shim::INIT_PID_FILE,
             shim::RUNTIME_PID_FILE,
             shim::SHIM_PID_FILE,
+            crate::stdio::ATTACH_SOCKET,
+            crate::stdio::CONSOLE_SOCKET,
         ] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
@@ -738,7 +797,13 @@ impl Containers {
             }
         };
         let t_cgroup = Instant::now();
-        let spawned = self.spawn_shim(&row.id, &dir, runtime.as_deref());
+        let stdio = shim::Stdio {
+            tty: req.tty,
+            stdin: req.open_stdin,
+            wait_attach,
+            detached_runtime: false,
+        };
+        let spawned = self.spawn_shim(&row.id, &dir, runtime.as_deref(), stdio);
         let child = match spawned {
             Ok(child) => child,
             Err(e) => {
@@ -856,13 +921,18 @@ impl Containers {
             );
         }
         let opts = run_options(id, req, mounts);
-        let spec =
+        let mut spec =
             bundle::build_spec(&image.config, &opts, &dir.join("rootfs")).map_err(|e| match e {
                 bundle::BundleError::Write { .. } | bundle::BundleError::Read { .. } => {
                     Error::Internal(e.to_string())
                 }
                 e => Error::BadRequest(e.to_string()),
             })?;
+        if let Some([rows, cols]) = req.console_size
+            && req.tty
+        {
+            crate::stdio::set_console_size(&mut spec, rows, cols);
+        }
         bundle::write_bundle(dir, &spec).map_err(|e| Error::Internal(e.to_string()))?;
         Ok(spec)
     }
@@ -872,6 +942,7 @@ impl Containers {
         id: &str,
         dir: &Path,
         runtime: Option<&Path>,
+        stdio: shim::Stdio,
     ) -> Result<tokio::process::Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -882,6 +953,15 @@ impl Containers {
         cmd.arg("shim").arg("--bundle").arg(dir);
         if let Some(runtime) = runtime {
             cmd.arg("--runtime").arg(runtime);
+        }
+        for (on, flag) in [
+            (stdio.tty, "--tty"),
+            (stdio.stdin, "--stdin"),
+            (stdio.wait_attach, "--wait-attach"),
+        ] {
+            if on {
+                cmd.arg(flag);
+            }
         }
         cmd.arg(id)
             .stdin(std::process::Stdio::null())
@@ -1335,6 +1415,10 @@ impl Containers {
                 "WorkingDir": req.workdir.clone().or_else(|| config.as_ref().and_then(|c| c.working_dir().clone())).unwrap_or_default(),
                 "Labels": config.as_ref().and_then(|c| c.labels().clone()).unwrap_or_default(),
                 "StopSignal": r.stop_signal,
+                "Tty": req.tty,
+                "OpenStdin": req.open_stdin,
+                "StdinOnce": req.stdin_once,
+                "AttachStdin": req.stdin_once,
             },
             "NetworkSettings": {
                 "IPAddress": "",
@@ -1470,6 +1554,40 @@ async fn send_entries(tx: &mpsc::Sender<Bytes>, entries: &[Entry], timestamps: b
         }
     }
     true
+}
+
+/// A container being attached to (see `attach`).
+pub(super) struct AttachTarget {
+    pub id: String,
+    /// Made with `-i` or `-t`: its shim serves the attach socket.
+    pub interactive: bool,
+    /// `run -i` attached: the end of the client's input closes the
+    /// container's stdin (docker's StdinOnce).
+    pub stdin_once: bool,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub log_offset: u64,
+    /// The stop count when it was subscribed (see [`follow`]).
+    pub seen: u64,
+    pub exits: watch::Receiver<(u64, i64)>,
+}
+
+impl AttachTarget {
+    /// The output of a container without `-i`/`-t` from now on, from its
+    /// log, ending with an exit frame.
+    pub fn follow_log(&self) -> mpsc::Receiver<Bytes> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(follow(
+            self.log.clone(),
+            self.log_offset,
+            self.seen,
+            self.exits.clone(),
+            tx,
+            false,
+            true,
+        ));
+        rx
+    }
 }
 
 /// Streams the log from `offset` until the container stops (then the rest
