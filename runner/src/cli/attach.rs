@@ -250,7 +250,7 @@ fn finish(input: Option<tokio::task::JoinHandle<()>>, ended: Ended) -> Result<En
 fn keys_query(keys: &Option<String>) -> Result<String, Error> {
     match keys {
         Some(k) => {
-            crate::stdio::parse_detach_keys(k).map_err(|e| Error::Message(format!("{e}")))?;
+            crate::stdio::parse_detach_keys(k).map_err(Error::Message)?;
             Ok(format!("&detachKeys={}", encode(k)))
         }
         None => Ok(String::new()),
