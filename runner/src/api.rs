@@ -24,6 +24,16 @@
 //! | `GET /containers/json?all=BOOL` | | `[ContainerSummary]` |
 //! | `GET /containers/{id}/json` | | docker's container inspect JSON |
 //! | `GET /containers/{id}/logs?follow=BOOL&tail=N&timestamps=BOOL` | | 200, frame stream |
+//! | `POST /containers/{id}/attach?stream=1&stdin=BOOL&stdout=1&stderr=1&detachKeys=KEYS` | `Upgrade: tcp` | 101, then a hijacked stream (below); 409 when not running |
+//! | `POST /containers/{id}/start?attach=1&stdin=BOOL&detachKeys=KEYS` with `Upgrade: tcp` | | 101: starts a `-i`/`-t` container attached, no output lost |
+//! | `POST /containers/{id}/resize?h=ROWS&w=COLS` | | 200; 409 when not running |
+//!
+//! A hijacked stream (after `101 Switching Protocols`): the client writes
+//! raw stdin bytes (a half-close is the end of its input, which closes the
+//! container's stdin for `run -i`'s StdinOnce); the daemon writes frames,
+//! ending with an exit frame `{"StatusCode":N}`, or
+//! `{"StatusCode":0,"Detached":true}` when the client typed the detach keys
+//! (docker's `ctrl-p,ctrl-q` by default).
 //!
 //! `{id}` is a full id, a unique id prefix, or a name. Errors: 400 for a bad
 //! request, 404 `No such container: X` / `No such image: X`, 409 for a

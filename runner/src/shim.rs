@@ -12,6 +12,9 @@
 //!   `init.pid`: the container's pid (written by the runtime).
 //! - `container-log.json`: the logs (see `logs`).
 //! - `exit.json`: how the container ended; absent while it runs.
+//! - `attach.sock` (containers made with `-i`/`-t`, see `shim_io`): where
+//!   clients attach; `console.sock`: where the runtime sends the pty
+//!   master (`-t`), removed once received.
 
 use std::ffi::OsString;
 use std::io::{self, Read};

@@ -231,3 +231,22 @@ def test_resize_and_attach_errors_are_dockers(runner):
     assert "You cannot attach to a stopped container, start it first" in proc.stderr, output(proc)
     proc = runner.cli("attach", "no-such-container", check=False)
     assert "No such container: no-such-container" in proc.stderr, output(proc)
+
+
+@BOTH_RUNTIMES
+def test_attach_to_a_plain_container_follows_its_output(runner):
+    cid = runner.track(
+        runner.cli("run", "-d", runner.image, "sh", "-c", "sleep 2; echo late; exit 2").stdout.strip()
+    )
+    proc = runner.cli("attach", cid, check=False)
+    assert (proc.returncode, proc.stdout) == (2, "late\n"), output(proc)
+
+
+@BOTH_RUNTIMES
+def test_start_ai_and_a_missing_command_under_a_tty(runner):
+    cid = runner.track(runner.cli("create", "-i", runner.image, "sh", "-c", "read x; echo got-$x").stdout.strip())
+    proc = runner.cli("start", "-a", "-i", cid, input="y\n")
+    assert (proc.returncode, proc.stdout) == (0, "got-y\n"), output(proc)
+    proc = runner.cli("run", "--rm", "-t", runner.image, "no-such-command", check=False)
+    assert proc.returncode == 127, output(proc)
+    assert "no-such-command" in proc.stdout + proc.stderr, output(proc)

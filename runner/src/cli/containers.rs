@@ -64,7 +64,8 @@ pub fn create_request(
         runtime: opts.runtime.clone(),
         tty: opts.tty,
         open_stdin: opts.interactive,
-        stdin_once: false,
+        // docker's StdinOnce (`create -i`; `run -d` clears it).
+        stdin_once: opts.interactive,
         console_size: if opts.tty {
             super::tty::size().map(|(r, c)| [r, c])
         } else {
@@ -133,8 +134,8 @@ pub async fn create(client: &Client, opts: ContainerOpts) -> Result<i32, Error> 
 /// the output, exit with the container's code).
 pub async fn run(client: &Client, args: RunArgs) -> Result<i32, Error> {
     let mut request = create_request(&args.opts, |k| std::env::var(k).ok())?;
-    // docker's StdinOnce: the end of `run -i`'s input closes the
-    // container's stdin.
+    // docker's StdinOnce: the end of an attached `run -i`'s input closes
+    // the container's stdin.
     request.stdin_once = args.opts.interactive && !args.detach;
     let id = create_container(client, &request, args.opts.pull).await?;
     if args.detach {

@@ -107,7 +107,7 @@ fn interactive_flags_parse_like_dockers() {
     assert!(a.detach && a.opts.interactive && a.opts.tty);
     assert_eq!(a.detach_keys.as_deref(), Some("ctrl-a,x"));
     let req = create_request(&a.opts, |_| None).unwrap();
-    assert!(req.tty && req.open_stdin && !req.stdin_once);
+    assert!(req.tty && req.open_stdin && req.stdin_once);
     let a = run_opts(&["run", "-i", "busybox", "cat"]);
     let req = create_request(&a.opts, |_| None).unwrap();
     assert!(req.open_stdin && !req.tty && req.console_size.is_none());

@@ -30,6 +30,8 @@ use crate::stdio::{self, DetachMatcher, Msg};
 
 /// How long the daemon tries to reach a just-started shim's socket.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// How long the exit of a `--rm` container waits for its removal.
+const REMOVE_WAIT: Duration = Duration::from_secs(10);
 
 /// What the client asked for (docker's attach query).
 #[derive(Debug, Clone)]
@@ -201,11 +203,17 @@ async fn run<C>(
         Some(shim) => {
             let mut exits = target.exits.clone();
             let seen = target.seen;
+            let (auto_remove, dir) = (target.auto_remove, target.dir.clone());
             let exit = async move {
-                match exits.wait_for(|(n, _)| *n != seen).await {
+                let code = match exits.wait_for(|(n, _)| *n != seen).await {
                     Ok(v) => v.1,
                     Err(_) => 255,
+                };
+                let deadline = Instant::now() + REMOVE_WAIT;
+                while auto_remove && dir.exists() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
+                code
             };
             proxy(client, Source::Shim(shim), &opts, close_stdin, exit).await
         }

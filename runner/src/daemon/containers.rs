@@ -642,9 +642,10 @@ impl Containers {
             )));
         }
         let exits = self.live(&row.id).exits.subscribe();
-        let req = row.request()?;
-        self.launch(&row, req.tty || req.open_stdin).await?;
-        self.target(&row, exits)
+        // Made before the start, so a log follower misses nothing.
+        let target = self.target(&row, exits)?;
+        self.launch(&row, target.interactive).await?;
+        Ok(target)
     }
 
     fn target(&self, row: &Row, exits: watch::Receiver<(u64, i64)>) -> Result<AttachTarget> {
@@ -655,6 +656,7 @@ impl Containers {
         Ok(AttachTarget {
             id: row.id.clone(),
             interactive: req.tty || req.open_stdin,
+            auto_remove: req.auto_remove,
             stdin_once: req.stdin_once,
             seen,
             log_offset: std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0),
@@ -1561,6 +1563,9 @@ pub(super) struct AttachTarget {
     pub id: String,
     /// Made with `-i` or `-t`: its shim serves the attach socket.
     pub interactive: bool,
+    /// `--rm`: the exit is told once the container is gone, as docker's
+    /// `run --rm` returns after the removal.
+    pub auto_remove: bool,
     /// `run -i` attached: the end of the client's input closes the
     /// container's stdin (docker's StdinOnce).
     pub stdin_once: bool,
