@@ -443,6 +443,44 @@ mod tests {
     }
 
     #[test]
+    fn an_interactive_container_takes_stdin_from_an_attach_client() {
+        use crate::stdio::{ATTACH_SOCKET, Msg, connect_in};
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let client = std::thread::spawn(move || {
+            let mut sock = loop {
+                match connect_in(&path, ATTACH_SOCKET) {
+                    Ok(s) => break s,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            };
+            sock.write_all(&Msg::Stdin(b"hello\n".to_vec()).encode())
+                .unwrap();
+            sock.write_all(&Msg::CloseStdin.encode()).unwrap();
+            let mut got = Vec::new();
+            sock.read_to_end(&mut got).unwrap();
+            got
+        });
+        let io = Stdio {
+            stdin: true,
+            wait_attach: true,
+            ..Stdio::default()
+        };
+        let rec = run_with_stdio(dir.path(), Start::Command(&cmd(&["/bin/cat"])), io).unwrap();
+        assert_eq!(rec.exit_code, 0);
+        let got = client.join().unwrap();
+        let (kind, payload, _) = crate::api::decode_frame(&got).unwrap().unwrap();
+        assert_eq!(
+            (kind, payload),
+            (crate::api::FrameKind::Stdout, &b"hello\n"[..])
+        );
+        let logged = read_entries(&dir.path().join(LOG_FILE), None).unwrap();
+        assert_eq!(logged[0].log, "hello\n");
+        assert!(!dir.path().join(ATTACH_SOCKET).exists());
+    }
+
+    #[test]
     fn a_killed_process_reports_128_plus_signal() {
         let dir = tempfile::tempdir().unwrap();
         let rec = run(dir.path(), &cmd(&["/bin/sh", "-c", "kill -9 $$"])).unwrap();

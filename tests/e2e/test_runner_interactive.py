@@ -140,6 +140,11 @@ def test_run_i_passes_stdin_and_its_end(runner):
         "run", "--rm", "-i", runner.image, "sh", "-c", "read x; echo got $x; exit 4", input="abc\n", check=False
     )
     assert (proc.returncode, proc.stdout) == (4, "got abc\n"), output(proc)
+    # -it wants a terminal on stdin, as docker's; nothing is made.
+    before = runner.cli("ps", "-a", "-q").stdout
+    proc = runner.cli("run", "--rm", "-it", runner.image, "cat", input="x\n", check=False)
+    assert (proc.returncode, proc.stderr) == (1, "the input device is not a TTY\n"), output(proc)
+    assert runner.cli("ps", "-a", "-q").stdout == before
     # Without -i the container's stdin is empty, as docker's.
     proc = runner.cli("run", "--rm", runner.image, "cat", input="ignored\n")
     assert proc.stdout == "", output(proc)

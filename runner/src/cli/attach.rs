@@ -85,6 +85,15 @@ pub async fn upgrade(client: &Client, path: &str) -> Result<Upgraded, Error> {
     Ok(TokioIo::new(upgraded))
 }
 
+/// docker's check before attaching a terminal: with stdin attached to a
+/// `-t` container, stdin must be a terminal.
+pub fn check_tty(stdin: bool, tty: bool) -> Result<(), Error> {
+    if stdin && tty && !tty::is_terminal(0) {
+        return Err(Error::Message("the input device is not a TTY".into()));
+    }
+    Ok(())
+}
+
 /// How [`stream`] runs.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamOptions {
@@ -294,6 +303,7 @@ pub async fn attach(client: &Client, args: AttachArgs) -> Result<i32, Error> {
     let config = &info["Config"];
     let tty = config["Tty"].as_bool().unwrap_or(false);
     let stdin = !args.no_stdin && config["OpenStdin"].as_bool().unwrap_or(false);
+    check_tty(stdin, tty)?;
     let path = format!(
         "/containers/{}/attach?stream=1&stdout=1&stderr=1&stdin={}{}",
         encode(&args.container),

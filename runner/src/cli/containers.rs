@@ -137,6 +137,13 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32, Error> {
     // docker's StdinOnce: the end of an attached `run -i`'s input closes
     // the container's stdin.
     request.stdin_once = args.opts.interactive && !args.detach;
+    if !args.detach
+        && let Err(e) = super::attach::check_tty(args.opts.interactive, args.opts.tty)
+    {
+        // Before anything is made, with docker's exit code.
+        eprintln!("{e}");
+        return Ok(1);
+    }
     let id = create_container(client, &request, args.opts.pull).await?;
     if args.detach {
         let started = client
@@ -279,6 +286,10 @@ pub async fn start(client: &Client, args: StartArgs) -> Result<i32, Error> {
                 stdin: info["Config"]["OpenStdin"].as_bool().unwrap_or(false),
                 tty: info["Config"]["Tty"].as_bool().unwrap_or(false),
             };
+            if let Err(e) = super::attach::check_tty(opts.stdin, opts.tty) {
+                eprintln!("{e}");
+                return Ok(1);
+            }
             return super::attach::start_attached(client, name, opts, &args.detach_keys).await;
         }
         return attach_start(client, &args.containers[0]).await;
