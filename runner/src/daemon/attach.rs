@@ -362,3 +362,82 @@ where
     let _ = cw.shutdown().await;
     end
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(stdin: bool) -> AttachOptions {
+        AttachOptions {
+            stdin,
+            detach_keys: stdio::parse_detach_keys(stdio::DEFAULT_DETACH_KEYS).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn input_goes_to_the_shim_and_output_ends_with_the_exit_frame() {
+        let (client, mut user) = tokio::io::duplex(4096);
+        let (daemon_side, mut shim) = tokio::net::UnixStream::pair().unwrap();
+        let task = tokio::spawn(async move {
+            proxy(
+                client,
+                Source::Shim(daemon_side),
+                &opts(true),
+                true,
+                async { 3 },
+            )
+            .await
+        });
+        user.write_all(b"ls\n").await.unwrap();
+        user.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let want = [
+            Msg::Stdin(b"ls\n".to_vec()).encode(),
+            Msg::CloseStdin.encode(),
+        ]
+        .concat();
+        while got.len() < want.len() {
+            let mut b = [0u8; 256];
+            let n = shim.read(&mut b).await.unwrap();
+            got.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(got, want);
+        shim.write_all(&encode_frame(FrameKind::Stdout, b"out"))
+            .await
+            .unwrap();
+        drop(shim);
+        assert_eq!(task.await.unwrap(), ProxyEnd::Exited);
+        let mut all = Vec::new();
+        user.read_to_end(&mut all).await.unwrap();
+        let (k, p, n) = decode_frame(&all).unwrap().unwrap();
+        assert_eq!((k, p), (FrameKind::Stdout, &b"out"[..]));
+        let (k, p, _) = decode_frame(&all[n..]).unwrap().unwrap();
+        assert_eq!((k, p), (FrameKind::Exit, &br#"{"StatusCode":3}"#[..]));
+    }
+
+    #[tokio::test]
+    async fn the_detach_keys_end_the_stream_and_leave_stdin_open() {
+        let (client, mut user) = tokio::io::duplex(4096);
+        let (daemon_side, mut shim) = tokio::net::UnixStream::pair().unwrap();
+        let task = tokio::spawn(async move {
+            proxy(
+                client,
+                Source::Shim(daemon_side),
+                &opts(true),
+                true,
+                async { 0 },
+            )
+            .await
+        });
+        user.write_all(b"a\x10\x11b").await.unwrap();
+        assert_eq!(task.await.unwrap(), ProxyEnd::Detached);
+        let mut got = Vec::new();
+        shim.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, Msg::Stdin(b"a".to_vec()).encode(), "no CloseStdin");
+        let mut all = Vec::new();
+        user.read_to_end(&mut all).await.unwrap();
+        let (k, p, _) = decode_frame(&all).unwrap().unwrap();
+        assert_eq!(k, FrameKind::Exit);
+        assert!(String::from_utf8_lossy(p).contains(r#""Detached":true"#));
+    }
+}

@@ -615,7 +615,28 @@ impl Containers {
         let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         self.launch(&row, false).await?;
         let (tx, out) = mpsc::channel(64);
-        tokio::spawn(follow(log, offset, seen, rx, tx, false, true));
+        if row.request().is_ok_and(|r| r.auto_remove) {
+            // docker's `run --rm` returns once the container is gone: the
+            // exit frame waits for the removal (bounded).
+            let (inner_tx, mut inner) = mpsc::channel::<Bytes>(64);
+            tokio::spawn(follow(log, offset, seen, rx, inner_tx, false, true));
+            let dir = self.container_dir(&row.id);
+            tokio::spawn(async move {
+                while let Some(chunk) = inner.recv().await {
+                    if chunk.first() == Some(&(FrameKind::Exit as u8)) {
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        while dir.exists() && Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                    if tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        } else {
+            tokio::spawn(follow(log, offset, seen, rx, tx, false, true));
+        }
         Ok(out)
     }
 
