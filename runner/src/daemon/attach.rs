@@ -302,53 +302,74 @@ where
     } else {
         Vec::new()
     });
-    let mut input = vec![0u8; 32 * 1024];
-    let mut tmp = vec![0u8; 64 * 1024];
-    let mut buf: Vec<u8> = Vec::new();
-    let mut client_open = true;
-    let end = loop {
-        tokio::select! {
-            r = cr.read(&mut input), if client_open => {
-                let n = r.unwrap_or(0);
+    // Input and output run side by side, so a container that does not
+    // read its stdin never holds up its output.
+    let is_shim = matches!(source, Output::Shim(_));
+    let end = {
+        let input = async {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                let n = cr.read(&mut buf).await.unwrap_or(0);
                 let (pass, detach) = if n == 0 {
-                    client_open = false;
                     (matcher.flush(), false)
                 } else {
-                    matcher.feed(&input[..n])
+                    matcher.feed(&buf[..n])
                 };
                 if opts.stdin
                     && !pass.is_empty()
                     && let Some(w) = input_w.as_mut()
                 {
                     for chunk in pass.chunks(stdio::MAX_MSG) {
-                        if w.write_all(&Msg::Stdin(chunk.to_vec()).encode()).await.is_err() {
+                        if w.write_all(&Msg::Stdin(chunk.to_vec()).encode())
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
                 }
                 if detach {
-                    break ProxyEnd::Detached;
+                    return true;
                 }
-                if n == 0
-                    && close_stdin
-                    && let Some(w) = input_w.as_mut()
-                {
-                    let _ = w.write_all(&Msg::CloseStdin.encode()).await;
-                }
-            }
-            frames = next_output(&mut source, &mut buf, &mut tmp) => match frames {
-                Some(bytes) => {
-                    if cw.write_all(&bytes).await.is_err() || cw.flush().await.is_err() {
-                        break ProxyEnd::ClientGone;
+                if n == 0 {
+                    if close_stdin && let Some(w) = input_w.as_mut() {
+                        let _ = w.write_all(&Msg::CloseStdin.encode()).await;
                     }
+                    return false;
                 }
-                None => break ProxyEnd::Exited,
             }
-        }
+        };
+        let output = async {
+            let mut tmp = vec![0u8; 64 * 1024];
+            let mut buf: Vec<u8> = Vec::new();
+            loop {
+                match next_output(&mut source, &mut buf, &mut tmp).await {
+                    Some(bytes) => {
+                        if cw.write_all(&bytes).await.is_err() || cw.flush().await.is_err() {
+                            return ProxyEnd::ClientGone;
+                        }
+                    }
+                    None => return ProxyEnd::Exited,
+                }
+            }
+        };
+        tokio::pin!(input, output);
+        let end = tokio::select! {
+            detached = &mut input => {
+                if detached {
+                    ProxyEnd::Detached
+                } else {
+                    // The input ended; the output goes on to its end.
+                    (&mut output).await
+                }
+            }
+            end = &mut output => end,
+        };
+        end
     };
     match end {
         ProxyEnd::Exited => {
-            if matches!(source, Output::Shim(_)) {
+            if is_shim {
                 let code = exit.await;
                 let _ = cw.write_all(&exit_frame(code, false)).await;
             }
