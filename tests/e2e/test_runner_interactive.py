@@ -140,6 +140,13 @@ def test_run_i_passes_stdin_and_its_end(runner):
         "run", "--rm", "-i", runner.image, "sh", "-c", "read x; echo got $x; exit 4", input="abc\n", check=False
     )
     assert (proc.returncode, proc.stdout) == (4, "got abc\n"), output(proc)
+    # A container that stops reading (and exits) ends the run even though
+    # the input goes on.
+    proc = subprocess.run(
+        f"yes | {runner.daemon.binary} run --rm -i {runner.image} head -n 2",
+        shell=True, capture_output=True, text=True, timeout=60, env=runner.daemon.cli_env(),
+    )
+    assert (proc.returncode, proc.stdout) == (0, "y\ny\n"), output(proc)
     # -it wants a terminal on stdin, as docker's; nothing is made.
     before = runner.cli("ps", "-a", "-q").stdout
     proc = runner.cli("run", "--rm", "-it", runner.image, "cat", input="x\n", check=False)
@@ -207,6 +214,14 @@ def test_detached_it_container_attach_and_detach_keys(runner, term):
     t.expect(r"hi-42")
     t.send(b"\x10\x11")
     assert t.wait() == 0, t.seen
+    assert running(runner, cid), "detaching stopped the container"
+    # --detach-keys: ^P^Q is just input then, and ctrl-a,d detaches.
+    t1 = term(runner.daemon, "attach", "--detach-keys", "ctrl-a,d", name)
+    time.sleep(0.3)
+    t1.send(b"\x10\x11echo still-$((2+3))\r")
+    t1.expect(r"still-5")
+    t1.send(b"\x01d")
+    assert t1.wait() == 0, t1.seen
     assert running(runner, cid), "detaching stopped the container"
     t2 = term(runner.daemon, "attach", name)
     time.sleep(0.3)
