@@ -37,6 +37,16 @@
 //! | `GET /volumes/{name}` | | [`Volume`]; 404 `get NAME: no such volume` |
 //! | `DELETE /volumes/{name}?force=BOOL` | | 204; 409 when a container uses it; force: no 404 |
 //! | `POST /volumes/prune?all=BOOL` | | [`VolumePruneReport`] |
+//! | `POST /containers/{id}/attach?stream=1&stdin=BOOL&stdout=1&stderr=1&detachKeys=KEYS` | `Upgrade: tcp` | 101, then a hijacked stream (below); 409 when not running |
+//! | `POST /containers/{id}/start?attach=1&stdin=BOOL&detachKeys=KEYS` with `Upgrade: tcp` | | 101: starts a `-i`/`-t` container attached, no output lost |
+//! | `POST /containers/{id}/resize?h=ROWS&w=COLS` | | 200; 409 when not running |
+//!
+//! A hijacked stream (after `101 Switching Protocols`): the client writes
+//! raw stdin bytes (a half-close is the end of its input, which closes the
+//! container's stdin for `run -i`'s StdinOnce); the daemon writes frames,
+//! ending with an exit frame `{"StatusCode":N}`, or
+//! `{"StatusCode":0,"Detached":true}` when the client typed the detach keys
+//! (docker's `ctrl-p,ctrl-q` by default).
 //!
 //! `{id}` is a full id, a unique id prefix, or a name. Errors: 400 for a bad
 //! request, 404 `No such container: X` / `No such image: X`, 409 for a
@@ -270,6 +280,19 @@ pub struct CreateRequest {
     /// `--tmpfs` values as typed (see [`crate::volumes::parse_tmpfs`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tmpfs: Vec<String>,
+    /// `-t`: a pty is the container's stdio and controlling terminal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// `-i`: the container's stdin stays open for attach clients.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open_stdin: bool,
+    /// `run -i` attached: the end of the first client's input closes the
+    /// container's stdin.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_once: bool,
+    /// With `-t`: the terminal's size at the start, `[rows, cols]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_size: Option<[u16; 2]>,
 }
 
 /// `--restart`: whether the daemon starts a container again after it

@@ -14,7 +14,8 @@ use oci_spec::runtime::LinuxResources;
 use crate::cgroups;
 use crate::runtime::HookError;
 
-const RUNTIME_USAGE: &str = "usage: wharf-runner runtime run --bundle DIR [--pid-file FILE] ID";
+const RUNTIME_USAGE: &str =
+    "usage: wharf-runner runtime run --bundle DIR [--pid-file FILE] [--console-socket PATH] ID";
 
 /// `wharf-runner runtime run --bundle DIR [--pid-file FILE] ID`: runs the
 /// bundle in the foreground (like `runc run`) and exits with the
@@ -33,6 +34,7 @@ pub fn runtime_main(args: &[String]) -> i32 {
     }
     let mut bundle: Option<PathBuf> = None;
     let mut pid_file: Option<PathBuf> = None;
+    let mut console_socket: Option<PathBuf> = None;
     let mut id: Option<String> = None;
     let mut it = rest.iter();
     while let Some(arg) = it.next() {
@@ -47,6 +49,8 @@ pub fn runtime_main(args: &[String]) -> i32 {
             bundle = Some(v);
         } else if let Some(v) = value("--pid-file") {
             pid_file = Some(v);
+        } else if let Some(v) = value("--console-socket") {
+            console_socket = Some(v);
         } else if id.is_none() && !arg.starts_with('-') {
             id = Some(arg.clone());
         } else {
@@ -57,6 +61,17 @@ pub fn runtime_main(args: &[String]) -> i32 {
     let (Some(bundle), Some(id)) = (bundle, id) else {
         eprintln!("{RUNTIME_USAGE}");
         return 125;
+    };
+    // runc's protocol: connect now, the container sends its pty master.
+    let console = match &console_socket {
+        Some(path) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => Some(std::os::fd::OwnedFd::from(s)),
+            Err(e) => {
+                eprintln!("wharf-runner: console socket {}: {e}", path.display());
+                return 125;
+            }
+        },
+        None => None,
     };
     let cgroup = match cgroup_of(&bundle) {
         Ok(c) => c,
@@ -86,7 +101,7 @@ pub fn runtime_main(args: &[String]) -> i32 {
             eprintln!("wharf-runner: pid file {}: {e}", path.display());
         }
     };
-    match crate::runtime::run_with_hooks(&bundle, &id, &mut before_start, &mut started) {
+    match crate::runtime::run_with_console(&bundle, &id, console, &mut before_start, &mut started) {
         Ok(status) => status.code(),
         Err(e) => {
             eprintln!("wharf-runner: {e}");
@@ -120,7 +135,8 @@ pub(crate) fn cgroup_of(bundle: &Path) -> Result<Option<(String, String, LinuxRe
     )))
 }
 
-const SHIM_USAGE: &str = "usage: wharf-runner shim --bundle DIR [--runtime PATH] ID";
+const SHIM_USAGE: &str =
+    "usage: wharf-runner shim --bundle DIR [--runtime PATH] [--tty] [--stdin] [--wait-attach] ID";
 
 /// `wharf-runner shim --bundle DIR [--runtime PATH] ID`: the container's
 /// monitor. Runs `wharf-runner runtime run --bundle DIR --pid-file
@@ -135,15 +151,28 @@ pub fn shim_main(args: &[String]) -> i32 {
     if let Err(e) = nix::unistd::setsid() {
         eprintln!("wharf-runner shim: setsid: {e}");
     }
-    let (bundle, runtime, id) = match args {
-        [flag, dir, id] if flag == "--bundle" => (PathBuf::from(dir), None, id.clone()),
-        [flag, dir, rflag, runtime, id] if flag == "--bundle" && rflag == "--runtime" => {
-            (PathBuf::from(dir), Some(PathBuf::from(runtime)), id.clone())
+    let mut bundle: Option<PathBuf> = None;
+    let mut runtime: Option<PathBuf> = None;
+    let mut id: Option<String> = None;
+    let mut io = crate::shim::Stdio::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--bundle" => bundle = it.next().map(PathBuf::from),
+            "--runtime" => runtime = it.next().map(PathBuf::from),
+            "--tty" => io.tty = true,
+            "--stdin" => io.stdin = true,
+            "--wait-attach" => io.wait_attach = true,
+            a if id.is_none() && !a.starts_with('-') => id = Some(a.to_string()),
+            _ => {
+                eprintln!("{SHIM_USAGE}");
+                return 125;
+            }
         }
-        _ => {
-            eprintln!("{SHIM_USAGE}");
-            return 125;
-        }
+    }
+    let (Some(bundle), Some(id)) = (bundle, id) else {
+        eprintln!("{SHIM_USAGE}");
+        return 125;
     };
     let pid_file = bundle.join(crate::shim::INIT_PID_FILE);
     let result = match &runtime {
@@ -151,32 +180,58 @@ pub fn shim_main(args: &[String]) -> i32 {
         // `wharf-runner runtime run --bundle DIR --pid-file FILE ID`, one
         // exec fewer.
         None => {
-            let args: Vec<String> = vec![
+            let mut args: Vec<String> = vec![
                 "run".into(),
                 "--bundle".into(),
                 bundle.display().to_string(),
                 "--pid-file".into(),
                 pid_file.display().to_string(),
-                id.clone(),
             ];
-            crate::shim::run_start(&bundle, crate::shim::Start::Forked(&|| runtime_main(&args)))
+            if io.tty {
+                // Relative: the runtime runs in the container dir, whose
+                // path may be too long for a socket address.
+                args.extend([
+                    "--console-socket".into(),
+                    crate::stdio::CONSOLE_SOCKET.into(),
+                ]);
+            }
+            args.push(id.clone());
+            crate::shim::run_with_stdio(
+                &bundle,
+                crate::shim::Start::Forked(&|| runtime_main(&args)),
+                io,
+            )
         }
         // `--keep`: the container (and so its cgroup) stays after it exits,
-        // so the daemon can read the OOM counter before `delete`.
+        // so the daemon can read the OOM counter before `delete`. With a
+        // terminal, runc sends the pty master only when detached (`run
+        // --detach`, which keeps the container too): the shim then reaps
+        // the container as a subreaper.
         Some(runtime) => {
-            let command: Vec<std::ffi::OsString> = vec![
+            let mut command: Vec<std::ffi::OsString> = vec![
                 runtime.clone().into(),
                 "--root".into(),
                 bundle.join(EXTERNAL_STATE_DIR).into(),
                 "run".into(),
-                "--keep".into(),
+            ];
+            if io.tty {
+                io.detached_runtime = true;
+                command.extend([
+                    "--detach".into(),
+                    "--console-socket".into(),
+                    crate::stdio::CONSOLE_SOCKET.into(),
+                ]);
+            } else {
+                command.push("--keep".into());
+            }
+            command.extend([
                 "--bundle".into(),
                 bundle.clone().into(),
                 "--pid-file".into(),
                 pid_file.into(),
                 id.into(),
-            ];
-            crate::shim::run(&bundle, &command)
+            ]);
+            crate::shim::run_with_stdio(&bundle, crate::shim::Start::Command(&command), io)
         }
     };
     let record = match result {

@@ -17,4 +17,6 @@ pub mod internal;
 pub mod logs;
 pub mod runtime;
 pub mod shim;
+pub mod shim_io;
+pub mod stdio;
 pub mod volumes;

@@ -505,11 +505,11 @@ async fn usage_errors_exit_125_without_a_daemon() {
         out.stderr,
         "unknown flag: --foo\nSee 'wharf-runner run --help'.\n"
     );
-    let out = cli(&socket, &["run", "-t", "busybox"]).await;
+    let out = cli(&socket, &["run", "-z", "busybox"]).await;
     assert_eq!(out.code, 125);
     assert_eq!(
         out.stderr,
-        "unknown shorthand flag: 't' in -t\nSee 'wharf-runner run --help'.\n"
+        "unknown shorthand flag: 'z' in -z\nSee 'wharf-runner run --help'.\n"
     );
     let out = cli(&socket, &["image", "rm"]).await;
     assert_eq!(out.code, 125);

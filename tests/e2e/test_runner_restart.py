@@ -41,15 +41,15 @@ def pid_alive(pid: int) -> bool:
 
 @BOTH_RUNTIMES
 def test_on_failure_retries_up_to_its_limit(runner):
-    cid = run_detached(runner, "--restart", "on-failure:2", "--", "sh", "-c", "echo ran; exit 3")
-    st = wait_state(runner, cid, lambda s: s["count"] == 2 and s["Status"] == "exited", what="retried twice")
-    # Let a third restart (which must not come) have its chance: back-off is 400 ms.
+    cid = run_detached(runner, "--restart", "on-failure:3", "--", "sh", "-c", "echo ran; exit 3")
+    st = wait_state(runner, cid, lambda s: s["count"] == 3 and s["Status"] == "exited", what="retried 3 times")
+    # Let a fourth restart (which must not come) have its chance: back-off is 800 ms.
     time.sleep(1.5)
     st = state(runner, cid)
-    assert st["count"] == 2 and st["Status"] == "exited" and st["ExitCode"] == 3, st
-    assert runner.cli("logs", cid).stdout == "ran\n" * 3
+    assert st["count"] == 3 and st["Status"] == "exited" and st["ExitCode"] == 3, st
+    assert runner.cli("logs", cid).stdout == "ran\n" * 4
     info = runner.daemon.inspect(cid)
-    assert info["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 2}
+    assert info["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
 
 
 def test_on_failure_does_not_restart_a_success(runner):

@@ -79,6 +79,15 @@ pub fn create_request(
         restart: opts.restart.clone().filter(|r| !r.is_none()),
         binds,
         tmpfs,
+        tty: opts.tty,
+        open_stdin: opts.interactive,
+        // docker's StdinOnce (`create -i`; `run -d` clears it).
+        stdin_once: opts.interactive,
+        console_size: if opts.tty {
+            super::tty::size().map(|(r, c)| [r, c])
+        } else {
+            None
+        },
     })
 }
 
@@ -141,7 +150,17 @@ pub async fn create(client: &Client, opts: ContainerOpts) -> Result<i32, Error> 
 /// `run`: create, then start detached (print the id) or attached (copy
 /// the output, exit with the container's code).
 pub async fn run(client: &Client, args: RunArgs) -> Result<i32, Error> {
-    let request = create_request(&args.opts, |k| std::env::var(k).ok())?;
+    let mut request = create_request(&args.opts, |k| std::env::var(k).ok())?;
+    // docker's StdinOnce: the end of an attached `run -i`'s input closes
+    // the container's stdin.
+    request.stdin_once = args.opts.interactive && !args.detach;
+    if !args.detach
+        && let Err(e) = super::attach::check_tty(args.opts.interactive, args.opts.tty)
+    {
+        // Before anything is made, with docker's exit code.
+        eprintln!("{e}");
+        return Ok(1);
+    }
     let id = create_container(client, &request, args.opts.pull).await?;
     if args.detach {
         let started = client
@@ -168,7 +187,22 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32, Error> {
             Err(e) => Err(e),
         };
     }
-    let code = attach_start(client, &id).await?;
+    let code = if args.opts.interactive || args.opts.tty {
+        let opts = super::attach::StreamOptions {
+            stdin: args.opts.interactive,
+            tty: args.opts.tty,
+        };
+        let work = super::attach::start_attached(client, &id, opts, &args.detach_keys);
+        // Without a terminal, signals to the CLI go to the container (as
+        // docker's --sig-proxy); with one, ^C is a byte on the pty.
+        if args.opts.tty {
+            work.await?
+        } else {
+            proxy_signals(client, &id, work).await?
+        }
+    } else {
+        attach_start(client, &id).await?
+    };
     if request.auto_remove {
         wait_removed(client, &id).await;
     }
@@ -274,6 +308,25 @@ pub async fn start(client: &Client, args: StartArgs) -> Result<i32, Error> {
             return Err(Error::Message(
                 "Error: you cannot start and attach multiple containers at once".into(),
             ));
+        }
+        if args.interactive {
+            let name = &args.containers[0];
+            let info: Value = client
+                .json(
+                    Method::GET,
+                    &format!("/containers/{}/json", encode(name)),
+                    None::<&()>,
+                )
+                .await?;
+            let opts = super::attach::StreamOptions {
+                stdin: info["Config"]["OpenStdin"].as_bool().unwrap_or(false),
+                tty: info["Config"]["Tty"].as_bool().unwrap_or(false),
+            };
+            if let Err(e) = super::attach::check_tty(opts.stdin, opts.tty) {
+                eprintln!("{e}");
+                return Ok(1);
+            }
+            return super::attach::start_attached(client, name, opts, &args.detach_keys).await;
         }
         return attach_start(client, &args.containers[0]).await;
     }

@@ -8,6 +8,7 @@
 //! `daemon::run` (only for `daemon`), `api` and `bundle::parse`; called by
 //! the binary's `main`.
 
+pub mod attach;
 pub mod client;
 pub mod commit;
 pub mod containers;
@@ -16,6 +17,7 @@ pub mod format;
 pub mod images;
 pub mod network;
 pub mod progress;
+pub mod tty;
 pub mod volumes;
 
 use std::ffi::OsString;
@@ -68,6 +70,8 @@ pub enum Command {
     Create(ContainerOpts),
     /// Start one or more stopped containers
     Start(StartArgs),
+    /// Attach local standard input, output, and error streams to a running container
+    Attach(AttachArgs),
     /// List containers
     Ps(PsArgs),
     /// Fetch the logs of a container
@@ -148,6 +152,8 @@ pub enum ContainerCommand {
     Create(ContainerOpts),
     /// Start one or more stopped containers
     Start(StartArgs),
+    /// Attach local standard input, output, and error streams to a running container
+    Attach(AttachArgs),
     /// Stop one or more running containers
     Stop(StopArgs),
     /// Restart one or more containers
@@ -201,6 +207,9 @@ pub struct RunArgs {
     /// Run container in background and print container ID
     #[arg(short, long)]
     pub detach: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long = "detach-keys", value_name = "string")]
+    pub detach_keys: Option<String>,
     #[command(flatten)]
     pub opts: ContainerOpts,
 }
@@ -214,6 +223,12 @@ pub struct ContainerOpts {
     /// Automatically remove the container when it exits
     #[arg(long)]
     pub rm: bool,
+    /// Keep STDIN open even if not attached
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// Assign a name to the container
     #[arg(long)]
     pub name: Option<String>,
@@ -304,8 +319,26 @@ pub struct StartArgs {
     /// Attach STDOUT/STDERR
     #[arg(short, long)]
     pub attach: bool,
+    /// Attach container's STDIN
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long = "detach-keys", value_name = "string")]
+    pub detach_keys: Option<String>,
     #[arg(value_name = "CONTAINER", required = true)]
     pub containers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Do not attach STDIN
+    #[arg(long = "no-stdin")]
+    pub no_stdin: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long = "detach-keys", value_name = "string")]
+    pub detach_keys: Option<String>,
+    #[arg(value_name = "CONTAINER")]
+    pub container: String,
 }
 
 #[derive(Debug, Args)]
@@ -713,6 +746,7 @@ async fn dispatch(client: &Client, command: Command) -> Result<i32, Error> {
             containers::create(client, a).await
         }
         Command::Start(a) | Command::Container(C::Start(a)) => containers::start(client, a).await,
+        Command::Attach(a) | Command::Container(C::Attach(a)) => attach::attach(client, a).await,
         Command::Ps(a) | Command::Container(C::Ls(a)) => containers::ps(client, a).await,
         Command::Logs(a) | Command::Container(C::Logs(a)) => containers::logs(client, a).await,
         Command::Port(a) | Command::Container(C::Port(a)) => network::port(client, a).await,

@@ -132,6 +132,27 @@ fn restart_policy_flag() {
 }
 
 #[test]
+fn interactive_flags_parse_like_dockers() {
+    let a = run_opts(&["run", "-dit", "--detach-keys", "ctrl-a,x", "busybox", "sh"]);
+    assert!(a.detach && a.opts.interactive && a.opts.tty);
+    assert_eq!(a.detach_keys.as_deref(), Some("ctrl-a,x"));
+    let req = create_request(&a.opts, |_| None).unwrap();
+    assert!(req.tty && req.open_stdin && req.stdin_once);
+    let a = run_opts(&["run", "-i", "busybox", "cat"]);
+    let req = create_request(&a.opts, |_| None).unwrap();
+    assert!(req.open_stdin && !req.tty && req.console_size.is_none());
+    match parse(&["attach", "--no-stdin", "web"]).unwrap().command {
+        Command::Attach(a) => assert!(a.no_stdin && a.container == "web"),
+        other => panic!("{other:?}"),
+    }
+    assert!(parse(&["container", "attach", "web"]).is_ok());
+    match parse(&["start", "-ai", "web"]).unwrap().command {
+        Command::Start(s) => assert!(s.attach && s.interactive),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn bad_values_are_usage_errors() {
     for args in [
         &["run", "-m", "64x", "busybox"][..],
@@ -140,8 +161,7 @@ fn bad_values_are_usage_errors() {
         &["run", "-p", "80:80:80:80", "busybox"],
         &["run", "--pull", "sometimes", "busybox"],
         &["run"],
-        &["run", "-i", "busybox"],
-        &["run", "--restart", "always", "busybox"],
+        &["run", "--restart", ":3", "busybox"],
         &["create", "-d", "busybox"],
         &["stop"],
     ] {

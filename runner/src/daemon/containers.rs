@@ -383,7 +383,7 @@ fn run_options(id: &str, req: &CreateRequest, mounts: Vec<oci_spec::runtime::Mou
         },
         network_namespace: None,
         read_only: req.read_only,
-        tty: false,
+        tty: req.tty,
         cgroups_path: format!("/{CGROUP_PARENT}/{id}"),
         mounts,
     }
@@ -706,7 +706,7 @@ impl Containers {
         let mut rx = live.exits.subscribe();
         rx.borrow_and_update();
         self.started_by_hand(&row.id).await?;
-        self.launch(&row).await?;
+        self.launch(&row, false).await?;
         let dir = self.container_dir(&row.id);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -750,21 +750,107 @@ impl Containers {
         let log = self.container_dir(&row.id).join(shim::LOG_FILE);
         let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         self.started_by_hand(&row.id).await?;
-        self.launch(&row).await?;
+        self.launch(&row, false).await?;
         let (tx, out) = mpsc::channel(64);
-        tokio::spawn(follow(log, offset, seen, rx, tx, false, true));
+        if row.request().is_ok_and(|r| r.auto_remove) {
+            // docker's `run --rm` returns once the container is gone: the
+            // exit frame waits for the removal (bounded).
+            let (inner_tx, mut inner) = mpsc::channel::<Bytes>(64);
+            tokio::spawn(follow(log, offset, seen, rx, inner_tx, false, true));
+            let dir = self.container_dir(&row.id);
+            tokio::spawn(async move {
+                while let Some(chunk) = inner.recv().await {
+                    if chunk.first() == Some(&(FrameKind::Exit as u8)) {
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        while dir.exists() && Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                    if tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        } else {
+            tokio::spawn(follow(log, offset, seen, rx, tx, false, true));
+        }
         Ok(out)
+    }
+
+    /// What `attach` (see `attach`) needs of a running container.
+    pub(super) async fn attach_target(&self, name: &str) -> Result<AttachTarget> {
+        let row = self.resolve(name).await?;
+        if !row.running() {
+            return Err(Error::Conflict(
+                "You cannot attach to a stopped container, start it first".into(),
+            ));
+        }
+        let exits = self.live(&row.id).exits.subscribe();
+        self.target(&row, exits)
+    }
+
+    /// Starts a container whose shim waits for the first attach client
+    /// (an attached `run -i`/`-t` or `start -a -i`), so no output is lost.
+    pub(super) async fn start_for_attach(self: &Arc<Self>, name: &str) -> Result<AttachTarget> {
+        let row = self.resolve(name).await?;
+        if row.running() {
+            return Err(Error::Conflict(format!(
+                "container {} is already running",
+                row.name
+            )));
+        }
+        let exits = self.live(&row.id).exits.subscribe();
+        // Made before the start, so a log follower misses nothing.
+        let target = self.target(&row, exits)?;
+        self.started_by_hand(&row.id).await?;
+        self.launch(&row, target.interactive).await?;
+        Ok(target)
+    }
+
+    fn target(&self, row: &Row, exits: watch::Receiver<(u64, i64)>) -> Result<AttachTarget> {
+        let req = row.request()?;
+        let dir = self.container_dir(&row.id);
+        let log = dir.join(shim::LOG_FILE);
+        let seen = exits.borrow().0;
+        Ok(AttachTarget {
+            id: row.id.clone(),
+            interactive: req.tty || req.open_stdin,
+            auto_remove: req.auto_remove,
+            stdin_once: req.stdin_once,
+            seen,
+            log_offset: std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0),
+            log,
+            dir,
+            exits,
+        })
+    }
+
+    /// `resize`: the container must run and have a terminal.
+    pub(super) async fn resize_target(&self, name: &str) -> Result<PathBuf> {
+        let row = self.resolve(name).await?;
+        if !row.running() {
+            return Err(Error::Conflict(format!(
+                "Container {} is not running",
+                row.id
+            )));
+        }
+        Ok(self.container_dir(&row.id))
     }
 
     /// Makes everything a start needs and spawns the monitor. Undoes what
     /// it made on failure.
-    async fn launch(self: &Arc<Self>, row: &Row) -> Result<()> {
-        self.launch_as(row, None).await
+    async fn launch(self: &Arc<Self>, row: &Row, wait_attach: bool) -> Result<()> {
+        self.launch_as(row, None, wait_attach).await
     }
 
     /// `launch`; `restart`: the token of the restart by policy this is,
     /// which does nothing if a stop, kill or rm cancelled it meanwhile.
-    async fn launch_as(self: &Arc<Self>, row: &Row, restart: Option<u64>) -> Result<()> {
+    async fn launch_as(
+        self: &Arc<Self>,
+        row: &Row,
+        restart: Option<u64>,
+        wait_attach: bool,
+    ) -> Result<()> {
         let t_begin = Instant::now();
         let live = self.live(&row.id);
         let guard = live.lock.lock().await;
@@ -803,6 +889,8 @@ impl Containers {
             shim::INIT_PID_FILE,
             shim::RUNTIME_PID_FILE,
             shim::SHIM_PID_FILE,
+            crate::stdio::ATTACH_SOCKET,
+            crate::stdio::CONSOLE_SOCKET,
         ] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
@@ -907,7 +995,13 @@ impl Containers {
             }
         };
         let t_cgroup = Instant::now();
-        let spawned = self.spawn_shim(&row.id, &dir, runtime.as_deref());
+        let stdio = shim::Stdio {
+            tty: req.tty,
+            stdin: req.open_stdin,
+            wait_attach,
+            detached_runtime: false,
+        };
+        let spawned = self.spawn_shim(&row.id, &dir, runtime.as_deref(), stdio);
         let child = match spawned {
             Ok(child) => child,
             Err(e) => {
@@ -1047,13 +1141,18 @@ impl Containers {
         if address.is_some() {
             opts.network_namespace = Some(self.network.netns_path(id));
         }
-        let spec =
+        let mut spec =
             bundle::build_spec(&image.config, &opts, &dir.join("rootfs")).map_err(|e| match e {
                 bundle::BundleError::Write { .. } | bundle::BundleError::Read { .. } => {
                     Error::Internal(e.to_string())
                 }
                 e => Error::BadRequest(e.to_string()),
             })?;
+        if let Some([rows, cols]) = req.console_size
+            && req.tty
+        {
+            crate::stdio::set_console_size(&mut spec, rows, cols);
+        }
         bundle::write_bundle(dir, &spec).map_err(|e| Error::Internal(e.to_string()))?;
         Ok(spec)
     }
@@ -1063,6 +1162,7 @@ impl Containers {
         id: &str,
         dir: &Path,
         runtime: Option<&Path>,
+        stdio: shim::Stdio,
     ) -> Result<tokio::process::Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -1073,6 +1173,15 @@ impl Containers {
         cmd.arg("shim").arg("--bundle").arg(dir);
         if let Some(runtime) = runtime {
             cmd.arg("--runtime").arg(runtime);
+        }
+        for (on, flag) in [
+            (stdio.tty, "--tty"),
+            (stdio.stdin, "--stdin"),
+            (stdio.wait_attach, "--wait-attach"),
+        ] {
+            if on {
+                cmd.arg(flag);
+            }
         }
         cmd.arg(id)
             .stdin(std::process::Stdio::null())
@@ -1202,7 +1311,7 @@ impl Containers {
         let Ok(Some(row)) = self.row(id).await else {
             return;
         };
-        if let Err(e) = self.launch_as(&row, Some(token)).await {
+        if let Err(e) = self.launch_as(&row, Some(token), false).await {
             tracing::warn!(container = %id, error = %e, "restart by policy failed");
             let _ = sqlx::query("UPDATE containers SET error = ? WHERE id = ?")
                 .bind(e.to_string())
@@ -1347,7 +1456,7 @@ impl Containers {
             let me = Arc::clone(self);
             let row = row.clone();
             tokio::spawn(async move {
-                if let Err(e) = me.launch(&row).await {
+                if let Err(e) = me.launch(&row, false).await {
                     tracing::warn!(container = %row.id, error = %e, "restart at daemon start failed");
                 }
             });
@@ -1725,6 +1834,10 @@ impl Containers {
                 "Labels": config.as_ref().and_then(|c| c.labels().clone()).unwrap_or_default(),
                 "StopSignal": r.stop_signal,
                 "Volumes": anonymous,
+                "Tty": req.tty,
+                "OpenStdin": req.open_stdin,
+                "StdinOnce": req.stdin_once,
+                "AttachStdin": req.stdin_once,
             },
             "NetworkSettings": network_settings,
         }))
@@ -1945,6 +2058,43 @@ async fn send_entries(tx: &mpsc::Sender<Bytes>, entries: &[Entry], timestamps: b
         }
     }
     true
+}
+
+/// A container being attached to (see `attach`).
+pub(super) struct AttachTarget {
+    pub id: String,
+    /// Made with `-i` or `-t`: its shim serves the attach socket.
+    pub interactive: bool,
+    /// `--rm`: the exit is told once the container is gone, as docker's
+    /// `run --rm` returns after the removal.
+    pub auto_remove: bool,
+    /// `run -i` attached: the end of the client's input closes the
+    /// container's stdin (docker's StdinOnce).
+    pub stdin_once: bool,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub log_offset: u64,
+    /// The stop count when it was subscribed (see [`follow`]).
+    pub seen: u64,
+    pub exits: watch::Receiver<(u64, i64)>,
+}
+
+impl AttachTarget {
+    /// The output of a container without `-i`/`-t` from now on, from its
+    /// log, ending with an exit frame.
+    pub fn follow_log(&self) -> mpsc::Receiver<Bytes> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(follow(
+            self.log.clone(),
+            self.log_offset,
+            self.seen,
+            self.exits.clone(),
+            tx,
+            false,
+            true,
+        ));
+        rx
+    }
 }
 
 /// Streams the log from `offset` until the container stops (then the rest

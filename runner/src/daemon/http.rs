@@ -15,6 +15,7 @@ use axum::routing::{delete, get, post};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use super::attach;
 use super::containers::Containers;
 use super::error::{Error, Result};
 use super::images::Images;
@@ -102,6 +103,8 @@ pub fn router(state: AppState) -> Router {
         .route("/volumes", get(volumes_list))
         .route("/volumes/prune", post(volume_prune))
         .route("/volumes/{name}", get(volume_inspect).delete(volume_remove))
+        .route("/containers/{id}/attach", post(attach))
+        .route("/containers/{id}/resize", post(resize))
         .fallback(|| async { Error::NotFound("page not found".into()) })
         .with_state(state)
 }
@@ -250,14 +253,46 @@ async fn containers_list(State(s): State<AppState>, Query(q): Q) -> Result<Respo
     ))
 }
 
-async fn start(State(s): State<AppState>, Path(id): Path<String>, Query(q): Q) -> Result<Response> {
-    if flag(&q, "attach") {
+async fn start(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Q,
+    req: axum::extract::Request,
+) -> Result<Response> {
+    if flag(&q, "attach") && attach::wants_upgrade(req.headers()) {
+        let opts = attach::AttachOptions::from_query(&q)?;
+        attach::start_attached(&s.containers, &id, opts, req).await
+    } else if flag(&q, "attach") {
         let rx = s.containers.start_attached(&id).await?;
         Ok(streamed(rx, "application/vnd.docker.multiplexed-stream"))
     } else {
         s.containers.start(&id).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
     }
+}
+
+async fn attach(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Q,
+    req: axum::extract::Request,
+) -> Result<Response> {
+    let opts = attach::AttachOptions::from_query(&q)?;
+    attach::attach(&s.containers, &id, opts, req).await
+}
+
+async fn resize(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Q,
+) -> Result<Response> {
+    let dim = |k: &str| -> Result<u16> {
+        let v = q.get(k).map(String::as_str).unwrap_or("0");
+        v.parse::<u16>()
+            .map_err(|_| Error::BadRequest(format!("invalid {k} {v:?}")))
+    };
+    attach::resize(&s.containers, &id, dim("h")?, dim("w")?).await?;
+    Ok(StatusCode::OK.into_response())
 }
 
 async fn stop(State(s): State<AppState>, Path(id): Path<String>, Query(q): Q) -> Result<Response> {

@@ -6,6 +6,7 @@
 //! (lifecycle), `bundle`, `cgroups`, `shim` (as a separate process); called
 //! by `main` only. The CLI never links against this: it speaks HTTP.
 
+pub mod attach;
 pub mod catalog;
 pub mod commit;
 pub mod containers;

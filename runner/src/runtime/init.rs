@@ -12,7 +12,7 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -93,6 +93,11 @@ pub struct ChildSetup<'a> {
     /// The parent's ends of the pipes, closed first thing in the child so
     /// the sync pipe reads EOF if the parent goes away.
     pub parent_fds: [RawFd; 2],
+    /// A socket connected to the caller's console socket: with
+    /// `process.terminal`, the child makes a pty in the container's
+    /// devpts, sends the master there and takes the slave as its stdio and
+    /// controlling terminal (runc's `--console-socket`).
+    pub console: Option<RawFd>,
 }
 
 /// The clone callback's body. Never returns on success (execve).
@@ -131,7 +136,10 @@ fn run(setup: &ChildSetup, sync_read: &OwnedFd) -> Result<std::convert::Infallib
         .process()
         .as_ref()
         .ok_or_else(|| Failure::Setup("the spec has no process".into()))?;
-    if process.terminal() == Some(true) && nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
+    if process.terminal() == Some(true)
+        && setup.console.is_none()
+        && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
+    {
         // SAFETY: TIOCSCTTY on fd 0 takes an int argument and touches no memory.
         unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
     }
@@ -151,6 +159,17 @@ fn run(setup: &ChildSetup, sync_read: &OwnedFd) -> Result<std::convert::Infallib
 
     mounts::prepare_rootfs(spec, setup.rootfs, setup.bundle).map_err(Failure::Setup)?;
     mounts::pivot_into(setup.rootfs).map_err(Failure::Setup)?;
+    if let Some(sock) = setup.console
+        && process.terminal() == Some(true)
+    {
+        let size = process.console_size().map(|b| {
+            (
+                b.height().min(u16::MAX.into()) as u16,
+                b.width().min(u16::MAX.into()) as u16,
+            )
+        });
+        setup_console(sock, process.user().uid(), size)?;
+    }
     // Before /proc/sys turns read-only.
     set_sysctls(spec)?;
     if let Some(adj) = process.oom_score_adj() {
@@ -257,6 +276,47 @@ pub(super) fn drop_privileges_and_exec(
             detail,
         }
     })
+}
+
+/// Makes the container's terminal: a pty from the container's own devpts
+/// (so its name is `/dev/pts/0` inside), the master sent to `sock`, the
+/// slave made stdin, stdout, stderr and the controlling terminal.
+fn setup_console(sock: RawFd, uid: u32, size: Option<(u16, u16)>) -> Result<(), Failure> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(step("open /dev/ptmx"))?;
+    nix::pty::grantpt(&master).map_err(step("grantpt"))?;
+    nix::pty::unlockpt(&master).map_err(step("unlockpt"))?;
+    let name = nix::pty::ptsname_r(&master).map_err(step("ptsname"))?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Failure::Setup(format!("open {name}: {}", e.desc())))?;
+    if let Some((rows, cols)) = size {
+        crate::stdio::set_winsize(master.as_raw_fd(), rows, cols)
+            .map_err(|e| Failure::Setup(format!("set the terminal size: {e}")))?;
+    }
+    nix::unistd::fchown(&slave, Some(Uid::from_raw(uid)), None)
+        .map_err(|e| Failure::Setup(format!("chown {name}: {}", e.desc())))?;
+    crate::stdio::send_fd(sock, master.as_raw_fd(), &name)
+        .map_err(|e| Failure::Setup(format!("send the pty to the console socket: {e}")))?;
+    drop(master);
+    // SAFETY: the caller's socket, only used here; closing it ends its use.
+    unsafe { libc::close(sock) };
+    nix::unistd::dup2_stdin(&slave).map_err(step("dup the pty to stdin"))?;
+    nix::unistd::dup2_stdout(&slave).map_err(step("dup the pty to stdout"))?;
+    nix::unistd::dup2_stderr(&slave).map_err(step("dup the pty to stderr"))?;
+    drop(slave);
+    // SAFETY: TIOCSCTTY on fd 0 takes an int argument and touches no memory.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+        return Err(Failure::Setup(format!(
+            "make the pty the controlling terminal: {}",
+            Errno::last().desc()
+        )));
+    }
+    Ok(())
 }
 
 fn cstring(bytes: &[u8]) -> Result<CString, Failure> {

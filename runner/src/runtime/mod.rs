@@ -247,6 +247,19 @@ pub fn run_with_hooks(
     before_start: &mut dyn FnMut(Pid) -> Result<(), HookError>,
     started: &mut dyn FnMut(Pid),
 ) -> Result<ExitStatus, Error> {
+    run_with_console(bundle, id, None, before_start, started)
+}
+
+/// [`run_with_hooks`] with runc's console protocol: with
+/// `process.terminal`, the container's pty master is sent over `console`
+/// (a socket connected to the caller's `--console-socket`).
+pub fn run_with_console(
+    bundle: &Path,
+    id: &str,
+    console: Option<OwnedFd>,
+    before_start: &mut dyn FnMut(Pid) -> Result<(), HookError>,
+    started: &mut dyn FnMut(Pid),
+) -> Result<ExitStatus, Error> {
     let config = bundle.join("config.json");
     let spec = Spec::load(&config).map_err(|source| Error::Spec {
         path: config.clone(),
@@ -315,6 +328,7 @@ pub fn run_with_hooks(
         seccomp: &programs,
         original_mask,
         parent_fds: [sync_write.as_raw_fd(), err_read.as_raw_fd()],
+        console: console.as_ref().map(|c| c.as_raw_fd()),
     };
     let mut stack = vec![0u8; CHILD_STACK_SIZE];
     let child_sync = &sync_read;
@@ -334,6 +348,7 @@ pub fn run_with_hooks(
     .map_err(sys("clone the container process"))?;
     drop(sync_read);
     drop(err_write);
+    drop(console);
 
     if let Err(source) = before_start(child) {
         let _ = kill(child, Signal::SIGKILL);
