@@ -308,6 +308,8 @@ async fn run_pulls_a_missing_image_then_attaches_and_exits_with_its_code() {
             "POST /images/pull \"busybox\"".into(),
             "POST /containers/create".into(),
             format!("POST /containers/{ID}/start attach=true"),
+            // --rm: docker's run returns once the container is gone.
+            format!("GET /containers/{ID}/json"),
         ]
     );
     let create = state.creates.lock().unwrap()[1].clone();
