@@ -492,7 +492,8 @@ impl Execs {
             // A master sent just before the runtime ended is still queued.
             if has_console
                 && !got_master
-                && let Ok(fd) = tokio::time::timeout(Duration::from_millis(200), &mut receiving).await
+                && let Ok(fd) =
+                    tokio::time::timeout(Duration::from_millis(200), &mut receiving).await
             {
                 take_master(fd, &mut readers);
             }
