@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_runner_interactive import PROMPT, STTY_SIZE, TTY, cli_bytes, term  # noqa: F401 (term is a fixture)
 
 from runner_support import ID_RE, cgroup_dirs, output, wait_for
+from test_runner_interactive import PROMPT, STTY_SIZE, TTY, Term, cli_bytes
 
 BOTH_RUNTIMES = pytest.mark.parametrize("runner", ["wharf", "runc"], indirect=True)
 
@@ -34,6 +34,22 @@ def start(runner, *flags_and_cmd) -> str:
     cid = proc.stdout.strip()
     assert ID_RE.match(cid), output(proc)
     return runner.track(cid)
+
+
+@pytest.fixture
+def term():
+    """make(daemon, *args, rows=, cols=) -> a CLI command on a pty of its own
+    (test_runner_interactive.Term), closed after the test."""
+    made: list[Term] = []
+
+    def make(daemon, *args, **kwargs) -> Term:
+        t = Term(daemon, *args, **kwargs)
+        made.append(t)
+        return t
+
+    yield make
+    for t in made:
+        t.close()
 
 
 def exec_(runner, *args, check: bool = True):

@@ -236,7 +236,7 @@ def start_failing_daemon(runner, tmp_path: Path, bridge: str, subnet: str) -> su
         proc = subprocess.run(
             [str(runner.daemon.binary), "daemon", "--root", str(tmp_path / "root"),
              "--socket", str(sock_dir / "runner.sock"), "--bridge", bridge, "--bridge-subnet", subnet],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, check=False,
             env={**os.environ, "NO_COLOR": "1", "RUST_LOG": "info"},
         )
         assert not (sock_dir / "runner.sock").exists(), "the refused daemon left its socket"
@@ -251,7 +251,7 @@ def test_a_bridge_subnet_that_collides_with_the_host_is_refused(runner, tmp_path
     net = ipaddress.ip_network(net)
     gateway = next(net.hosts())
     routed = ipaddress.ip_network(f"10.92.{net.network_address.packed[2]}.0/24")
-    assert str(routed) not in subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    assert str(routed) not in subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
     subprocess.run(["ip", "link", "add", other, "type", "bridge"], check=True)
     try:
         subprocess.run(["ip", "addr", "add", f"{gateway}/{net.prefixlen}", "dev", other], check=True)
@@ -278,7 +278,7 @@ def test_a_bridge_subnet_that_collides_with_the_host_is_refused(runner, tmp_path
         assert proc.returncode == 1 and f"of {runner.daemon.bridge}\n" in proc.stderr, proc.stderr
         assert not Path(f"/sys/class/net/{bridge}").exists()
     finally:
-        subprocess.run(["ip", "link", "del", other], capture_output=True)
+        subprocess.run(["ip", "link", "del", other], capture_output=True, check=False)
 
 
 @BOTH_RUNTIMES
