@@ -306,6 +306,20 @@ mod tests {
         assert_eq!((a.pid, a.id.as_str()), (42, "abc"));
         assert_eq!(a.log, Some(PathBuf::from("/l")));
         assert_eq!(a.pid_file, None);
+        assert_eq!(a.console_socket, None);
+        let a = parse_args(&strings(&[
+            "--bundle",
+            "/b",
+            "--process",
+            "/p",
+            "--pid",
+            "7",
+            "--console-socket",
+            "console.sock",
+            "abc",
+        ]))
+        .unwrap();
+        assert_eq!(a.console_socket, Some(PathBuf::from("console.sock")));
         for bad in [
             &["--bundle", "/b", "--process", "/p", "abc"][..],
             &["--bundle", "/b", "--process", "/p", "--pid", "1", "abc"],

@@ -1,12 +1,13 @@
 //! Interactive streams on the CLI side: `run -i`/`-t` (attached),
-//! `start -a -i`, `attach` and `exec -i`/`-t`. The request is upgraded (HTTP `101`, as
-//! docker's hijacked attach): stdin goes up raw (its end is a half-close),
+//! `start -a -i`, `attach` and `exec -i`/`-t`. The request is upgraded
+//! (HTTP `101`, as docker's hijacked attach): stdin goes up raw (its end is
+//! a half-close),
 //! frames come down (output, then the exit frame). With a terminal the CLI
 //! puts its own in raw mode and posts its size on start and on SIGWINCH.
 //!
 //! [`upgrade`] and [`stream`] are the reusable parts (`cli::exec` runs an
-//! `exec -it` stream with them). Called by `cli::dispatch` and `cli::containers`; calls
-//! `client`, `tty`, `api`.
+//! `exec -it` stream with them). Called by `cli::dispatch`,
+//! `cli::containers` and `cli::exec`; calls `client`, `tty`, `api`.
 
 use std::io::Write;
 

@@ -482,4 +482,39 @@ mod tests {
         assert_eq!(k, FrameKind::Exit);
         assert!(String::from_utf8_lossy(p).contains(r#""Detached":true"#));
     }
+
+    #[tokio::test]
+    async fn an_exec_stream_feeds_its_channel_and_brings_its_own_exit_frame() {
+        let (client, mut user) = tokio::io::duplex(4096);
+        let (out_tx, out_rx) = mpsc::channel(4);
+        let (in_tx, mut in_rx) = mpsc::channel(4);
+        let task = tokio::spawn(async move {
+            let source = Source::Exec {
+                output: out_rx,
+                input: Some(in_tx),
+            };
+            proxy(client, source, &opts(true), true, async { 99 }).await
+        });
+        user.write_all(b"hi").await.unwrap();
+        user.shutdown().await.unwrap();
+        assert_eq!(in_rx.recv().await, Some(Msg::Stdin(b"hi".to_vec())));
+        assert_eq!(in_rx.recv().await, Some(Msg::CloseStdin));
+        out_tx
+            .send(Bytes::from(encode_frame(FrameKind::Stdout, b"o")))
+            .await
+            .unwrap();
+        out_tx
+            .send(Bytes::from(exit_frame(7, false)))
+            .await
+            .unwrap();
+        drop(out_tx);
+        assert_eq!(task.await.unwrap(), ProxyEnd::Exited);
+        let mut all = Vec::new();
+        user.read_to_end(&mut all).await.unwrap();
+        let (k, p, n) = decode_frame(&all).unwrap().unwrap();
+        assert_eq!((k, p), (FrameKind::Stdout, &b"o"[..]));
+        let (k, p, m) = decode_frame(&all[n..]).unwrap().unwrap();
+        assert_eq!((k, p), (FrameKind::Exit, &br#"{"StatusCode":7}"#[..]));
+        assert_eq!(n + m, all.len(), "one exit frame, the exec's own");
+    }
 }
