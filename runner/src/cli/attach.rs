@@ -1,9 +1,9 @@
 //! Interactive streams on the CLI side: `run -i`/`-t` (attached),
 //! `start -a -i`, `attach` and `exec -i`/`-t`. The request is upgraded
 //! (HTTP `101`, as docker's hijacked attach): stdin goes up raw (its end is
-//! a half-close),
-//! frames come down (output, then the exit frame). With a terminal the CLI
-//! puts its own in raw mode and posts its size on start and on SIGWINCH.
+//! a half-close), frames come down (output, then the exit frame). With a
+//! terminal the CLI puts its own in raw mode and posts its size on start
+//! and on SIGWINCH.
 //!
 //! [`upgrade`] and [`stream`] are the reusable parts (`cli::exec` runs an
 //! `exec -it` stream with them). Called by `cli::dispatch`,
