@@ -30,7 +30,8 @@
 //! | `GET /containers/{id}/logs?follow=BOOL&tail=N&timestamps=BOOL` | | 200, frame stream |
 //! | `POST /containers/{id}/exec` | [`ExecCreateRequest`] | 201 [`ExecCreateResponse`]; 409 `container ID is not running` |
 //! | `POST /exec/{id}/start?detach=BOOL` | | detached: 204 once the command runs; else 200, frame stream ending with an exit frame |
-//! | `POST /exec/{id}/start?stdin=true` + `Connection: Upgrade`, `Upgrade: tcp` | raw stdin after the 101, half-closed at its end | 101, then the frame stream on the upgraded connection (`exec -i`) |
+//! | `POST /exec/{id}/start?stdin=BOOL` + `Connection: Upgrade`, `Upgrade: tcp` | raw stdin after the 101, half-closed at its end | 101, then a hijacked stream as attach's (`exec -i`, `exec -t`; detach keys with `-it`) |
+//! | `POST /exec/{id}/resize?h=ROWS&w=COLS` | | 200; the exec's terminal size (`exec -t`) |
 //! | `GET /exec/{id}/json` | | docker's exec inspect JSON |
 //! | `POST /volumes/create` | [`VolumeCreateRequest`] | 201 [`Volume`] (the existing one if the name is taken) |
 //! | `GET /volumes?dangling=BOOL` | | `[Volume]`; `dangling`: only unused (true) or used (false) ones |
@@ -429,9 +430,16 @@ pub struct ExecCreateRequest {
     /// `-i`: the command's stdin comes from an upgraded start (`stdin=true`).
     #[serde(default)]
     pub attach_stdin: bool,
-    /// `-t`: a terminal (refused until pty streaming exists).
+    /// `-t`: the command gets a pty of the container's (its output is all
+    /// stdout); the start is upgraded, sizes come by `/exec/{id}/resize`.
     #[serde(default)]
     pub tty: bool,
+    /// The terminal's initial `[rows, cols]` (`-t`).
+    #[serde(default)]
+    pub console_size: Option<[u16; 2]>,
+    /// `--detach-keys` (with `-it`); `None`: docker's `ctrl-p,ctrl-q`.
+    #[serde(default)]
+    pub detach_keys: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

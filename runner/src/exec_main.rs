@@ -25,7 +25,7 @@ use nix::unistd::Pid;
 use crate::cgroups;
 use crate::runtime::HookError;
 
-const USAGE: &str = "usage: wharf-runner runtime exec --bundle DIR --process FILE --pid PID [--pid-file FILE] [--log FILE] ID";
+const USAGE: &str = "usage: wharf-runner runtime exec --bundle DIR --process FILE --pid PID [--pid-file FILE] [--log FILE] [--console-socket PATH] ID";
 
 /// The parsed command line of `runtime exec`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,9 @@ pub struct ExecArgs {
     pub pid: i32,
     pub pid_file: Option<PathBuf>,
     pub log: Option<PathBuf>,
+    /// runc's `--console-socket`: where the pty master of a
+    /// `process.terminal` exec is sent.
+    pub console_socket: Option<PathBuf>,
     pub id: String,
 }
 
@@ -45,6 +48,7 @@ pub fn parse_args(args: &[String]) -> Result<ExecArgs, String> {
     let mut pid = None;
     let mut pid_file = None;
     let mut log = None;
+    let mut console_socket = None;
     let mut id = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -58,6 +62,7 @@ pub fn parse_args(args: &[String]) -> Result<ExecArgs, String> {
             "--pid" => &mut pid,
             "--pid-file" => &mut pid_file,
             "--log" => &mut log,
+            "--console-socket" => &mut console_socket,
             _ if !arg.starts_with('-') && id.is_none() => {
                 id = Some(arg.clone());
                 continue;
@@ -85,6 +90,7 @@ pub fn parse_args(args: &[String]) -> Result<ExecArgs, String> {
         pid,
         pid_file: pid_file.map(PathBuf::from),
         log: log.map(PathBuf::from),
+        console_socket: console_socket.map(PathBuf::from),
         id: id.ok_or("the container id is required")?,
     })
 }
@@ -125,6 +131,19 @@ pub fn runtime_exec_main(args: &[String]) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(format!("exec failed: {e}"), 125),
     };
+    // runc's protocol: connect now; the process sends its pty master.
+    let console = match &args.console_socket {
+        Some(path) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => Some(std::os::fd::OwnedFd::from(s)),
+            Err(e) => {
+                return fail(
+                    format!("exec failed: console socket {}: {e}", path.display()),
+                    125,
+                );
+            }
+        },
+        None => None,
+    };
     let mut before_start = |pid: Pid| -> Result<(), HookError> {
         if let Some((parent, name, _)) = &cgroup {
             let hierarchy = cgroups::detect(Path::new(cgroups::CGROUP_ROOT))?;
@@ -149,6 +168,7 @@ pub fn runtime_exec_main(args: &[String]) -> i32 {
         process,
         &args.id,
         Pid::from_raw(args.pid),
+        console,
         &mut before_start,
         &mut started,
     ) {
@@ -156,6 +176,73 @@ pub fn runtime_exec_main(args: &[String]) -> i32 {
         Err(e) => {
             let code = e.exit_code();
             fail(crate::runtime::exec::failure_message(&e), code)
+        }
+    }
+}
+
+/// `wharf-runner runtime reap --pid-file FILE -- COMMAND...`: runs an
+/// external runtime's detached exec (`runc exec --detach --console-socket`,
+/// the only way runc hands out the pty master of an exec) as a child
+/// subreaper, so the exec'd process, orphaned when runc returns, becomes
+/// ours: exits with the runtime's code when that is not 0, else waits for
+/// the process named in FILE (reaping whatever else arrives) and exits with
+/// its code, or 128 + the signal that killed it.
+pub fn reap_main(args: &[String]) -> i32 {
+    const REAP_USAGE: &str = "usage: wharf-runner runtime reap --pid-file FILE -- COMMAND...";
+    let (pid_file, command) = match args {
+        [flag, file, dashes, command @ ..]
+            if flag == "--pid-file" && dashes == "--" && !command.is_empty() =>
+        {
+            (PathBuf::from(file), command)
+        }
+        _ => {
+            eprintln!("{REAP_USAGE}");
+            return 125;
+        }
+    };
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        eprintln!("wharf-runner runtime reap: subreaper: {e}");
+        return 125;
+    }
+    let status = match std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .status()
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wharf-runner runtime reap: {}: {e}", command[0]);
+            return 125;
+        }
+    };
+    if !status.success() {
+        use std::os::unix::process::ExitStatusExt;
+        return status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    }
+    let pid = match std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+    {
+        Some(p) if p > 0 => Pid::from_raw(p),
+        _ => {
+            eprintln!(
+                "wharf-runner runtime reap: no pid in {}",
+                pid_file.display()
+            );
+            return 125;
+        }
+    };
+    use nix::sys::wait::{WaitStatus, waitpid};
+    loop {
+        match waitpid(None::<Pid>, None) {
+            Ok(WaitStatus::Exited(p, code)) if p == pid => return code,
+            Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => return 128 + sig as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                eprintln!("wharf-runner runtime reap: waiting for pid {pid}: {e}");
+                return 125;
+            }
         }
     }
 }
@@ -219,6 +306,20 @@ mod tests {
         assert_eq!((a.pid, a.id.as_str()), (42, "abc"));
         assert_eq!(a.log, Some(PathBuf::from("/l")));
         assert_eq!(a.pid_file, None);
+        assert_eq!(a.console_socket, None);
+        let a = parse_args(&strings(&[
+            "--bundle",
+            "/b",
+            "--process",
+            "/p",
+            "--pid",
+            "7",
+            "--console-socket",
+            "console.sock",
+            "abc",
+        ]))
+        .unwrap();
+        assert_eq!(a.console_socket, Some(PathBuf::from("console.sock")));
         for bad in [
             &["--bundle", "/b", "--process", "/p", "abc"][..],
             &["--bundle", "/b", "--process", "/p", "--pid", "1", "abc"],

@@ -28,6 +28,9 @@ pub fn runtime_main(args: &[String]) -> i32 {
     if sub == "exec" {
         return crate::exec_main::runtime_exec_main(rest);
     }
+    if sub == "reap" {
+        return crate::exec_main::reap_main(rest);
+    }
     if sub != "run" {
         eprintln!("{RUNTIME_USAGE}");
         return 125;

@@ -1,18 +1,23 @@
 """`wharf-runner exec`: a new process in a running container, under both
 runtimes (the built-in one and runc): in every namespace and the cgroup of
 the container, with its capabilities, seccomp filter, no_new_privs, rlimits,
-environment and working directory; docker's flags, messages and exit codes."""
+environment and working directory; docker's flags, messages and exit codes;
+`exec -it`/`-t` on a pty of the container's (driven through a pty of the
+test's own, see test_runner_interactive)."""
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import termios
 import time
 from pathlib import Path
 
 import pytest
 
 from runner_support import ID_RE, cgroup_dirs, output, wait_for
+from test_runner_interactive import PROMPT, STTY_SIZE, TTY, Term, cli_bytes
 
 BOTH_RUNTIMES = pytest.mark.parametrize("runner", ["wharf", "runc"], indirect=True)
 
@@ -29,6 +34,22 @@ def start(runner, *flags_and_cmd) -> str:
     cid = proc.stdout.strip()
     assert ID_RE.match(cid), output(proc)
     return runner.track(cid)
+
+
+@pytest.fixture
+def term():
+    """make(daemon, *args, rows=, cols=) -> a CLI command on a pty of its own
+    (test_runner_interactive.Term), closed after the test."""
+    made: list[Term] = []
+
+    def make(daemon, *args, **kwargs) -> Term:
+        t = Term(daemon, *args, **kwargs)
+        made.append(t)
+        return t
+
+    yield make
+    for t in made:
+        t.close()
 
 
 def exec_(runner, *args, check: bool = True):
@@ -209,10 +230,75 @@ def test_exec_interactive_pipes_stdin(runner):
     assert proc.returncode == 127 and "executable file not found" in proc.stderr, output(proc)
 
 
-def test_exec_tty_is_refused_for_now(runner):
+@BOTH_RUNTIMES
+def test_exec_it_is_a_real_terminal(runner, term):
     cid = start(runner)
-    for flag in ["-t", "-it"]:
-        proc = exec_(runner, flag, cid, "true", check=False)
-        assert proc.returncode != 0 and "not supported yet" in proc.stderr, output(proc)
+    t = term(runner.daemon, "exec", "-it", cid, "sh", rows=33, cols=101)
+    t.expect(PROMPT)
+    t.send(f"{TTY}\r")
+    t.expect(r"/dev/pts/\d+\r\n")
+    t.send(f"{STTY_SIZE}\r")
+    t.expect(r"\r\n33 101\r\n")
+    t.resize(40, 120)
+    time.sleep(0.5)
+    t.send(f"{STTY_SIZE}\r")
+    t.expect(r"\r\n40 120\r\n")
+    # ^C reaches the shell's foreground job through the pty.
+    started = time.monotonic()
+    t.send("sleep 100; echo after-sleep\r")
+    time.sleep(1)
+    t.send(b"\x03")
+    t.expect(PROMPT, timeout=10)
+    assert time.monotonic() - started < 20
+    assert b"after-sleep" not in t.seen
+    t.send("exit 5\r")
+    assert t.wait() == 5, t.seen
+    # The container goes on; nothing of the exec is left.
+    assert runner.fmt(cid, "{{.State.Running}}") == "true"
+    wait_for(lambda: runner.fmt(cid, "{{json .ExecIDs}}") == "null", 10, "the exec to be gone from ExecIDs")
+
+
+@BOTH_RUNTIMES
+def test_exec_it_ctrl_d_and_detach_keys(runner, term):
+    cid = start(runner)
+    t = term(runner.daemon, "exec", "-it", cid, "sh")
+    t.expect(PROMPT)
+    t.send(b"\x04")
+    assert t.wait() == 0, t.seen
+    attrs = termios.tcgetattr(t.master)
+    assert attrs[3] & termios.ICANON and attrs[3] & termios.ECHO, "the terminal was not restored"
+    # docker's detach keys leave the exec'd process running.
+    t = term(runner.daemon, "exec", "-it", "--detach-keys", "ctrl-a,d", cid, "sh")
+    t.expect(PROMPT)
+    t.send("exec sleep 654\r")
+    time.sleep(0.5)
+    t.send(b"\x01d")
+    assert t.wait() == 0, t.seen
+    assert host_pids(["sleep", "654"]), "detaching ended the exec'd process"
+
+
+@BOTH_RUNTIMES
+def test_exec_t_without_i(runner):
+    cid = start(runner)
+    proc = cli_bytes(runner, "exec", "-t", cid, "busybox", "tty")
+    assert proc.returncode == 0 and re.fullmatch(rb"/dev/pts/\d+\r\n", proc.stdout), proc
+    # A terminal's output is all stdout, with the pty's line endings.
+    proc = cli_bytes(runner, "exec", "-t", cid, "sh", "-c", "echo out; echo err >&2; exit 6")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (6, b"out\r\nerr\r\n", b""), proc
+    proc = cli_bytes(runner, "exec", "-t", cid, "no-such-command")
+    assert proc.returncode == 127 and b"no-such-command" in proc.stderr, proc
+    # -dt: the command runs on a terminal of its own in the background.
+    proc = runner.cli("exec", "-d", "-t", cid, "sh", "-c", "busybox tty > /tmp/tty-of-exec; sleep 300")
+    assert proc.returncode == 0, output(proc)
+    wait_for(lambda: exec_(runner, cid, "cat", "/tmp/tty-of-exec", check=False).stdout.startswith("/dev/pts/"),
+             10, "the detached exec's tty")
+
+
+@BOTH_RUNTIMES
+def test_exec_it_wants_a_terminal(runner):
+    cid = start(runner)
+    proc = runner.cli("exec", "-it", cid, "true", input="", check=False, timeout=60)
+    assert (proc.returncode, proc.stderr) == (1, "the input device is not a TTY\n"), output(proc)
+    assert runner.fmt(cid, "{{json .ExecIDs}}") == "null", "an exec instance was made"
     proc = runner.cli("exec", cid, check=False)
     assert proc.returncode != 0 and '"wharf-runner exec" requires at least 2 arguments.' in proc.stderr, output(proc)

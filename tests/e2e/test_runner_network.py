@@ -2,20 +2,26 @@
 container's address on the daemon's own bridge (every test daemon has its own
 bridge and /24, see conftest._make_daemon), containers reaching each other,
 published ports (`-p`, `-P`, `port`, ps PORTS) through the daemon's proxies,
-port conflicts, the address management, teardown and daemon restarts."""
+port conflicts, the address management, teardown and daemon restarts; a
+bridge subnet that collides with the host's addresses or routes, and an
+unknown runtime, each refused with one line and nothing left."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from runner_support import busybox_image, output, wait_for
+from runner_support import busybox_image, output, unique_bridge, wait_for
 from support import free_port
 
 BOTH_RUNTIMES = pytest.mark.parametrize("runner", ["wharf", "runc"], indirect=True)
@@ -221,3 +227,70 @@ def test_daemon_restart_keeps_published_ports(runner_factory):
     env.cli("rm", "-f", cid)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def start_failing_daemon(runner, tmp_path: Path, bridge: str, subnet: str) -> subprocess.CompletedProcess:
+    """A daemon of the test's own that is expected not to start."""
+    sock_dir = Path(tempfile.mkdtemp(prefix="wr-", dir="/tmp"))
+    try:
+        proc = subprocess.run(
+            [str(runner.daemon.binary), "daemon", "--root", str(tmp_path / "root"),
+             "--socket", str(sock_dir / "runner.sock"), "--bridge", bridge, "--bridge-subnet", subnet],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, check=False,
+            env={**os.environ, "NO_COLOR": "1", "RUST_LOG": "info"},
+        )
+        assert not (sock_dir / "runner.sock").exists(), "the refused daemon left its socket"
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    return proc
+
+
+def test_a_bridge_subnet_that_collides_with_the_host_is_refused(runner, tmp_path):
+    # A bridge of the test's own with an address, and a route through it.
+    other, net = unique_bridge()
+    net = ipaddress.ip_network(net)
+    gateway = next(net.hosts())
+    routed = ipaddress.ip_network(f"10.92.{net.network_address.packed[2]}.0/24")
+    assert str(routed) not in subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
+    subprocess.run(["ip", "link", "add", other, "type", "bridge"], check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", f"{gateway}/{net.prefixlen}", "dev", other], check=True)
+        subprocess.run(["ip", "link", "set", other, "up"], check=True)
+        subprocess.run(["ip", "route", "add", str(routed), "dev", other], check=True)
+        bridge, _ = unique_bridge()
+        for subnet, conflict in [
+            (str(net), f"the address {gateway}/{net.prefixlen} of {other}"),
+            # Other test daemons' bridges are in the /16 too: any of them.
+            (str(net.supernet(new_prefix=16)), "the address 10.91."),
+            (str(next(routed.subnets(new_prefix=26))), f"the route to {routed} on {other}"),
+        ]:
+            proc = start_failing_daemon(runner, tmp_path, bridge, subnet)
+            assert proc.returncode == 1, (subnet, proc.stderr)
+            lines = proc.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith(
+                f"wharf-runner daemon: the bridge subnet {subnet} (--bridge-subnet) conflicts with {conflict}"
+            ), proc.stderr
+            # Nothing made: no state dir, no bridge.
+            assert not (tmp_path / "root").exists()
+            assert not Path(f"/sys/class/net/{bridge}").exists()
+        # The running test daemon's bridge is in use too.
+        proc = start_failing_daemon(runner, tmp_path, bridge, runner.daemon.bridge_subnet)
+        assert proc.returncode == 1 and f"of {runner.daemon.bridge}\n" in proc.stderr, proc.stderr
+        assert not Path(f"/sys/class/net/{bridge}").exists()
+    finally:
+        subprocess.run(["ip", "link", "del", other], capture_output=True, check=False)
+
+
+@BOTH_RUNTIMES
+def test_an_unknown_runtime_is_one_line_and_leaves_nothing(runner):
+    before = runner.cli("ps", "-a", "-q", "--no-trunc").stdout
+    dirs = sorted(p.name for p in (runner.daemon.root / "containers").iterdir())
+    for command in (["run", "--rm"], ["run", "-d"], ["create"]):
+        proc = runner.cli(*command, "--runtime", "nope", runner.image, "true", check=False)
+        assert proc.returncode == 125, output(proc)
+        assert proc.stderr.splitlines() == [
+            "Error response from daemon: unknown or invalid runtime name: nope"
+        ], output(proc)
+        assert proc.stdout == "", output(proc)
+    assert runner.cli("ps", "-a", "-q", "--no-trunc").stdout == before
+    assert sorted(p.name for p in (runner.daemon.root / "containers").iterdir()) == dirs

@@ -1,12 +1,13 @@
 //! Interactive streams on the CLI side: `run -i`/`-t` (attached),
-//! `start -a -i` and `attach`. The request is upgraded (HTTP `101`, as
-//! docker's hijacked attach): stdin goes up raw (its end is a half-close),
-//! frames come down (output, then the exit frame). With a terminal the CLI
-//! puts its own in raw mode and posts its size on start and on SIGWINCH.
+//! `start -a -i`, `attach` and `exec -i`/`-t`. The request is upgraded
+//! (HTTP `101`, as docker's hijacked attach): stdin goes up raw (its end is
+//! a half-close), frames come down (output, then the exit frame). With a
+//! terminal the CLI puts its own in raw mode and posts its size on start
+//! and on SIGWINCH.
 //!
-//! [`upgrade`] and [`stream`] are the reusable parts (an `exec -it` stream
-//! is the same). Called by `cli::dispatch` and `cli::containers`; calls
-//! `client`, `tty`, `api`.
+//! [`upgrade`] and [`stream`] are the reusable parts (`cli::exec` runs an
+//! `exec -it` stream with them). Called by `cli::dispatch`,
+//! `cli::containers` and `cli::exec`; calls `client`, `tty`, `api`.
 
 use std::io::Write;
 
@@ -266,7 +267,8 @@ fn keys_query(keys: &Option<String>) -> Result<String, Error> {
     }
 }
 
-fn exit_code(ended: Ended) -> i32 {
+/// The CLI's exit code for how a stream ended (0 when detached).
+pub fn exit_code(ended: Ended) -> i32 {
     match ended {
         Ended::Detached => 0,
         Ended::Exited(code) => i32::try_from(code).unwrap_or(super::EXIT_USAGE),

@@ -5,9 +5,10 @@
 //!
 //! Two calls, as docker: create the exec instance, then start it attached
 //! (copy the frames, exit with the exit frame's code) or detached (`-d`);
-//! with `-i` the start is an upgraded connection carrying stdin up. `-t` is
-//! refused until pty streaming exists. Called by
-//! `cli::dispatch`; calls the daemon through `client`.
+//! with `-i` or `-t` the start is an upgraded connection run by attach's
+//! `stream` (stdin up, raw mode and window sizes for a terminal, the detach
+//! keys with `-it`). Called by `cli::dispatch`; calls the daemon through
+//! `client`, `attach`, `tty`.
 
 use clap::Args;
 use hyper::Method;
@@ -42,6 +43,9 @@ pub struct ExecArgs {
     /// Allocate a pseudo-TTY
     #[arg(short, long)]
     pub tty: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long = "detach-keys", value_name = "KEYS")]
+    pub detach_keys: Option<String>,
     /// The container, then the command and its arguments
     #[arg(
         value_name = "CONTAINER",
@@ -87,18 +91,24 @@ pub fn exec_request(
             user: args.user.clone(),
             attach_stdin: args.interactive,
             tty: args.tty,
+            console_size: None,
+            detach_keys: args.detach_keys.clone(),
         },
     ))
 }
 
 /// `exec`.
 pub async fn exec(client: &Client, args: ExecArgs) -> Result<i32, Error> {
-    if args.tty {
-        return Err(Error::Message(
-            "wharf-runner: exec -t is not supported yet".into(),
-        ));
+    if !args.detach {
+        super::attach::check_tty(args.interactive, args.tty)?;
     }
-    let (container, request) = exec_request(&args, |k| std::env::var(k).ok())?;
+    if let Some(keys) = &args.detach_keys {
+        crate::stdio::parse_detach_keys(keys).map_err(Error::Message)?;
+    }
+    let (container, mut request) = exec_request(&args, |k| std::env::var(k).ok())?;
+    if args.tty {
+        request.console_size = super::tty::size().map(|(rows, cols)| [rows, cols]);
+    }
     let created: ExecCreateResponse = client
         .json(
             Method::POST,
@@ -121,134 +131,26 @@ pub async fn exec(client: &Client, args: ExecArgs) -> Result<i32, Error> {
             Err(e) => Err(e),
         };
     }
-    if args.interactive {
-        return start_with_stdin(client, &created.id).await;
+    if args.interactive || args.tty {
+        let path = format!(
+            "/exec/{}/start?stdin={}",
+            encode(&created.id),
+            args.interactive
+        );
+        let io = super::attach::upgrade(client, &path).await?;
+        let resize = format!("/exec/{}/resize", encode(&created.id));
+        let opts = super::attach::StreamOptions {
+            stdin: args.interactive,
+            tty: args.tty,
+        };
+        return super::attach::stream(client, io, opts, Some(resize))
+            .await
+            .map(super::attach::exit_code);
     }
     let response = client.send(Method::POST, &path, None).await?;
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
     match copy_frames(response.into_body(), &mut stdout, &mut stderr).await? {
-        Some(code) => Ok(i32::try_from(code).unwrap_or(126)),
-        None => Err(Error::Message(
-            "wharf-runner: the daemon ended the exec's output without its exit status".into(),
-        )),
-    }
-}
-
-/// `exec -i`: starts the exec on a connection upgraded to a raw stream
-/// (docker's hijack): this process's stdin goes up (its end half-closes
-/// the connection, which closes the command's stdin), frames come down.
-async fn start_with_stdin(client: &Client, exec_id: &str) -> Result<i32, Error> {
-    use std::io::Read;
-
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Empty, Limited};
-    use hyper::header::{CONNECTION, HOST, UPGRADE};
-    use hyper::{Request, StatusCode};
-    use hyper_util::rt::TokioIo;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let transport = |e: &dyn std::fmt::Display| Error::Transport(e.to_string());
-    let stream = tokio::net::UnixStream::connect(client.socket())
-        .await
-        .map_err(|_| Error::Connect(client.socket().to_path_buf()))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| transport(&e))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "daemon connection ended");
-        }
-    });
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(format!("/exec/{}/start?stdin=true", encode(exec_id)))
-        .header(HOST, "wharf-runner")
-        .header(CONNECTION, "Upgrade")
-        .header(UPGRADE, "tcp")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| transport(&e))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| transport(&e))?;
-    let status = response.status();
-    if status != StatusCode::SWITCHING_PROTOCOLS {
-        let bytes = Limited::new(response.into_body(), 64 * 1024)
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        let body: Option<crate::api::ErrorBody> = serde_json::from_slice(&bytes).ok();
-        return Err(Error::Daemon {
-            status,
-            message: body.as_ref().map_or_else(
-                || String::from_utf8_lossy(&bytes).trim().to_string(),
-                |b| b.message.clone(),
-            ),
-            exit_code: body.and_then(|b| b.exit_code),
-        });
-    }
-    let upgraded = hyper::upgrade::on(response)
-        .await
-        .map_err(|e| transport(&e))?;
-    let (mut down, mut up) = tokio::io::split(TokioIo::new(upgraded));
-    // A plain thread reads stdin: a blocking read of a terminal must not
-    // hold up the end of the async runtime when the command is done.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 32 * 1024];
-        let mut stdin = std::io::stdin().lock();
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    let writer = tokio::spawn(async move {
-        while let Some(chunk) = rx.recv().await {
-            if up.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-        let _ = up.shutdown().await;
-    });
-    let mut stdout = std::io::stdout();
-    let mut stderr = std::io::stderr();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let code = 'read: loop {
-        while let Some((kind, payload, used)) = crate::api::decode_frame(&buf)
-            .map_err(|e| Error::Transport(format!("bad output stream from the daemon: {e}")))?
-        {
-            use std::io::Write;
-            match kind {
-                crate::api::FrameKind::Stdout => {
-                    let _ = stdout.write_all(payload).and_then(|_| stdout.flush());
-                }
-                crate::api::FrameKind::Stderr => {
-                    let _ = stderr.write_all(payload).and_then(|_| stderr.flush());
-                }
-                crate::api::FrameKind::Exit => {
-                    let exit: crate::api::WaitResponse = serde_json::from_slice(payload)
-                        .map_err(|e| Error::Transport(format!("bad exit frame: {e}")))?;
-                    break 'read Some(exit.status_code);
-                }
-            }
-            buf.drain(..used);
-        }
-        match down.read(&mut chunk).await {
-            Ok(0) | Err(_) => break None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    writer.abort();
-    match code {
         Some(code) => Ok(i32::try_from(code).unwrap_or(126)),
         None => Err(Error::Message(
             "wharf-runner: the daemon ended the exec's output without its exit status".into(),

@@ -1,5 +1,5 @@
 //! The CLI's own terminal and input for interactive streams (`run -it`,
-//! `attach`, and `exec -it` to come): raw mode with a guard that restores
+//! `attach`, `exec -it`): raw mode with a guard that restores
 //! the terminal however the command ends, the window size, and stdin read
 //! on a thread of its own (so a blocked read never holds up the exit).
 //!

@@ -6,8 +6,9 @@
 //! bytes (a half-close is the end of its input) and reads frames (see
 //! `api`): output, then one exit frame (`{"StatusCode":N}`, or
 //! `{"StatusCode":0,"Detached":true}` when the client typed the detach
-//! keys). [`proxy`] is the part an `exec` stream can reuse: it joins a
-//! client to a shim's attach socket (see `stdio`).
+//! keys). [`proxy`] joins a client to a shim's attach socket (see
+//! `stdio`) or to an exec's output frames and input channel (`exec -i`,
+//! `exec -t`, which [`switch`] serves too).
 //!
 //! Calls `containers` (targets), `stdio`, `api`; called by `http`.
 
@@ -65,7 +66,7 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// The `101` answer; `work` runs on the connection once hyper hands it over.
-fn switch<F, Fut>(mut req: Request, work: F) -> Response
+pub fn switch<F, Fut>(mut req: Request, work: F) -> Response
 where
     F: FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -231,12 +232,34 @@ pub enum Source {
     Shim(tokio::net::UnixStream),
     /// Frames already made, ending with their own exit frame.
     Frames(mpsc::Receiver<Bytes>),
+    /// An exec's frames (ending with their own exit frame) and where its
+    /// input goes ([`Msg::Stdin`], [`Msg::CloseStdin`]).
+    Exec {
+        output: mpsc::Receiver<Bytes>,
+        input: Option<mpsc::Sender<Msg>>,
+    },
 }
 
 /// [`Source`] with the shim's socket's write half taken for input.
 enum Output {
     Shim(tokio::net::unix::OwnedReadHalf),
     Frames(mpsc::Receiver<Bytes>),
+}
+
+/// Where the client's input goes.
+enum InputSink {
+    Shim(tokio::net::unix::OwnedWriteHalf),
+    Channel(mpsc::Sender<Msg>),
+}
+
+impl InputSink {
+    /// False once the other side is gone.
+    async fn send(&mut self, msg: Msg) -> bool {
+        match self {
+            InputSink::Shim(w) => w.write_all(&msg.encode()).await.is_ok(),
+            InputSink::Channel(tx) => tx.send(msg).await.is_ok(),
+        }
+    }
 }
 
 /// How a proxied stream ended.
@@ -293,9 +316,10 @@ where
     let (mut source, mut input_w) = match source {
         Source::Shim(s) => {
             let (r, w) = s.into_split();
-            (Output::Shim(r), Some(w))
+            (Output::Shim(r), Some(InputSink::Shim(w)))
         }
         Source::Frames(rx) => (Output::Frames(rx), None),
+        Source::Exec { output, input } => (Output::Frames(output), input.map(InputSink::Channel)),
     };
     let mut matcher = DetachMatcher::new(if opts.stdin {
         opts.detach_keys.clone()
@@ -320,10 +344,7 @@ where
                     && let Some(w) = input_w.as_mut()
                 {
                     for chunk in pass.chunks(stdio::MAX_MSG) {
-                        if w.write_all(&Msg::Stdin(chunk.to_vec()).encode())
-                            .await
-                            .is_err()
-                        {
+                        if !w.send(Msg::Stdin(chunk.to_vec())).await {
                             break;
                         }
                     }
@@ -333,7 +354,7 @@ where
                 }
                 if n == 0 {
                     if close_stdin && let Some(w) = input_w.as_mut() {
-                        let _ = w.write_all(&Msg::CloseStdin.encode()).await;
+                        let _ = w.send(Msg::CloseStdin).await;
                     }
                     return false;
                 }
@@ -460,5 +481,40 @@ mod tests {
         let (k, p, _) = decode_frame(&all).unwrap().unwrap();
         assert_eq!(k, FrameKind::Exit);
         assert!(String::from_utf8_lossy(p).contains(r#""Detached":true"#));
+    }
+
+    #[tokio::test]
+    async fn an_exec_stream_feeds_its_channel_and_brings_its_own_exit_frame() {
+        let (client, mut user) = tokio::io::duplex(4096);
+        let (out_tx, out_rx) = mpsc::channel(4);
+        let (in_tx, mut in_rx) = mpsc::channel(4);
+        let task = tokio::spawn(async move {
+            let source = Source::Exec {
+                output: out_rx,
+                input: Some(in_tx),
+            };
+            proxy(client, source, &opts(true), true, async { 99 }).await
+        });
+        user.write_all(b"hi").await.unwrap();
+        user.shutdown().await.unwrap();
+        assert_eq!(in_rx.recv().await, Some(Msg::Stdin(b"hi".to_vec())));
+        assert_eq!(in_rx.recv().await, Some(Msg::CloseStdin));
+        out_tx
+            .send(Bytes::from(encode_frame(FrameKind::Stdout, b"o")))
+            .await
+            .unwrap();
+        out_tx
+            .send(Bytes::from(exit_frame(7, false)))
+            .await
+            .unwrap();
+        drop(out_tx);
+        assert_eq!(task.await.unwrap(), ProxyEnd::Exited);
+        let mut all = Vec::new();
+        user.read_to_end(&mut all).await.unwrap();
+        let (k, p, n) = decode_frame(&all).unwrap().unwrap();
+        assert_eq!((k, p), (FrameKind::Stdout, &b"o"[..]));
+        let (k, p, m) = decode_frame(&all[n..]).unwrap().unwrap();
+        assert_eq!((k, p), (FrameKind::Exit, &br#"{"StatusCode":7}"#[..]));
+        assert_eq!(n + m, all.len(), "one exit frame, the exec's own");
     }
 }

@@ -18,13 +18,22 @@
 //! stderr piped into the frame stream of an attached start (discarded for
 //! `-d`). Exec instances live in memory only, as docker's do.
 //!
-//! `-i` is served on an upgraded connection ([`serve_upgraded`]: raw stdin
-//! up, frames down, stdin closed at the client's half-close); `-t` is
-//! refused for now: a pty (runc's console socket, the built-in runtime's
-//! terminal) plugs in at `launch` when run/attach get one. Calls `containers` (the target), `bundle`,
-//! `exec_main` (the failure log); called by `http`.
+//! `-i` and `-t` are served on an upgraded connection by attach's
+//! `proxy` (raw input up, frames down, the exit frame last; `-i` alone:
+//! stdin is a pipe closed at the client's half-close; `-it`: the detach
+//! keys). With `-t` the process spec asks for a terminal and the runtime
+//! gets runc's `--console-socket` (`console.sock` in the exec's directory,
+//! bound by the daemon): the process makes its pty in the container's
+//! devpts and the master comes back over the socket; the daemon reads it
+//! (all stdout), writes the client's input to it and sets its size
+//! (`POST /exec/{id}/resize`). runc sends an exec's master only with
+//! `--detach`, so it runs under `wharf-runner runtime reap`, a subreaper
+//! that waits for the orphaned process and exits with its code. Calls
+//! `containers` (the target), `bundle`, `attach` (the proxy's types),
+//! `exec_main` (the failure log), `stdio`; called by `http`.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,12 +41,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use oci_spec::runtime::{Process, UserBuilder};
 use serde_json::json;
-use tokio::io::AsyncReadExt;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use super::containers::{Containers, ExecTarget};
 use super::error::{Error, Result};
 use crate::api::{ExecCreateRequest, ExecCreateResponse, FrameKind, WaitResponse, encode_frame};
+use crate::stdio::Msg;
 
 /// At most this many exec instances are kept; finished ones go first.
 const MAX_EXECS: usize = 1024;
@@ -66,7 +77,28 @@ struct Instance {
     id: String,
     container_id: String,
     request: ExecCreateRequest,
+    /// The parsed detach keys (`-it`; empty otherwise).
+    detach_keys: Vec<u8>,
     status: watch::Sender<Status>,
+    /// `-t`: the pty master once the runtime sent it (until the exec
+    /// ended), and the last size asked for.
+    pty: Mutex<Pty>,
+}
+
+#[derive(Default)]
+struct Pty {
+    master: Option<Arc<AsyncFd<OwnedFd>>>,
+    size: Option<(u16, u16)>,
+}
+
+/// An attached exec stream for attach's `proxy`: its output frames, where
+/// the client's input goes (`-i`), the detach keys, and whether the
+/// client's end of input closes the process's stdin (`-i` without `-t`).
+pub struct ExecStream {
+    pub output: mpsc::Receiver<Bytes>,
+    pub input: Option<mpsc::Sender<Msg>>,
+    pub detach_keys: Vec<u8>,
+    pub close_stdin: bool,
 }
 
 /// The daemon's exec instances.
@@ -143,11 +175,12 @@ impl Execs {
         container: &str,
         req: ExecCreateRequest,
     ) -> Result<ExecCreateResponse> {
-        if req.tty {
-            return Err(Error::BadRequest(
-                "exec with -t is not supported yet".into(),
-            ));
-        }
+        let detach_keys = match (&req.detach_keys, req.tty && req.attach_stdin) {
+            (_, false) => Vec::new(),
+            (Some(k), true) => crate::stdio::parse_detach_keys(k).map_err(Error::BadRequest)?,
+            (None, true) => crate::stdio::parse_detach_keys(crate::stdio::DEFAULT_DETACH_KEYS)
+                .map_err(Error::BadRequest)?,
+        };
         if req.cmd.first().is_none_or(|c| c.is_empty()) {
             return Err(Error::BadRequest("No exec command specified".into()));
         }
@@ -158,7 +191,8 @@ impl Execs {
             .map(|s| s.len() + 1)
             .sum::<usize>()
             + req.workdir.as_ref().map_or(0, String::len)
-            + req.user.as_ref().map_or(0, String::len);
+            + req.user.as_ref().map_or(0, String::len)
+            + req.detach_keys.as_ref().map_or(0, String::len);
         if size > MAX_REQUEST_BYTES {
             return Err(Error::BadRequest("the exec request is too large".into()));
         }
@@ -189,7 +223,9 @@ impl Execs {
             id: id.clone(),
             container_id: target.id,
             request: req,
+            detach_keys,
             status: watch::channel(Status::default()).0,
+            pty: Mutex::new(Pty::default()),
         });
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_EXECS {
@@ -226,7 +262,7 @@ impl Execs {
             "OpenStdout": true,
             "CanRemove": false,
             "ContainerID": i.container_id,
-            "DetachKeys": "",
+            "DetachKeys": i.request.detach_keys.clone().unwrap_or_default(),
             "Pid": st.pid,
         }))
     }
@@ -238,25 +274,42 @@ impl Execs {
         Ok(self.start_with(id, detach, false).await?.0)
     }
 
-    /// [`Execs::start`] attached, with the process's stdin piped: for an
-    /// upgraded connection (see [`serve_upgraded`]).
-    pub async fn start_with_stdin(
-        &self,
-        id: &str,
-    ) -> Result<(mpsc::Receiver<Bytes>, tokio::process::ChildStdin)> {
-        match self.start_with(id, false, true).await? {
-            (Some(output), Some(stdin)) => Ok((output, stdin)),
-            _ => Err(Error::Internal("the exec's stdin was not piped".into())),
+    /// [`Execs::start`] attached on an upgraded connection (`-i`, `-t`):
+    /// the stream for attach's `proxy`.
+    pub async fn start_attached(&self, id: &str) -> Result<ExecStream> {
+        let instance = self.get(id)?;
+        let stdin = instance.request.attach_stdin;
+        match self.start_with(id, false, stdin).await? {
+            (Some(output), input) => Ok(ExecStream {
+                output,
+                input,
+                detach_keys: instance.detach_keys.clone(),
+                close_stdin: !instance.request.tty,
+            }),
+            _ => Err(Error::Internal("the exec's output was not piped".into())),
         }
+    }
+
+    /// `POST /exec/{id}/resize`: the size of an exec's terminal (applied
+    /// when its pty arrives if it has not yet).
+    pub fn resize(&self, id: &str, rows: u16, cols: u16) -> Result<()> {
+        let instance = self.get(id)?;
+        if !instance.request.tty {
+            return Err(Error::Conflict(format!(
+                "exec {id} has no terminal (it was not created with -t)"
+            )));
+        }
+        let mut pty = instance.pty.lock().unwrap_or_else(|p| p.into_inner());
+        pty.size = Some((rows, cols));
+        if let Some(master) = &pty.master {
+            crate::stdio::set_winsize(master.as_raw_fd(), rows, cols)
+                .map_err(|e| Error::Conflict(format!("cannot resize the exec's terminal: {e}")))?;
+        }
+        Ok(())
     }
 
     async fn start_with(&self, id: &str, detach: bool, stdin: bool) -> Result<Started> {
         let instance = self.get(id)?;
-        if stdin && !instance.request.attach_stdin {
-            return Err(Error::BadRequest(format!(
-                "exec {id} was not created with stdin (-i)"
-            )));
-        }
         let mut first = false;
         instance.status.send_if_modified(|s| {
             first = !s.started;
@@ -283,6 +336,7 @@ impl Execs {
         if !target.running {
             return Err(not_running(&target.id));
         }
+        let tty = instance.request.tty;
         let dir = target.dir.join("exec").join(&instance.id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::Internal(format!("exec dir {}: {e}", dir.display())))?;
@@ -292,30 +346,38 @@ impl Execs {
                 let _ = std::fs::remove_dir_all(&dir);
             }
         };
-        let process = match process_spec(&target, &instance.request) {
+        let prepared = (|| -> Result<(ExecFiles, Option<tokio::net::UnixListener>)> {
+            let process = process_spec(&target, &instance.request)?;
+            let files = ExecFiles::new(&dir);
+            let bytes = serde_json::to_vec(&process).map_err(Error::internal)?;
+            std::fs::write(&files.process, bytes)
+                .map_err(|e| Error::Internal(format!("writing the exec process: {e}")))?;
+            // Where the runtime sends the pty master (`-t`).
+            let console = if tty {
+                let listener = crate::stdio::bind_in(&dir, crate::stdio::CONSOLE_SOCKET)
+                    .and_then(|l| {
+                        l.set_nonblocking(true)?;
+                        tokio::net::UnixListener::from_std(l)
+                    })
+                    .map_err(|e| Error::Internal(format!("the exec's console socket: {e}")))?;
+                Some(listener)
+            } else {
+                None
+            };
+            Ok((files, console))
+        })();
+        let (files, console) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 cleanup();
                 return Err(e);
             }
         };
-        let files = ExecFiles::new(&dir);
-        let written = serde_json::to_vec(&process)
-            .map_err(Error::internal)
-            .and_then(|b| {
-                std::fs::write(&files.process, b)
-                    .map_err(|e| Error::Internal(format!("writing the exec process: {e}")))
-            });
-        if let Err(e) = written {
-            cleanup();
-            return Err(e);
-        }
-        let mut cmd = tokio::process::Command::new(match &target.runtime {
-            Some(runtime) => runtime.as_path(),
-            None => self.exe.as_path(),
-        });
-        cmd.args(runtime_args(&target, &files));
-        cmd.stdin(if stdin {
+        let (program, args) = runtime_command(&self.exe, &target, &files, tty);
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args).current_dir(&dir);
+        let piped_stdin = stdin && !tty;
+        cmd.stdin(if piped_stdin {
             std::process::Stdio::piped()
         } else {
             std::process::Stdio::null()
@@ -336,9 +398,24 @@ impl Execs {
                 return Err(Error::Internal(format!("starting the exec runtime: {e}")));
             }
         };
-        tracing::info!(container = %target.id, exec = %instance.id, "exec started");
-        let child_stdin = child.stdin.take();
+        tracing::info!(container = %target.id, exec = %instance.id, tty, "exec started");
         let (tx, rx) = mpsc::channel::<Bytes>(64);
+        // The pty master, to the input task once it came.
+        let (master_tx, master_rx) = watch::channel::<Option<Arc<AsyncFd<OwnedFd>>>>(None);
+        let input = if stdin {
+            let (in_tx, in_rx) = mpsc::channel::<Msg>(16);
+            match child.stdin.take() {
+                Some(pipe) => {
+                    tokio::spawn(feed_pipe(in_rx, pipe));
+                }
+                None => {
+                    tokio::spawn(feed_pty(in_rx, master_rx));
+                }
+            }
+            Some(in_tx)
+        } else {
+            None
+        };
         // Whether the command ran (the pid file appeared), once known. Until
         // then stderr is held back: an external runtime that cannot start
         // the command prints its error there too, and docker's one line
@@ -363,7 +440,31 @@ impl Execs {
         }
         let status = instance.status.clone();
         let exec_id = instance.id.clone();
+        let this = Arc::clone(instance);
         tokio::spawn(async move {
+            // One future for the whole wait: the master must not be lost
+            // to a select that moves on mid-receive.
+            let has_console = console.is_some();
+            let receiving = receive_master(console);
+            tokio::pin!(receiving);
+            let mut got_master = false;
+            // Takes the master in: the size, the reader, the input task.
+            let take_master = |fd: std::io::Result<OwnedFd>, readers: &mut Vec<_>| match fd
+                .and_then(async_master)
+            {
+                Ok(master) => {
+                    {
+                        let mut pty = this.pty.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some((rows, cols)) = pty.size {
+                            let _ = crate::stdio::set_winsize(master.as_raw_fd(), rows, cols);
+                        }
+                        pty.master = Some(Arc::clone(&master));
+                    }
+                    readers.push(tokio::spawn(copy_pty(Arc::clone(&master), tx.clone())));
+                    let _ = master_tx.send(Some(master));
+                }
+                Err(e) => tracing::warn!(exec = %this.id, error = %e, "receiving the exec's pty"),
+            };
             let code = loop {
                 tokio::select! {
                     waited = child.wait() => break match waited {
@@ -376,6 +477,10 @@ impl Execs {
                             126
                         }
                     },
+                    fd = &mut receiving, if has_console && !got_master => {
+                        got_master = true;
+                        take_master(fd, &mut readers);
+                    }
                     _ = tokio::time::sleep(Duration::from_millis(5)), if !status.borrow().running => {
                         if let Some(pid) = read_pid(&files.pid) {
                             status.send_modify(|s| { s.running = true; s.pid = pid; });
@@ -384,6 +489,14 @@ impl Execs {
                     }
                 }
             };
+            // A master sent just before the runtime ended is still queued.
+            if has_console
+                && !got_master
+                && let Ok(fd) =
+                    tokio::time::timeout(Duration::from_millis(200), &mut receiving).await
+            {
+                take_master(fd, &mut readers);
+            }
             let ran = files.pid.exists();
             let _ = verdict_tx.send(Some(ran));
             let (code, error) = match (ran, crate::exec_main::read_failure(&files.log)) {
@@ -408,6 +521,8 @@ impl Execs {
                     abort.abort();
                 }
             }
+            this.pty.lock().unwrap_or_else(|p| p.into_inner()).master = None;
+            drop(master_tx);
             if let Some(message) = &error {
                 let _ = tx
                     .send(Bytes::from(encode_frame(
@@ -429,7 +544,7 @@ impl Execs {
             cleanup();
         });
         if !detach {
-            return Ok((Some(rx), child_stdin));
+            return Ok((Some(rx), input));
         }
         drop(rx);
         // Detached: answer once the command runs or could not be run.
@@ -459,49 +574,109 @@ impl Execs {
     }
 }
 
-/// What a start hands back: the output frames (attached) and the
-/// process's stdin (when piped).
-type Started = (
-    Option<mpsc::Receiver<Bytes>>,
-    Option<tokio::process::ChildStdin>,
-);
+/// What a start hands back: the output frames (attached) and where the
+/// client's input goes (`-i`).
+type Started = (Option<mpsc::Receiver<Bytes>>, Option<mpsc::Sender<Msg>>);
 
-/// Serves an attached exec with stdin over an upgraded connection (`exec
-/// -i`): what the client sends is copied to the process's stdin (its
-/// half-close closes the stdin), and the output frames, ending with the
-/// exit frame, are written back. docker's hijacked exec start, without a
-/// terminal.
-pub fn serve_upgraded(
-    on_upgrade: hyper::upgrade::OnUpgrade,
-    mut output: mpsc::Receiver<Bytes>,
-    mut stdin: tokio::process::ChildStdin,
-) {
-    use tokio::io::AsyncWriteExt;
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(error = %e, "exec: the connection upgrade failed");
-                return;
-            }
-        };
-        let (mut from_client, mut to_client) =
-            tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
-        let input = tokio::spawn(async move {
-            let _ = tokio::io::copy(&mut from_client, &mut stdin).await;
-            let _ = stdin.shutdown().await;
-        });
-        let mut open = true;
-        while let Some(frame) = output.recv().await {
-            // Keep receiving after the client left so the exec is reaped
-            // and its files removed.
-            if open && to_client.write_all(&frame).await.is_err() {
-                open = false;
-            }
+/// Accepts the runtime's connection on the console socket and receives
+/// the pty master from it. Never resolves without a listener.
+async fn receive_master(listener: Option<tokio::net::UnixListener>) -> std::io::Result<OwnedFd> {
+    let Some(listener) = listener else {
+        return std::future::pending().await;
+    };
+    let (stream, _) = listener.accept().await?;
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    tokio::task::spawn_blocking(move || crate::stdio::recv_fd(&stream).map(|(fd, _)| fd))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// The master made non-blocking and registered with the reactor.
+fn async_master(fd: OwnedFd) -> std::io::Result<Arc<AsyncFd<OwnedFd>>> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL)?);
+    fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    // SAFETY: the OwnedFd is valid, owned by the AsyncFd from here on and
+    // never replaced or closed while registered.
+    let registered = unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
+    Ok(Arc::new(registered))
+}
+
+async fn read_master(master: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        let mut guard = master.readable().await?;
+        if let Ok(result) = guard.try_io(|fd| Ok(nix::unistd::read(fd.get_ref(), buf)?)) {
+            return result;
         }
-        let _ = to_client.shutdown().await;
-        input.abort();
-    });
+    }
+}
+
+async fn write_master(master: &AsyncFd<OwnedFd>, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let mut guard = master.writable().await?;
+        if let Ok(result) = guard.try_io(|fd| Ok(nix::unistd::write(fd.get_ref(), bytes)?)) {
+            bytes = &bytes[result?..];
+        }
+    }
+    Ok(())
+}
+
+/// Copies the pty's output into stdout frames until every slave closed
+/// (the master then reads EIO). Keeps draining after the client left.
+async fn copy_pty(master: Arc<AsyncFd<OwnedFd>>, tx: mpsc::Sender<Bytes>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut open = true;
+    loop {
+        let n = match read_master(&master, &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if open
+            && tx
+                .send(Bytes::from(encode_frame(FrameKind::Stdout, &buf[..n])))
+                .await
+                .is_err()
+        {
+            open = false;
+        }
+    }
+}
+
+/// `-i` without a terminal: the client's input into the stdin pipe,
+/// closed at its end.
+async fn feed_pipe(mut input: mpsc::Receiver<Msg>, mut pipe: tokio::process::ChildStdin) {
+    while let Some(msg) = input.recv().await {
+        match msg {
+            Msg::Stdin(bytes) => {
+                if pipe.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            Msg::CloseStdin => break,
+            Msg::Resize { .. } => {}
+        }
+    }
+    let _ = pipe.shutdown().await;
+}
+
+/// `-it`: the client's input into the pty (once the master came; its end
+/// is only the end of the client: ^D is a byte for the terminal).
+async fn feed_pty(
+    mut input: mpsc::Receiver<Msg>,
+    mut master: watch::Receiver<Option<Arc<AsyncFd<OwnedFd>>>>,
+) {
+    while let Some(msg) = input.recv().await {
+        let Msg::Stdin(bytes) = msg else { continue };
+        let Ok(m) = master.wait_for(Option::is_some).await.map(|m| m.clone()) else {
+            break;
+        };
+        let Some(m) = m else { break };
+        if write_master(&m, &bytes).await.is_err() {
+            break;
+        }
+    }
 }
 
 /// Stderr bytes held back at most while it is not known whether the
@@ -586,11 +761,28 @@ fn read_pid(path: &Path) -> Option<i64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// The runtime's command line: runc's `exec`, or the built-in runtime's.
-fn runtime_args(target: &ExecTarget, files: &ExecFiles) -> Vec<std::ffi::OsString> {
+/// The runtime's command: runc's `exec` (with `-t` detached, under
+/// `runtime reap`), or the built-in runtime's. The console socket is
+/// relative: the runtime runs in the exec's directory, whose path may be
+/// too long for a socket address.
+fn runtime_command(
+    exe: &Path,
+    target: &ExecTarget,
+    files: &ExecFiles,
+    tty: bool,
+) -> (PathBuf, Vec<std::ffi::OsString>) {
     let mut args: Vec<std::ffi::OsString> = Vec::new();
-    match &target.runtime {
-        Some(_) => {
+    let program = match &target.runtime {
+        Some(runtime) => {
+            let program = if tty {
+                args.extend(["runtime".into(), "reap".into(), "--pid-file".into()]);
+                args.push(files.pid.clone().into());
+                args.push("--".into());
+                args.push(runtime.clone().into());
+                exe.to_path_buf()
+            } else {
+                runtime.clone()
+            };
             args.push("--root".into());
             args.push(target.dir.join(crate::internal::EXTERNAL_STATE_DIR).into());
             args.push("--log".into());
@@ -598,10 +790,16 @@ fn runtime_args(target: &ExecTarget, files: &ExecFiles) -> Vec<std::ffi::OsStrin
             args.push("--log-format".into());
             args.push("json".into());
             args.push("exec".into());
+            if tty {
+                args.push("--detach".into());
+                args.push("--console-socket".into());
+                args.push(crate::stdio::CONSOLE_SOCKET.into());
+            }
             args.push("--process".into());
             args.push(files.process.clone().into());
             args.push("--pid-file".into());
             args.push(files.pid.clone().into());
+            program
         }
         None => {
             args.push("runtime".into());
@@ -616,10 +814,15 @@ fn runtime_args(target: &ExecTarget, files: &ExecFiles) -> Vec<std::ffi::OsStrin
             args.push(files.pid.clone().into());
             args.push("--log".into());
             args.push(files.log.clone().into());
+            if tty {
+                args.push("--console-socket".into());
+                args.push(crate::stdio::CONSOLE_SOCKET.into());
+            }
+            exe.to_path_buf()
         }
-    }
+    };
     args.push(target.id.clone().into());
-    args
+    (program, args)
 }
 
 /// The exec's process spec: the container's process with the exec's
@@ -634,8 +837,19 @@ fn process_spec(target: &ExecTarget, req: &ExecCreateRequest) -> Result<Process>
         ))
     })?;
     process.set_args(Some(req.cmd.clone()));
-    process.set_terminal(Some(false));
-    process.set_console_size(None);
+    process.set_terminal(Some(req.tty));
+    let size = req
+        .console_size
+        .filter(|[rows, cols]| req.tty && *rows > 0 && *cols > 0)
+        .map(|[rows, cols]| {
+            oci_spec::runtime::BoxBuilder::default()
+                .height(u64::from(rows))
+                .width(u64::from(cols))
+                .build()
+        })
+        .transpose()
+        .map_err(Error::internal)?;
+    process.set_console_size(size);
     let env = process.env().clone().unwrap_or_default();
     process.set_env(Some(merge_env(&env, &req.env)));
     if let Some(w) = req.workdir.as_deref().filter(|w| !w.is_empty()) {

@@ -99,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .route("/containers/{id}/exec", post(exec_create))
         .route("/exec/{id}/start", post(exec_start))
         .route("/exec/{id}/json", get(exec_inspect))
+        .route("/exec/{id}/resize", post(exec_resize))
         .route("/volumes/create", post(volume_create))
         .route("/volumes", get(volumes_list))
         .route("/volumes/prune", post(volume_prune))
@@ -351,23 +352,42 @@ async fn exec_start(
     State(s): State<AppState>,
     Path(id): Path<String>,
     Query(q): Q,
-    mut request: axum::extract::Request,
+    request: axum::extract::Request,
 ) -> Result<Response> {
-    if flag(&q, "stdin") {
-        // `exec -i`: the connection is upgraded to a raw stream both ways.
-        let on_upgrade = hyper::upgrade::on(&mut request);
-        let (output, stdin) = s.execs.start_with_stdin(&id).await?;
-        super::exec::serve_upgraded(on_upgrade, output, stdin);
-        return Ok((
-            StatusCode::SWITCHING_PROTOCOLS,
-            [(header::CONNECTION, "Upgrade"), (header::UPGRADE, "tcp")],
-        )
-            .into_response());
+    if flag(&q, "stdin") || attach::wants_upgrade(request.headers()) {
+        // `exec -i`, `exec -t`: a hijacked stream, as attach's.
+        let stream = s.execs.start_attached(&id).await?;
+        let opts = attach::AttachOptions {
+            stdin: stream.input.is_some(),
+            detach_keys: stream.detach_keys,
+        };
+        let source = attach::Source::Exec {
+            output: stream.output,
+            input: stream.input,
+        };
+        let close_stdin = stream.close_stdin;
+        return Ok(attach::switch(request, move |io| async move {
+            attach::proxy(io, source, &opts, close_stdin, async { 0 }).await;
+        }));
     }
     match s.execs.start(&id, flag(&q, "detach")).await? {
         Some(rx) => Ok(streamed(rx, "application/vnd.docker.multiplexed-stream")),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
+}
+
+async fn exec_resize(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Q,
+) -> Result<Response> {
+    let dim = |k: &str| -> Result<u16> {
+        let v = q.get(k).map(String::as_str).unwrap_or("0");
+        v.parse::<u16>()
+            .map_err(|_| Error::BadRequest(format!("invalid {k} {v:?}")))
+    };
+    s.execs.resize(&id, dim("h")?, dim("w")?)?;
+    Ok(StatusCode::OK.into_response())
 }
 
 async fn exec_inspect(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response> {

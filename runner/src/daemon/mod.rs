@@ -53,6 +53,8 @@ pub const BUILTIN_RUNTIME: &str = "wharf";
 /// Runs the daemon until SIGTERM or SIGINT. Running containers are left
 /// running when it stops: the next start re-attaches to them.
 pub async fn run(config: Config) -> Result<()> {
+    // Refused before anything (state dir, bridge) is made.
+    network::preflight(&config.bridge, &config.bridge_subnet).await?;
     let root = &config.root;
     std::fs::create_dir_all(root)
         .and_then(|()| std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)))

@@ -84,6 +84,17 @@ impl Subnet {
         u32::from(ip) & self.mask() == u32::from(self.network)
     }
 
+    /// True when the network `ip/prefix` shares an address with this one.
+    pub fn overlaps(&self, ip: Ipv4Addr, prefix: u8) -> bool {
+        let theirs = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(prefix.min(32)))
+        };
+        let common = self.mask() & theirs;
+        u32::from(ip) & common == u32::from(self.network) & common
+    }
+
     /// The lowest container address (after the gateway, before the
     /// broadcast address) not in `used`.
     pub fn first_free(&self, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
@@ -320,6 +331,95 @@ async fn unplumb(netns: PathBuf, host_if: String) -> std::result::Result<(), Str
 
 /// Makes the bridge if missing, gives it the gateway address and brings it
 /// up.
+/// docker's check before it makes its bridge: the subnet must not overlap
+/// an address or a route (other than a default route) of any interface but
+/// the bridge itself. The conflict, named, when there is one.
+async fn subnet_conflict(
+    bridge: &str,
+    subnet: Subnet,
+) -> std::result::Result<Option<String>, String> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    use rtnetlink::packet_route::link::LinkAttribute;
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| format!("netlink: {e}"))?;
+    tokio::spawn(conn);
+    let mut names: HashMap<u32, String> = HashMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(link) = links
+        .try_next()
+        .await
+        .map_err(|e| format!("listing links: {e}"))?
+    {
+        for attr in &link.attributes {
+            if let LinkAttribute::IfName(name) = attr {
+                names.insert(link.header.index, name.clone());
+            }
+        }
+    }
+    let name_of = |index: u32| {
+        names
+            .get(&index)
+            .cloned()
+            .unwrap_or_else(|| format!("interface #{index}"))
+    };
+    let ours = |index: u32| names.get(&index).is_some_and(|n| n == bridge);
+    // Each dump is read to its end before anything is returned (netlink
+    // complains about answers left unread).
+    let addresses: Vec<_> = handle
+        .address()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| format!("listing addresses: {e}"))?;
+    let routes: Vec<_> = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| format!("listing routes: {e}"))?;
+    for msg in addresses {
+        if ours(msg.header.index) {
+            continue;
+        }
+        for attr in &msg.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(ip)) = attr
+                && subnet.overlaps(*ip, msg.header.prefix_len)
+            {
+                return Ok(Some(format!(
+                    "the address {ip}/{} of {}",
+                    msg.header.prefix_len,
+                    name_of(msg.header.index)
+                )));
+            }
+        }
+    }
+    for msg in routes {
+        let prefix = msg.header.destination_prefix_length;
+        if msg.header.table != RouteHeader::RT_TABLE_MAIN || prefix == 0 {
+            continue;
+        }
+        let mut dest = None;
+        let mut oif = None;
+        for attr in &msg.attributes {
+            match attr {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => dest = Some(*ip),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        if let Some(ip) = dest
+            && !oif.is_some_and(ours)
+            && subnet.overlaps(ip, prefix)
+        {
+            let via = oif.map_or_else(String::new, |i| format!(" on {}", name_of(i)));
+            return Ok(Some(format!("the route to {ip}/{prefix}{via}")));
+        }
+    }
+    Ok(None)
+}
+
 async fn ensure_bridge(name: &str, subnet: Subnet) -> std::result::Result<(), String> {
     let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| format!("netlink: {e}"))?;
     tokio::spawn(conn);
@@ -365,6 +465,27 @@ pub struct Network {
     pool: SqlitePool,
     /// The listeners of each container's published ports.
     proxies: Mutex<HashMap<String, Vec<AbortHandle>>>,
+}
+
+/// The daemon's first step, before it makes anything: a bad bridge name or
+/// subnet, or a subnet that overlaps an address or route of another
+/// interface (docker refuses to start then too), is one clear error.
+pub async fn preflight(bridge: &str, subnet: &str) -> Result<()> {
+    if !valid_link_name(bridge) {
+        return Err(Error::BadRequest(format!(
+            "invalid bridge name {bridge:?}: 1 to 15 characters, no '/' or ':'"
+        )));
+    }
+    let subnet = Subnet::parse(subnet).map_err(Error::BadRequest)?;
+    match subnet_conflict(bridge, subnet).await {
+        Ok(None) => Ok(()),
+        Ok(Some(conflict)) => Err(Error::Conflict(format!(
+            "the bridge subnet {subnet} (--bridge-subnet) conflicts with {conflict}"
+        ))),
+        Err(e) => Err(Error::Internal(format!(
+            "checking the bridge subnet {subnet}: {e}"
+        ))),
+    }
 }
 
 impl Network {
@@ -828,6 +949,18 @@ async fn serve_udp(socket: UdpSocket, target: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlapping_networks_are_found() {
+        let s = Subnet::parse("10.89.0.0/16").unwrap();
+        let ip = |t: &str| t.parse::<Ipv4Addr>().unwrap();
+        assert!(s.overlaps(ip("10.89.3.1"), 24));
+        assert!(s.overlaps(ip("10.0.0.0"), 8));
+        assert!(s.overlaps(ip("10.89.255.255"), 32));
+        assert!(!s.overlaps(ip("10.90.0.1"), 24));
+        assert!(!s.overlaps(ip("10.88.0.0"), 16));
+        assert!(s.overlaps(ip("0.0.0.0"), 0));
+    }
 
     #[test]
     fn subnets_parse_and_reject_host_bits() {

@@ -16,7 +16,7 @@
 //! exec), `seccomp`, nix.
 
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -105,13 +105,15 @@ fn open_namespaces(pid: Pid) -> Result<(OwnedFd, Vec<(CloneFlags, OwnedFd)>), Er
 /// pid), with the container's spec `spec` (its seccomp profile) and returns
 /// how the process ended. `before_start` gets the new process's host pid
 /// before it joins the container (to put it into the container's cgroup);
-/// `started` once its command was executed. Must be called from a
-/// single-threaded process.
+/// `started` once its command was executed. `console` is a socket
+/// connected to the caller's console socket (used with `process.terminal`).
+/// Must be called from a single-threaded process.
 pub fn exec(
     spec: &Spec,
     process: Process,
     id: &str,
     init_pid: Pid,
+    console: Option<OwnedFd>,
     before_start: &mut dyn FnMut(Pid) -> Result<(), HookError>,
     started: &mut dyn FnMut(Pid),
 ) -> Result<ExitStatus, Error> {
@@ -160,6 +162,7 @@ pub fn exec(
                 &programs,
                 &original_mask,
                 &sync_read,
+                console.as_ref(),
             );
             let _ = nix::unistd::write(&err_write, &failure.encode());
             // SAFETY: leaving the forked child without running the
@@ -171,6 +174,7 @@ pub fn exec(
     drop(sync_read);
     drop(err_write);
     drop(namespaces);
+    drop(console);
 
     if let Err(source) = before_start(child) {
         let _ = kill(child, Signal::SIGKILL);
@@ -222,6 +226,7 @@ fn child_main(
     programs: &[seccompiler::BpfProgram],
     original_mask: &SigSet,
     sync_read: &OwnedFd,
+    console: Option<&OwnedFd>,
 ) -> Result<std::convert::Infallible, Failure> {
     prctl::set_pdeathsig(Signal::SIGKILL).map_err(init::step("set the parent-death signal"))?;
     let mut go = [0u8; 1];
@@ -246,6 +251,25 @@ fn child_main(
     }
     // setns into a mount namespace leaves the working directory at its
     // root; the spec's cwd is set later.
+    if let Some(process) = spec.process().as_ref()
+        && process.terminal() == Some(true)
+    {
+        let sock = console.ok_or_else(|| {
+            Failure::Setup("a terminal was asked for without a console socket".into())
+        })?;
+        // A session of its own, so the pty can become its controlling
+        // terminal (the forked child is no group leader: setsid works).
+        nix::unistd::setsid().map_err(init::step("setsid"))?;
+        let size = process.console_size().map(|b| {
+            (
+                b.height().min(u16::MAX.into()) as u16,
+                b.width().min(u16::MAX.into()) as u16,
+            )
+        });
+        // setup_console closes the descriptor it is given: a copy.
+        let copy = nix::unistd::dup(sock).map_err(init::step("dup the console socket"))?;
+        init::setup_console(copy.into_raw_fd(), process.user().uid(), size)?;
+    }
     init::set_rlimits(spec)?;
     init::drop_privileges_and_exec(spec, programs, original_mask)
 }

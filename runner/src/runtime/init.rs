@@ -281,7 +281,11 @@ pub(super) fn drop_privileges_and_exec(
 /// Makes the container's terminal: a pty from the container's own devpts
 /// (so its name is `/dev/pts/0` inside), the master sent to `sock`, the
 /// slave made stdin, stdout, stderr and the controlling terminal.
-fn setup_console(sock: RawFd, uid: u32, size: Option<(u16, u16)>) -> Result<(), Failure> {
+pub(super) fn setup_console(
+    sock: RawFd,
+    uid: u32,
+    size: Option<(u16, u16)>,
+) -> Result<(), Failure> {
     use nix::fcntl::OFlag;
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(step("open /dev/ptmx"))?;
