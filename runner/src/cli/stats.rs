@@ -31,8 +31,7 @@ use super::format::{Template, table};
 use crate::api::{ContainerSummary, MemoryStats, StatsJson};
 
 /// docker's default `stats` format.
-const DEFAULT_FORMAT: &str =
-    "table {{.ID}}\t{{.Name}}\t{{.CPUPerc}}\t{{.MemUsage}}\t{{.MemPerc}}\t{{.NetIO}}\t{{.BlockIO}}\t{{.PIDs}}";
+const DEFAULT_FORMAT: &str = "table {{.ID}}\t{{.Name}}\t{{.CPUPerc}}\t{{.MemUsage}}\t{{.MemPerc}}\t{{.NetIO}}\t{{.BlockIO}}\t{{.PIDs}}";
 /// Between two redraws.
 const REDRAW: Duration = Duration::from_secs(1);
 /// How long the first draw waits for every container's first reading.
@@ -154,8 +153,8 @@ impl Entry {
 /// docker's `calculateCPUPercentUnix`: the container's cpu time over the
 /// host's since the previous reading, times the online cpus, in percent.
 fn cpu_percent(v: &StatsJson) -> f64 {
-    let cpu_delta = v.cpu_stats.cpu_usage.total_usage as f64
-        - v.precpu_stats.cpu_usage.total_usage as f64;
+    let cpu_delta =
+        v.cpu_stats.cpu_usage.total_usage as f64 - v.precpu_stats.cpu_usage.total_usage as f64;
     let system_delta = v.cpu_stats.system_cpu_usage.unwrap_or(0) as f64
         - v.precpu_stats.system_cpu_usage.unwrap_or(0) as f64;
     let online = match v.cpu_stats.online_cpus.unwrap_or(0) {
@@ -208,13 +207,23 @@ fn block_io(v: &StatsJson) -> (f64, f64) {
 
 /// go-units' `BytesSize`: binary units, `%.4g` ("1.234MiB", "64MiB").
 pub fn bytes_size(size: f64) -> String {
-    custom_size(size, 4, 1024.0, &["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"])
+    custom_size(
+        size,
+        4,
+        1024.0,
+        &["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"],
+    )
 }
 
 /// go-units' `HumanSizeWithPrecision(size, 3)`: decimal units, `%.3g`
 /// ("1.05kB", "0B", and Go's "1e+03kB" for 999.5 kB).
 pub fn human_size3(size: f64) -> String {
-    custom_size(size, 3, 1000.0, &["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"])
+    custom_size(
+        size,
+        3,
+        1000.0,
+        &["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"],
+    )
 }
 
 fn custom_size(mut size: f64, precision: usize, base: f64, units: &[&str]) -> String {
@@ -231,7 +240,11 @@ fn custom_size(mut size: f64, precision: usize, base: f64, units: &[&str]) -> St
 /// zeros removed.
 pub fn go_g(v: f64, precision: usize) -> String {
     if v == 0.0 || !v.is_finite() {
-        return if v.is_finite() { "0".into() } else { v.to_string() };
+        return if v.is_finite() {
+            "0".into()
+        } else {
+            v.to_string()
+        };
     }
     let precision = precision.max(1);
     let sci = format!("{:.*e}", precision - 1, v);
@@ -276,7 +289,10 @@ impl StatsFormat {
         };
         // docker's preFormat: trim spaces, then `\t` and `\n` typed as two
         // characters are a tab and a newline.
-        let text = text.trim_matches(' ').replace("\\t", "\t").replace("\\n", "\n");
+        let text = text
+            .trim_matches(' ')
+            .replace("\\t", "\t")
+            .replace("\\n", "\n");
         Ok(StatsFormat {
             template: Template::parse(&text)?,
             table,
@@ -351,7 +367,9 @@ async fn once(client: &Client, args: &StatsArgs) -> Result<Vec<Entry>, Error> {
     };
     let readings = futures::future::join_all(names.iter().map(|(key, _)| async move {
         let path = format!("/containers/{}/stats?stream=false", encode(key));
-        client.json::<StatsJson>(Method::GET, &path, None::<&()>).await
+        client
+            .json::<StatsJson>(Method::GET, &path, None::<&()>)
+            .await
     }))
     .await;
     let mut entries = Vec::new();
@@ -447,12 +465,9 @@ async fn stream(
     let shared: Shared = Arc::new(Mutex::new(Vec::new()));
     let explicit = !args.containers.is_empty();
     if explicit {
-        let opened = futures::future::join_all(
-            args.containers
-                .iter()
-                .map(|c| watch(client, c, c, &shared)),
-        )
-        .await;
+        let opened =
+            futures::future::join_all(args.containers.iter().map(|c| watch(client, c, c, &shared)))
+                .await;
         let mut errors = Vec::new();
         for result in opened {
             match result {
@@ -716,7 +731,9 @@ mod tests {
     #[test]
     fn default_table_and_custom_formats() {
         let e = Entry::from_stats("web", &reading());
-        let table = StatsFormat::parse(None).unwrap().render(&[e.clone()], true);
+        let table = StatsFormat::parse(None)
+            .unwrap()
+            .render(std::slice::from_ref(&e), true);
         let mut lines = table.lines();
         assert_eq!(
             lines.next().unwrap(),
@@ -728,15 +745,13 @@ mod tests {
         );
         let plain = StatsFormat::parse(Some("{{.Name}} {{.CPUPerc}} {{.MemUsage}}"))
             .unwrap()
-            .render(&[e.clone()], true);
+            .render(std::slice::from_ref(&e), true);
         assert_eq!(plain, "web 100.00% 2MiB / 64MiB\n");
         let custom = StatsFormat::parse(Some("table {{.Container}}\\t{{.PIDs}}"))
             .unwrap()
-            .render(&[e.clone()], true);
+            .render(std::slice::from_ref(&e), true);
         assert_eq!(custom, "CONTAINER   PIDS\nweb         4\n");
-        let json_line = StatsFormat::parse(Some("json"))
-            .unwrap()
-            .render(&[e], true);
+        let json_line = StatsFormat::parse(Some("json")).unwrap().render(&[e], true);
         let v: Value = serde_json::from_str(json_line.trim()).unwrap();
         assert_eq!(v["MemPerc"], "3.12%");
         assert_eq!(v["Container"], "web");

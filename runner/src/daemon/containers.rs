@@ -484,10 +484,14 @@ impl Containers {
         } else {
             read_pid(&self.container_dir(&row.id).join(shim::INIT_PID_FILE)).unwrap_or(0)
         };
-        let running = row.running() && pid > 1;
+        let (pid, cgroup) = if row.running() && pid > 1 {
+            (i32::try_from(pid).ok(), self.cgroup(&row.id).ok())
+        } else {
+            (None, None)
+        };
         Ok(StatsTarget {
-            cgroup: if running { self.cgroup(&row.id).ok() } else { None },
-            pid: if running { i32::try_from(pid).ok() } else { None },
+            cgroup,
+            pid,
             id: row.id,
             name: row.name,
         })

@@ -298,7 +298,7 @@ async fn resize(
 
 /// `stream` defaults to true, as docker's does.
 async fn stats(State(s): State<AppState>, Path(id): Path<String>, Query(q): Q) -> Result<Response> {
-    if q.get("stream").is_none() || flag(&q, "stream") {
+    if !q.contains_key("stream") || flag(&q, "stream") {
         let rx = super::stats::stream(s.containers.clone(), &id).await?;
         Ok(streamed(rx, "application/json"))
     } else {

@@ -25,8 +25,7 @@ use tokio::sync::mpsc;
 use super::containers::{Containers, StatsTarget};
 use super::error::Result;
 use crate::api::{
-    BlkioStatEntry, BlkioStats, CpuStats, CpuUsage, MemoryStats, NetworkStats, PidsStats,
-    StatsJson,
+    BlkioStatEntry, BlkioStats, CpuStats, CpuUsage, MemoryStats, NetworkStats, PidsStats, StatsJson,
 };
 
 /// Between two readings of a stream.
