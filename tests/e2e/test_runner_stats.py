@@ -7,8 +7,11 @@ both runtimes (the built-in one and runc) where the container side matters."""
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
 import secrets
+import select
 import signal
 import subprocess
 import time
@@ -249,3 +252,52 @@ def test_stats_api_is_docker_shaped(runner):
     status, body = api_request(runner.daemon.socket, "GET", f"/containers/{host}/stats?stream=false", timeout=10)
     assert status == 200 and "networks" not in json.loads(body), body
     assert one(runner, host, "{{.NetIO}}") == "0B / 0B"
+
+
+def test_streaming_all_running_follows_containers_that_start_and_stop(runner):
+    first, second = unique("first"), unique("second")
+    start(runner, first)
+    proc = runner.daemon.popen("stats", "--format", "{{.Name}} {{.PIDs}}")
+    try:
+        time.sleep(2.0)
+        start(runner, second)
+        time.sleep(2.5)
+        runner.cli("stop", "-t", "0", first)
+        time.sleep(2.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+    lines = out.splitlines()
+    assert lines and lines[0] == f"{first} 1", out + err
+    assert f"{second} 1" in lines, out + err
+    # Once stopped, `first` is no longer listed: the last lines are `second`'s.
+    assert lines[-1] == f"{second} 1" and lines[-2] == f"{second} 1", out + err
+
+
+def test_streaming_on_a_terminal_clears_the_screen_before_each_table(runner):
+    name = unique("tty")
+    start(runner, name)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [str(runner.daemon.binary), "stats", name],
+        stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE, env=runner.daemon.cli_env(),
+    )
+    os.close(slave)
+    out = b""
+    try:
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                out += os.read(master, 65536)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+        os.close(master)
+    text = out.decode(errors="replace")
+    assert text.count("\x1b[2J\x1b[H") >= 2, repr(text)
+    assert text.count("\x1b[2J\x1b[H") == text.count("CONTAINER ID"), repr(text)
