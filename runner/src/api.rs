@@ -41,6 +41,7 @@
 //! | `POST /containers/{id}/attach?stream=1&stdin=BOOL&stdout=1&stderr=1&detachKeys=KEYS` | `Upgrade: tcp` | 101, then a hijacked stream (below); 409 when not running |
 //! | `POST /containers/{id}/start?attach=1&stdin=BOOL&detachKeys=KEYS` with `Upgrade: tcp` | | 101: starts a `-i`/`-t` container attached, no output lost |
 //! | `POST /containers/{id}/resize?h=ROWS&w=COLS` | | 200; 409 when not running |
+//! | `GET /containers/{id}/stats?stream=BOOL&one-shot=BOOL` | | stream (the default): 200, NDJSON [`StatsJson`] every second, each with the previous sample as `precpu_stats`; `stream=false`: one [`StatsJson`] (two readings 0.5 s apart; `one-shot`: one reading, no precpu); zeros for a stopped container |
 //!
 //! A hijacked stream (after `101 Switching Protocols`): the client writes
 //! raw stdin bytes (a half-close is the end of its input, which closes the
@@ -574,4 +575,105 @@ mod tests {
         };
         assert!(!format!("{r:?}").contains("hunter2"));
     }
+}
+
+/// `GET /containers/{id}/stats`: docker's stats JSON (the fields wharf
+/// fills; the docker CLI's computations work on it unchanged).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StatsJson {
+    /// docker's `/name`.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub id: String,
+    /// RFC 3339 time of this reading (`0001-01-01T00:00:00Z`: none, the
+    /// container is not running).
+    #[serde(default)]
+    pub read: String,
+    /// The time of the reading in `precpu_stats`.
+    #[serde(default)]
+    pub preread: String,
+    #[serde(default)]
+    pub pids_stats: PidsStats,
+    #[serde(default)]
+    pub blkio_stats: BlkioStats,
+    #[serde(default)]
+    pub num_procs: u32,
+    #[serde(default)]
+    pub cpu_stats: CpuStats,
+    #[serde(default)]
+    pub precpu_stats: CpuStats,
+    #[serde(default)]
+    pub memory_stats: MemoryStats,
+    /// Per interface of the container's network namespace (not `lo`);
+    /// absent for `--network host` and stopped containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<std::collections::BTreeMap<String, NetworkStats>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PidsStats {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BlkioStats {
+    /// v1: the kernel's ops (`Read`, `Write`, `Sync`, ...); v2: `read`
+    /// and `write`.
+    #[serde(default)]
+    pub io_service_bytes_recursive: Option<Vec<BlkioStatEntry>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BlkioStatEntry {
+    pub major: u64,
+    pub minor: u64,
+    pub op: String,
+    pub value: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CpuStats {
+    #[serde(default)]
+    pub cpu_usage: CpuUsage,
+    /// Nanoseconds of host CPU time (all CPUs, from `/proc/stat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_cpu_usage: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_cpus: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CpuUsage {
+    /// Nanoseconds of CPU time the container used.
+    #[serde(default)]
+    pub total_usage: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percpu_usage: Option<Vec<u64>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MemoryStats {
+    /// Bytes charged to the cgroup (page cache included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<u64>,
+    /// The limit, or the host's memory when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// `memory.stat` (v1: `total_inactive_file`, ...; v2: `inactive_file`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NetworkStats {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
 }

@@ -108,6 +108,24 @@ pub struct Stats {
     pub cpu_usage_ns: Option<u64>,
     /// Number of processes (tasks) in the cgroup.
     pub pids_current: Option<u64>,
+    /// Every `key value` line of `memory.stat` (v1: `cache`, `rss`,
+    /// `total_inactive_file`, ...; v2: `anon`, `file`, `inactive_file`,
+    /// ...), what docker reports as `memory_stats.stats`.
+    pub memory_stat: BTreeMap<String, u64>,
+    /// Bytes read and written per device and operation: v1's
+    /// `io_service_bytes_recursive` lines (ops `Read`, `Write`, `Sync`,
+    /// ... as the kernel names them), v2's `io.stat` `rbytes`/`wbytes` as
+    /// ops `read`/`write` (docker's naming for each).
+    pub blkio: Vec<BlkioEntry>,
+}
+
+/// One device's bytes for one operation (docker's `blkio_stats` entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlkioEntry {
+    pub major: u64,
+    pub minor: u64,
+    pub op: String,
+    pub value: u64,
 }
 
 /// One control-file write a resource turns into.
@@ -303,7 +321,7 @@ impl Manager {
         Ok(keyed(&text, "oom_kill").is_some_and(|n| n > 0))
     }
 
-    /// Current memory, cpu and pids usage.
+    /// Current memory, cpu, pids and block-io usage (what `stats` shows).
     pub fn stats(&self) -> Result<Stats> {
         match &self.layout {
             Layout::V1(dirs) => v1::stats(self, dirs),
@@ -414,6 +432,27 @@ impl Manager {
             return Ok(None);
         }
         Ok(keyed(&self.read(path)?, key))
+    }
+
+    /// Every `key value` line of a flat-keyed file whose value is a
+    /// number; empty when the file is missing.
+    fn read_flat(&self, path: &Path) -> Result<BTreeMap<String, u64>> {
+        if !self.fs.exists(path) {
+            return Ok(BTreeMap::new());
+        }
+        Ok(flat(&self.read(path)?))
+    }
+
+    /// The content of a file, `None` when it is missing.
+    fn read_optional(&self, path: &Path) -> Result<Option<String>> {
+        match self.fs.read(path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
     }
 
     /// Performs `writes`; on error removes the container's directories.
@@ -532,6 +571,22 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
         let (k, v) = line.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()
     })
+}
+
+/// Every `key value` line whose value is a number (others are skipped).
+fn flat(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (k, v) = line.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// `MAJOR:MINOR` of a device.
+fn device(text: &str) -> Option<(u64, u64)> {
+    let (major, minor) = text.split_once(':')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 /// A cgroup directory name: one path component, nothing that walks out.

@@ -259,6 +259,7 @@ fn v2_processes_oom_and_stats() {
             memory_limit: Some(1_048_576),
             cpu_usage_ns: Some(1_500_000),
             pids_current: Some(3),
+            ..Stats::default()
         }
     );
 }
@@ -533,6 +534,7 @@ fn v1_oom_stats_and_destroy() {
             memory_limit: Some(33_554_432),
             cpu_usage_ns: Some(123_456_789),
             pids_current: Some(1),
+            ..Stats::default()
         }
     );
     m.destroy().unwrap();
@@ -759,4 +761,138 @@ fn real_v1_existing_id_is_refused_and_kept() {
     for dir in guard.manager.as_ref().unwrap().dirs() {
         assert!(dir.is_dir(), "{}", dir.display());
     }
+}
+
+// -------------------------------------------------------------- stats ----
+
+#[test]
+fn v2_stats_read_memory_stat_and_io_stat() {
+    let (tmp, fs, h) = v2_tree();
+    let m = Manager::create(fs, &h, "wharf", "c1", &LinuxResources::default()).unwrap();
+    let dir = tmp.path().join("cgroup/wharf/c1");
+    std::fs::write(dir.join("memory.current"), "20971520\n").unwrap();
+    std::fs::write(
+        dir.join("memory.stat"),
+        "anon 16777216\nfile 4194304\ninactive_file 1048576\nactive_file 3145728\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("io.stat"),
+        "8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n\
+         253:1 rbytes=512 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n",
+    )
+    .unwrap();
+    let stats = m.stats().unwrap();
+    assert_eq!(stats.memory_usage, Some(20_971_520));
+    assert_eq!(stats.memory_limit, None, "memory.max says max");
+    assert_eq!(stats.memory_stat["inactive_file"], 1_048_576);
+    assert_eq!(stats.memory_stat["anon"], 16_777_216);
+    let e = |major, minor, op: &str, value| BlkioEntry {
+        major,
+        minor,
+        op: op.into(),
+        value,
+    };
+    assert_eq!(
+        stats.blkio,
+        vec![
+            e(8, 0, "read", 4096),
+            e(8, 0, "write", 8192),
+            e(253, 1, "read", 512),
+            e(253, 1, "write", 0),
+        ]
+    );
+}
+
+#[test]
+fn v2_stats_without_io_stat_or_memory_stat_are_empty() {
+    let (_tmp, fs, h) = v2_tree();
+    let m = Manager::create(fs, &h, "wharf", "c1", &LinuxResources::default()).unwrap();
+    let stats = m.stats().unwrap();
+    assert!(stats.memory_stat.is_empty());
+    assert!(stats.blkio.is_empty());
+    assert_eq!(stats.cpu_usage_ns, Some(0));
+}
+
+#[test]
+fn v1_stats_read_memory_stat_and_fall_back_to_the_throttle_blkio_file() {
+    let (tmp, fs, h) = v1_tree(false);
+    let m = Manager::create(Arc::new(fs), &h, "wharf", "c1", &LinuxResources::default()).unwrap();
+    let base = tmp.path().join("cgroup");
+    let mem = base.join("memory/wharf/c1");
+    std::fs::write(mem.join("memory.usage_in_bytes"), "25165824\n").unwrap();
+    std::fs::write(
+        mem.join("memory.stat"),
+        "cache 4194304\nrss 20971520\ninactive_file 1048576\n\
+         total_cache 4194304\ntotal_inactive_file 2097152\n",
+    )
+    .unwrap();
+    let blkio = base.join("blkio/wharf/c1");
+    // BFQ's file is there but empty (no I/O seen by the scheduler): the
+    // throttle layer's counts are taken instead.
+    std::fs::write(
+        blkio.join("blkio.bfq.io_service_bytes_recursive"),
+        "Total 0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        blkio.join("blkio.throttle.io_service_bytes_recursive"),
+        "8:0 Read 4096\n8:0 Write 12288\n8:0 Sync 0\n8:0 Async 16384\n\
+         8:0 Discard 0\n8:0 Total 16384\nTotal 16384\n",
+    )
+    .unwrap();
+    let stats = m.stats().unwrap();
+    assert_eq!(stats.memory_usage, Some(25_165_824));
+    assert_eq!(stats.memory_limit, None, "v1's huge limit is no limit");
+    assert_eq!(stats.memory_stat["total_inactive_file"], 2_097_152);
+    assert_eq!(stats.memory_stat["rss"], 20_971_520);
+    let ops: Vec<(&str, u64)> = stats
+        .blkio
+        .iter()
+        .map(|e| (e.op.as_str(), e.value))
+        .collect();
+    assert_eq!(
+        ops,
+        vec![
+            ("Read", 4096),
+            ("Write", 12288),
+            ("Sync", 0),
+            ("Async", 16384),
+            ("Discard", 0),
+            ("Total", 16384),
+        ]
+    );
+    assert!(stats.blkio.iter().all(|e| (e.major, e.minor) == (8, 0)));
+}
+
+#[test]
+fn v1_blkio_prefers_the_first_file_with_devices() {
+    let (tmp, fs, h) = v1_tree(false);
+    let m = Manager::create(Arc::new(fs), &h, "wharf", "c1", &LinuxResources::default()).unwrap();
+    let blkio = tmp.path().join("cgroup/blkio/wharf/c1");
+    std::fs::write(
+        blkio.join("blkio.bfq.io_service_bytes_recursive"),
+        "8:16 Read 100\n8:16 Write 200\nTotal 300\n",
+    )
+    .unwrap();
+    std::fs::write(
+        blkio.join("blkio.throttle.io_service_bytes_recursive"),
+        "8:16 Read 999\nTotal 999\n",
+    )
+    .unwrap();
+    let stats = m.stats().unwrap();
+    assert_eq!(stats.blkio.len(), 2);
+    assert_eq!(stats.blkio[0].value, 100);
+    assert_eq!(stats.blkio[0].major, 8);
+    assert_eq!(stats.blkio[0].minor, 16);
+}
+
+#[test]
+fn flat_files_skip_lines_that_are_not_numbers() {
+    let map = flat("cache 10\nbogus\nrss x\nhierarchical_memory_limit 9223372036854771712\n");
+    assert_eq!(map.len(), 2);
+    assert_eq!(map["cache"], 10);
+    assert_eq!(device("8:0"), Some((8, 0)));
+    assert_eq!(device("8"), None);
+    assert_eq!(device("a:b"), None);
 }

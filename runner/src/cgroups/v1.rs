@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::LinuxResources;
 
 use super::{
-    CgroupFs, Error, Manager, Result, Stats, Write, check_blkio_weight, create_new_dir, ensure_dir,
-    memory_limits, note_unapplied,
+    BlkioEntry, CgroupFs, Error, Manager, Result, Stats, Write, check_blkio_weight, create_new_dir,
+    device, ensure_dir, memory_limits, note_unapplied,
 };
 
 /// The controllers a container always joins when the host has them
@@ -227,8 +227,19 @@ fn seed_cpuset(fs: &dyn CgroupFs, from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The block-io statistics files, in the order runc tries them: CFQ's,
+/// BFQ's (blk-mq kernels without CFQ), then the throttle layer's, which
+/// every kernel has but which misses I/O merged below it. The first one
+/// with a device line wins.
+const BLKIO_FILES: &[&str] = &[
+    "blkio.io_service_bytes_recursive",
+    "blkio.bfq.io_service_bytes_recursive",
+    "blkio.throttle.io_service_bytes_recursive",
+];
+
 /// Usage from `memory.usage_in_bytes`, `memory.limit_in_bytes`,
-/// `cpuacct.usage` and `pids.current`.
+/// `memory.stat`, `cpuacct.usage`, `pids.current` and the blkio
+/// `io_service_bytes_recursive` files.
 pub(super) fn stats(m: &Manager, dirs: &BTreeMap<String, PathBuf>) -> Result<Stats> {
     let mut stats = Stats::default();
     if let Some(dir) = dirs.get("memory") {
@@ -237,6 +248,7 @@ pub(super) fn stats(m: &Manager, dirs: &BTreeMap<String, PathBuf>) -> Result<Sta
         stats.memory_limit = m
             .read_number(&dir.join("memory.limit_in_bytes"))?
             .filter(|l| *l < (1 << 62));
+        stats.memory_stat = m.read_flat(&dir.join("memory.stat"))?;
     }
     if let Some(dir) = dirs.get("cpuacct") {
         stats.cpu_usage_ns = m.read_number(&dir.join("cpuacct.usage"))?;
@@ -244,5 +256,34 @@ pub(super) fn stats(m: &Manager, dirs: &BTreeMap<String, PathBuf>) -> Result<Sta
     if let Some(dir) = dirs.get("pids") {
         stats.pids_current = m.read_number(&dir.join("pids.current"))?;
     }
+    if let Some(dir) = dirs.get("blkio") {
+        for file in BLKIO_FILES {
+            if let Some(text) = m.read_optional(&dir.join(file))? {
+                stats.blkio = parse_blkio(&text);
+                if !stats.blkio.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
     Ok(stats)
+}
+
+/// Lines `MAJOR:MINOR Op bytes` (the last line, `Total N`, has no device
+/// and is left out).
+pub(super) fn parse_blkio(text: &str) -> Vec<BlkioEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let (major, minor) = device(words.next()?)?;
+            let op = words.next()?.to_string();
+            let value = words.next()?.parse().ok()?;
+            Some(BlkioEntry {
+                major,
+                minor,
+                op,
+                value,
+            })
+        })
+        .collect()
 }

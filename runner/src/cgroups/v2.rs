@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::LinuxResources;
 
 use super::{
-    CgroupFs, Error, Manager, Result, Stats, Write, blkio_weight_to_io_weight, check_blkio_weight,
-    create_new_dir, ensure_dir, memory_limits, note_unapplied, shares_to_weight,
+    BlkioEntry, CgroupFs, Error, Manager, Result, Stats, Write, blkio_weight_to_io_weight,
+    check_blkio_weight, create_new_dir, device, ensure_dir, memory_limits, note_unapplied,
+    shares_to_weight,
 };
 
 /// Controllers enabled for the container whenever the host offers them
@@ -238,8 +239,8 @@ fn enable(fs: &dyn CgroupFs, dir: &Path, wanted: &BTreeSet<&str>) -> Result<()> 
     })
 }
 
-/// Usage from `memory.current`, `memory.max`, `cpu.stat` (usage_usec) and
-/// `pids.current`.
+/// Usage from `memory.current`, `memory.max`, `memory.stat`, `cpu.stat`
+/// (usage_usec), `pids.current` and `io.stat`.
 pub(super) fn stats(m: &Manager, dir: &Path) -> Result<Stats> {
     Ok(Stats {
         memory_usage: m.read_number(&dir.join("memory.current"))?,
@@ -248,5 +249,38 @@ pub(super) fn stats(m: &Manager, dir: &Path) -> Result<Stats> {
             .read_keyed(&dir.join("cpu.stat"), "usage_usec")?
             .map(|us| us.saturating_mul(1000)),
         pids_current: m.read_number(&dir.join("pids.current"))?,
+        memory_stat: m.read_flat(&dir.join("memory.stat"))?,
+        blkio: m
+            .read_optional(&dir.join("io.stat"))?
+            .map(|text| parse_io_stat(&text))
+            .unwrap_or_default(),
     })
+}
+
+/// `io.stat` lines `MAJOR:MINOR rbytes=N wbytes=N rios=N ...` as docker
+/// reports them on v2: one `read` and one `write` entry per device.
+pub(super) fn parse_io_stat(text: &str) -> Vec<BlkioEntry> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let Some((major, minor)) = words.next().and_then(device) else {
+            continue;
+        };
+        for word in words {
+            let op = match word.split_once('=') {
+                Some(("rbytes", v)) => ("read", v),
+                Some(("wbytes", v)) => ("write", v),
+                _ => continue,
+            };
+            if let Ok(value) = op.1.parse() {
+                out.push(BlkioEntry {
+                    major,
+                    minor,
+                    op: op.0.to_string(),
+                    value,
+                });
+            }
+        }
+    }
+    out
 }

@@ -17,6 +17,7 @@ pub mod format;
 pub mod images;
 pub mod network;
 pub mod progress;
+pub mod stats;
 pub mod tty;
 pub mod volumes;
 
@@ -88,6 +89,8 @@ pub enum Command {
     Rm(RmArgs),
     /// Block until one or more containers stop, then print their exit codes
     Wait(NamesArgs),
+    /// Display a live stream of container(s) resource usage statistics
+    Stats(stats::StatsArgs),
     /// Return low-level information on containers or images
     Inspect(InspectArgs),
     /// Execute a command in a running container
@@ -175,6 +178,8 @@ pub enum ContainerCommand {
     Commit(commit::CommitArgs),
     /// Execute a command in a running container
     Exec(exec::ExecArgs),
+    /// Display a live stream of container(s) resource usage statistics
+    Stats(stats::StatsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -758,6 +763,7 @@ async fn dispatch(client: &Client, command: Command) -> Result<i32, Error> {
         Command::Rm(a) | Command::Container(C::Rm(a)) => containers::rm(client, a).await,
         Command::Wait(a) | Command::Container(C::Wait(a)) => containers::wait(client, a).await,
         Command::Exec(a) | Command::Container(C::Exec(a)) => exec::exec(client, a).await,
+        Command::Stats(a) | Command::Container(C::Stats(a)) => stats::stats(client, a).await,
         Command::Inspect(a) => containers::inspect(client, a.object_type, a.names).await,
         Command::Container(C::Inspect(a)) => {
             containers::inspect(client, Some(ObjectType::Container), a).await

@@ -441,6 +441,17 @@ pub struct ExecTarget {
     pub runtime: Option<PathBuf>,
 }
 
+/// What `stats` needs to know of a container (see `super::stats`).
+#[derive(Debug)]
+pub struct StatsTarget {
+    pub id: String,
+    pub name: String,
+    /// The host pid of its PID 1; `None` when it is not running.
+    pub pid: Option<i32>,
+    /// Its cgroup while it runs.
+    pub cgroup: Option<Manager>,
+}
+
 impl Containers {
     /// The container `name` as `exec` sees it.
     pub async fn exec_target(&self, name: &str) -> Result<ExecTarget> {
@@ -461,6 +472,28 @@ impl Containers {
             name: row.name,
             dir,
             pid,
+        })
+    }
+
+    /// The container `name` as `stats` sees it: its id, name, the host pid
+    /// of its PID 1 while it runs, and its cgroup (see `super::stats`).
+    pub async fn stats_target(&self, name: &str) -> Result<StatsTarget> {
+        let row = self.resolve(name).await?;
+        let pid = if row.pid > 0 {
+            row.pid
+        } else {
+            read_pid(&self.container_dir(&row.id).join(shim::INIT_PID_FILE)).unwrap_or(0)
+        };
+        let (pid, cgroup) = if row.running() && pid > 1 {
+            (i32::try_from(pid).ok(), self.cgroup(&row.id).ok())
+        } else {
+            (None, None)
+        };
+        Ok(StatsTarget {
+            cgroup,
+            pid,
+            id: row.id,
+            name: row.name,
         })
     }
 

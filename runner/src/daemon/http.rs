@@ -106,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/volumes/{name}", get(volume_inspect).delete(volume_remove))
         .route("/containers/{id}/attach", post(attach))
         .route("/containers/{id}/resize", post(resize))
+        .route("/containers/{id}/stats", get(stats))
         .fallback(|| async { Error::NotFound("page not found".into()) })
         .with_state(state)
 }
@@ -294,6 +295,20 @@ async fn resize(
     };
     attach::resize(&s.containers, &id, dim("h")?, dim("w")?).await?;
     Ok(StatusCode::OK.into_response())
+}
+
+/// `stream` defaults to true, as docker's does.
+async fn stats(State(s): State<AppState>, Path(id): Path<String>, Query(q): Q) -> Result<Response> {
+    if !q.contains_key("stream") || flag(&q, "stream") {
+        let rx = super::stats::stream(s.containers.clone(), &id).await?;
+        Ok(streamed(rx, "application/json"))
+    } else {
+        let one_shot = flag(&q, "one-shot");
+        Ok(json(
+            StatusCode::OK,
+            &super::stats::once(&s.containers, &id, one_shot).await?,
+        ))
+    }
 }
 
 async fn stop(State(s): State<AppState>, Path(id): Path<String>, Query(q): Q) -> Result<Response> {

@@ -18,6 +18,7 @@ pub mod images;
 pub mod network;
 pub mod overlay;
 pub mod restart;
+pub mod stats;
 pub mod volumes;
 
 use std::os::unix::fs::PermissionsExt;
