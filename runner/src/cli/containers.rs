@@ -214,12 +214,17 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32, Error> {
 /// a daemon that is slow to remove it does not hang the CLI.
 async fn wait_removed(client: &Client, id: &str) {
     let path = format!("/containers/{}/json", encode(id));
-    for _ in 0..200 {
+    // The daemon sends the exit after the removal, so the first answer is
+    // normally a 404; otherwise ask again from 1 ms, doubling up to 50 ms
+    // (about 10 s in all).
+    let mut pause = std::time::Duration::from_millis(1);
+    for _ in 0..210 {
         match client.json::<Value>(Method::GET, &path, None::<&()>).await {
             Err(e) if e.is_not_found() => return,
             Err(_) => return,
-            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(25)).await,
+            Ok(_) => tokio::time::sleep(pause).await,
         }
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
     }
 }
 

@@ -212,7 +212,7 @@ async fn run<C>(
                 };
                 let deadline = Instant::now() + REMOVE_WAIT;
                 while auto_remove && dir.exists() && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 code
             };

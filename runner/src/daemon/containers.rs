@@ -795,8 +795,10 @@ impl Containers {
                 while let Some(chunk) = inner.recv().await {
                     if chunk.first() == Some(&(FrameKind::Exit as u8)) {
                         let deadline = Instant::now() + Duration::from_secs(10);
+                        // Removal takes a few ms: poll finely (a stat), as
+                        // every ms here is a ms of `run --rm`.
                         while dir.exists() && Instant::now() < deadline {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
                         }
                     }
                     if tx.send(chunk).await.is_err() {
