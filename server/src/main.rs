@@ -118,6 +118,35 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// Gives freed heap memory back to the system after large transfers. glibc
+/// returns only the top of a heap on its own; the buffers of an upload or
+/// download round stay resident in the middle of it (the small-request
+/// benchmark after such rounds measured 33-39 MB against 17 MB on a fresh
+/// server). Every 2 s, when more than 16 MiB sit free in malloc's arenas,
+/// `malloc_trim` releases them: once after a burst, not on every request.
+fn trim_freed_memory_in_background() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const FREE_BEFORE_TRIM: usize = 16 << 20;
+        let spawned = std::thread::Builder::new()
+            .name("malloc-trim".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(2));
+                    // SAFETY: both only read or adjust malloc's own state.
+                    unsafe {
+                        if libc::mallinfo2().fordblks > FREE_BEFORE_TRIM {
+                            libc::malloc_trim(0);
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no malloc-trim thread; freed memory stays resident");
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
@@ -140,6 +169,9 @@ fn main() -> std::process::ExitCode {
     let result = Settings::load(cli.config.as_deref(), std::env::vars(), &overrides)
         .map_err(anyhow::Error::from)
         .and_then(|settings| {
+            if matches!(cli.command, Command::Serve { .. }) {
+                trim_freed_memory_in_background();
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
