@@ -94,6 +94,22 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}://{userinfo}{tail}")
 }
 
+/// A paging cursor (`last`) as the queries get it: cut at its first NUL.
+/// PostgreSQL text cannot hold NUL, and nothing the catalog stores contains
+/// one, so for `x > last` the cut is exact (a stored `x` is after
+/// `"ab\0c"` exactly when it is after `"ab"`); both dialects get the same
+/// cursor, so they answer alike.
+fn cursor(last: &str) -> &str {
+    last.split('\0').next().unwrap_or("")
+}
+
+/// A key no stored row can have: text with a NUL character (PostgreSQL
+/// refuses it, and the grammars of names, tags, digests and user names
+/// exclude it). Lookups by such a key find nothing, in both dialects.
+fn impossible(key: &str) -> bool {
+    key.contains('\0')
+}
+
 /// Which database a catalog URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -212,7 +228,7 @@ impl Catalog {
 
     /// Repository names after `last`, in lexical (byte) order.
     pub async fn repositories(&self, last: &str, limit: u32) -> Result<Vec<String>> {
-        dispatch!(self, repositories(last, limit))
+        dispatch!(self, repositories(cursor(last), limit))
     }
 
     // ---- blobs ---------------------------------------------------------------
@@ -253,7 +269,7 @@ impl Catalog {
     pub async fn missing_blobs(&self, repository: &str, digests: &[String]) -> Result<Vec<String>> {
         let mut missing = Vec::new();
         for d in digests {
-            if self.repository_blob_size(repository, d).await?.is_none() {
+            if impossible(d) || self.repository_blob_size(repository, d).await?.is_none() {
                 missing.push(d.clone());
             }
         }
@@ -268,7 +284,7 @@ impl Catalog {
     ) -> Result<Vec<String>> {
         let mut missing = Vec::new();
         for d in digests {
-            if !dispatch!(self, manifest_exists(repository, d))? {
+            if impossible(d) || !dispatch!(self, manifest_exists(repository, d))? {
                 missing.push(d.clone());
             }
         }
@@ -313,9 +329,10 @@ impl Catalog {
     }
 
     /// Tag names after `last`, in the spec's lexical order: case-insensitive,
-    /// ties (`Beta`, `beta`) broken by bytes so paging never skips one.
+    /// ties (`Beta`, `beta`) broken by bytes so paging never skips one. A
+    /// `last` with a NUL is cut there (see `cursor`).
     pub async fn tags(&self, repository: &str, last: &str, limit: u32) -> Result<Vec<String>> {
-        dispatch!(self, tags(repository, last, limit))
+        dispatch!(self, tags(repository, cursor(last), limit))
     }
 
     /// Manifests of `repository` whose subject is `subject` (and, if given, of
@@ -328,6 +345,10 @@ impl Catalog {
         last: &str,
         limit: u32,
     ) -> Result<Vec<Referrer>> {
+        if artifact_type.is_some_and(impossible) {
+            return Ok(Vec::new());
+        }
+        let last = cursor(last);
         dispatch!(
             self,
             referrers(repository, subject, artifact_type, last, limit)
@@ -405,6 +426,9 @@ impl Catalog {
     }
 
     pub async fn user(&self, name: &str) -> Result<Option<UserRecord>> {
+        if impossible(name) {
+            return Ok(None);
+        }
         dispatch!(self, user(name))
     }
 
@@ -440,5 +464,315 @@ impl Catalog {
 
     pub async fn public_patterns(&self) -> Result<Vec<String>> {
         dispatch!(self, public_patterns())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The catalog's own rules, on SQLite always and on PostgreSQL too when
+    //! `WHARF_TEST_POSTGRES_URL` names a server (as `scripts/test` does).
+
+    use super::*;
+    use sqlx::Connection as _;
+
+    /// A fresh catalog of each dialect available; the PostgreSQL one gets a
+    /// database of its own with an ICU en-US default collation (one that
+    /// does not sort by bytes), dropped by `Backends::drop_all`.
+    struct Backends {
+        _dir: tempfile::TempDir,
+        urls: Vec<String>,
+        pg: Option<(String, String)>,
+    }
+
+    impl Backends {
+        async fn new() -> Backends {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut urls = vec![format!(
+                "sqlite://{}",
+                dir.path().join("catalog.db").display()
+            )];
+            let mut pg = None;
+            if let Some(admin) = std::env::var("WHARF_TEST_POSTGRES_URL")
+                .ok()
+                .filter(|u| !u.is_empty())
+            {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let name = format!(
+                    "wharf_unit_{}_{}",
+                    std::process::id(),
+                    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
+                let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect");
+                let icu = format!(
+                    "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' \
+                     LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+                );
+                if sqlx::raw_sql(sqlx::AssertSqlSafe(icu))
+                    .execute(&mut conn)
+                    .await
+                    .is_err()
+                {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                        .execute(&mut conn)
+                        .await
+                        .expect("create database");
+                }
+                let (server, _) = admin.rsplit_once('/').expect("database in the URL");
+                urls.push(format!("{server}/{name}"));
+                pg = Some((admin.clone(), name));
+            }
+            Backends {
+                _dir: dir,
+                urls,
+                pg,
+            }
+        }
+
+        async fn drop_all(self) {
+            if let Some((admin, name)) = &self.pg {
+                let mut conn = sqlx::PgConnection::connect(admin).await.expect("connect");
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await
+                    .expect("drop database");
+            }
+        }
+    }
+
+    #[test]
+    fn migrations_are_in_step() {
+        // Same file names, and the same tables, columns and indexes.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+        let read = |dialect: &str| {
+            let mut files: Vec<(String, String)> = std::fs::read_dir(root.join(dialect))
+                .expect("migrations dir")
+                .map(|e| {
+                    let p = e.expect("entry").path();
+                    let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                    (name, std::fs::read_to_string(&p).expect("read"))
+                })
+                .collect();
+            files.sort();
+            files
+        };
+        // "table.column" and "index name" lines of a schema file.
+        let shape = |sql: &str| {
+            let mut out = Vec::new();
+            let mut table = None;
+            for line in sql.lines().map(str::trim) {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words.as_slice() {
+                    ["CREATE", "TABLE", name, ..] => table = Some(name.to_string()),
+                    ["CREATE", "INDEX", name, ..] => out.push(format!("index {name}")),
+                    [")" | ");", ..] => table = None,
+                    [col, ..]
+                        if table.is_some()
+                            && !col.starts_with("--")
+                            && !["PRIMARY", "FOREIGN", "REFERENCES"].contains(col) =>
+                    {
+                        out.push(format!("{}.{col}", table.as_deref().unwrap_or("")));
+                    }
+                    _ => {}
+                }
+            }
+            out
+        };
+        let (sqlite, pg) = (read("sqlite"), read("postgres"));
+        let names = |v: &[(String, String)]| v.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&sqlite), names(&pg), "migration file names differ");
+        for ((name, a), (_, b)) in sqlite.iter().zip(&pg) {
+            assert_eq!(shape(a), shape(b), "{name}: the schemas differ");
+            assert!(!shape(a).is_empty(), "{name}: nothing parsed");
+        }
+    }
+
+    #[test]
+    fn urls_are_logged_without_their_password() {
+        let cases = [
+            (
+                "postgres://wharf:s3cr%40t@db.lan:5432/wharf",
+                "postgres://wharf:***@db.lan:5432/wharf",
+            ),
+            (
+                "postgresql://u:p@ss:w@rd@h/db?sslmode=disable&password=x",
+                "postgresql://u:***@h/db?sslmode=disable&password=***",
+            ),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("postgres://h/db?PASSWORD=x", "postgres://h/db?PASSWORD=***"),
+            (
+                "sqlite:///var/lib/wharf/catalog.db",
+                "sqlite:///var/lib/wharf/catalog.db",
+            ),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+        assert_eq!(Dialect::of_url("postgresql://h/d"), Some(Dialect::Postgres));
+        assert_eq!(Dialect::of_url("sqlite://x"), Some(Dialect::Sqlite));
+        assert_eq!(Dialect::of_url("mysql://x"), None);
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_is_one_clear_error_without_the_password() {
+        let err = Catalog::open("mysql://u:hunter2@h/db").await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("unsupported catalog URL"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        // Nothing listens on port 1.
+        let err = Catalog::open("postgres://u:hunter2@127.0.0.1:1/db")
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("cannot open the catalog at postgres://u:***@127.0.0.1:1/db:"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    fn manifest<'a>(digest: &'a str, blobs: &'a [String]) -> NewManifest<'a> {
+        NewManifest {
+            digest,
+            media_type: "application/vnd.oci.image.manifest.v1+json",
+            artifact_type: None,
+            subject: None,
+            annotations: None,
+            content: b"{}",
+            blobs,
+            manifests: &[],
+        }
+    }
+
+    fn digest(n: u32) -> String {
+        format!("sha256:{n:064x}")
+    }
+
+    #[tokio::test]
+    async fn names_and_tags_sort_by_bytes_in_every_dialect() {
+        let backends = Backends::new().await;
+        for url in &backends.urls {
+            let cat = Catalog::open(url).await.expect("open");
+            // Byte order: '-' < '.' < '/' < digits < letters; a locale
+            // collation would ignore the punctuation.
+            let repos = ["a-c", "a.b", "a/a", "a0", "ab"];
+            for r in repos.iter().rev() {
+                cat.link_blob(r, &digest(1), 1).await.expect("link");
+            }
+            assert_eq!(cat.repositories("", 100).await.unwrap(), repos, "{url}");
+            assert_eq!(cat.repositories("a.b", 2).await.unwrap(), ["a/a", "a0"]);
+            assert_eq!(cat.repositories("a.b\0zz", 1).await.unwrap(), ["a/a"]);
+
+            let blobs = [digest(1)];
+            cat.put_manifest("a0", &manifest(&digest(2), &blobs), None)
+                .await
+                .unwrap();
+            for t in ["beta", "Beta", "alpha", "B-1", "b.2", "ALPHA2"] {
+                cat.put_manifest("a0", &manifest(&digest(2), &blobs), Some(t))
+                    .await
+                    .unwrap();
+            }
+            let want = ["alpha", "ALPHA2", "B-1", "b.2", "Beta", "beta"];
+            assert_eq!(cat.tags("a0", "", 100).await.unwrap(), want, "{url}");
+            let mut paged = Vec::new();
+            let mut last = String::new();
+            loop {
+                let page = cat.tags("a0", &last, 1).await.unwrap();
+                let Some(l) = page.last() else { break };
+                last = l.clone();
+                paged.extend(page);
+            }
+            assert_eq!(paged, want, "{url}: paging one by one");
+            assert!(cat.user("ad\0min").await.unwrap().is_none());
+            let none = cat
+                .referrers("a0", &digest(2), Some("x\0y"), "", 10)
+                .await
+                .unwrap();
+            assert!(none.is_empty());
+        }
+        backends.drop_all().await;
+    }
+
+    /// Two catalogs on one database, as two replicas: the same blob,
+    /// manifest and tag written at once from many tasks all succeed and
+    /// leave one row each; of two appends at the same upload offset exactly
+    /// one wins; finishing one upload twice at once is fine.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_neither_fail_nor_lose_rows() {
+        let backends = Backends::new().await;
+        for url in &backends.urls {
+            let a = Catalog::open(url).await.expect("open a");
+            let b = Catalog::open(url).await.expect("open b");
+            let mut tasks = Vec::new();
+            for i in 0..24u32 {
+                let cat = if i % 2 == 0 { a.clone() } else { b.clone() };
+                tasks.push(tokio::spawn(async move {
+                    let repo = format!("team/app{}", i % 3);
+                    cat.link_blob(&repo, &digest(7), 70).await?;
+                    let blobs = [digest(7)];
+                    cat.put_manifest(&repo, &manifest(&digest(8), &blobs), Some("latest"))
+                        .await?;
+                    let m = digest(100 + i);
+                    cat.put_manifest("team/shared", &manifest(&m, &blobs), None)
+                        .await?;
+                    cat.link_blob("team/shared", &digest(7), 70).await?;
+                    cat.put_manifest("team/shared", &manifest(&m, &blobs), Some("moving"))
+                        .await?;
+                    Ok::<_, CatalogError>(())
+                }));
+            }
+            for t in tasks {
+                t.await
+                    .expect("task")
+                    .unwrap_or_else(|e| panic!("{url}: {e}"));
+            }
+            assert_eq!(
+                a.repositories("", 100).await.unwrap(),
+                ["team/app0", "team/app1", "team/app2", "team/shared"]
+            );
+            assert_eq!(a.repositories_with_blob(&digest(7)).await.unwrap().len(), 4);
+            assert_eq!(b.tags("team/shared", "", 10).await.unwrap(), ["moving"]);
+            let moving = b.manifest_by_tag("team/shared", "moving").await.unwrap();
+            assert!(moving.is_some(), "{url}: the tag lost its manifest");
+
+            // Appends racing at one offset: exactly one wins, parts stay dense.
+            a.create_upload("u1", "team/app0").await.unwrap();
+            let mut size = 0;
+            for round in 0..5u64 {
+                let races = (0..6).map(|i| {
+                    let cat = if i % 2 == 0 { a.clone() } else { b.clone() };
+                    tokio::spawn(async move {
+                        let key = format!("uploads/u1/{round}-{i}");
+                        cat.append_upload_part("u1", size, &key, 10).await
+                    })
+                });
+                let mut wins = 0;
+                for r in futures::future::join_all(races).await {
+                    if r.expect("task").unwrap_or_else(|e| panic!("{url}: {e}")) {
+                        wins += 1;
+                    }
+                }
+                assert_eq!(wins, 1, "{url}: round {round}");
+                size += 10;
+            }
+            let u = b.upload("u1").await.unwrap().expect("upload");
+            assert_eq!((u.size, u.parts.len()), (50, 5), "{url}");
+
+            let d9 = digest(9);
+            let (x, y) = tokio::join!(
+                a.finish_upload("u1", "team/app0", &d9, 50),
+                b.finish_upload("u1", "team/app0", &d9, 50)
+            );
+            x.unwrap();
+            y.unwrap();
+            assert!(a.upload("u1").await.unwrap().is_none());
+            assert_eq!(
+                a.repository_blob_size("team/app0", &digest(9))
+                    .await
+                    .unwrap(),
+                Some(50)
+            );
+        }
+        backends.drop_all().await;
     }
 }
