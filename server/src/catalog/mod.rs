@@ -23,19 +23,34 @@ use std::time::{SystemTime, UNIX_EPOCH};
 mod postgres;
 mod sqlite;
 
+/// The catalog's errors. The underlying sqlx error is part of each message
+/// and deliberately not a `#[source]`: `{:#}` (how `main` prints the one
+/// line of a failed start) would print it again for every level.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("catalog database: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     /// The catalog could not be opened; `url` has its password masked.
-    #[error("cannot open the catalog at {url}: {source}")]
-    Connect { url: String, source: sqlx::Error },
+    #[error("cannot open the catalog at {url}: {error}")]
+    Connect { url: String, error: sqlx::Error },
     #[error("catalog migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     #[error(
         "unsupported catalog URL {0:?} (use sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB)"
     )]
     UnsupportedUrl(String),
+}
+
+impl From<sqlx::Error> for CatalogError {
+    fn from(e: sqlx::Error) -> Self {
+        CatalogError::Db(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for CatalogError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        CatalogError::Migrate(e)
+    }
 }
 
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;

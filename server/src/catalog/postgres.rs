@@ -39,9 +39,9 @@ pub struct Handle {
 
 impl Handle {
     pub async fn open(url: &str) -> Result<Handle> {
-        let connect_error = |source| CatalogError::Connect {
+        let connect_error = |error| CatalogError::Connect {
             url: redact_url(url),
-            source,
+            error,
         };
         let opts = PgConnectOptions::from_str(url)
             .map_err(connect_error)?

@@ -48,9 +48,9 @@ impl Handle {
             .min_connections(1)
             .connect_with(opts.clone())
             .await
-            .map_err(|source| CatalogError::Connect {
+            .map_err(|error| CatalogError::Connect {
                 url: url.to_owned(),
-                source,
+                error,
             })?;
         MIGRATOR.run(&pool).await?;
         // Upload-session rows (a session made, a chunk appended, a session
