@@ -420,6 +420,21 @@ impl Server {
         self.task = task;
     }
 
+    /// A second server on the same settings — the same data directory and
+    /// catalog (SQLite file or PostgreSQL database) — as a replica would be.
+    pub async fn start_sibling(&self) -> Server {
+        let (addr, task) = launch(&self.settings).await;
+        Server {
+            base: format!("http://{addr}"),
+            addr,
+            client: client(),
+            settings: self.settings.clone(),
+            dir: self.dir.clone(),
+            task,
+            db: self.db.clone(),
+        }
+    }
+
     pub fn data_dir(&self) -> &std::path::Path {
         self.dir.path()
     }
