@@ -38,13 +38,15 @@ def psql_binary() -> str:
 
 class Postgres:
     """A PostgreSQL server: `.url` (postgres://postgres@127.0.0.1:PORT/postgres),
-    `.sql(text)`, `.create_database()` -> URL, `.drop_database(url)`, `.stop()`."""
+    `.sql(text)`, `.create_database()` -> URL, `.create_role(name, password)`,
+    `.drop_database(url)`, `.stop()`."""
 
     def __init__(self, url: str, data: Path | None = None, owner: str | None = None):
         self.url = url
         self._data = data  # set when we started the cluster ourselves
         self._owner = owner
         self._created: list[str] = []
+        self._roles: list[str] = []
 
     @classmethod
     def start(cls) -> "Postgres":
@@ -100,6 +102,11 @@ class Postgres:
         self._created.append(name)
         return f"{self.server_url()}/{name}"
 
+    def create_role(self, name: str, password: str) -> None:
+        """A login role with a password (dropped at the end, after the databases)."""
+        self.sql(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+        self._roles.append(name)
+
     def drop_database(self, url: str) -> None:
         name = url.rsplit("/", 1)[1]
         self.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -111,6 +118,12 @@ class Postgres:
             except RuntimeError:
                 pass
         self._created.clear()
+        for role in self._roles:
+            try:
+                self.sql(f"DROP ROLE IF EXISTS {role}")
+            except RuntimeError:
+                pass
+        self._roles.clear()
         if self._data is None:
             return
         cmd = [str(_bin_dir() / "pg_ctl"), "-D", str(self._data), "-m", "immediate", "-w", "stop"]

@@ -21,7 +21,7 @@ def pg_server(wharf_factory, postgres, name: str, env: dict | None = None):
     database = url.rsplit("/", 1)[1]
     password = new_password("pg")
     role = f"{database}_owner"
-    postgres.sql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    postgres.create_role(role, password)
     postgres.sql(f"ALTER DATABASE {database} OWNER TO {role}")
     server_part = postgres.server_url().split("//", 1)[1].split("@", 1)[1]
     catalog_url = f"postgres://{role}:{password}@{server_part}/{database}"
