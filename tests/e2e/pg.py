@@ -47,9 +47,12 @@ class Postgres:
         self._owner = owner
         self._created: list[str] = []
         self._roles: list[str] = []
+        self.ca_path: Path | None = None
 
     @classmethod
-    def start(cls) -> "Postgres":
+    def start(cls, tls: bool = False) -> "Postgres":
+        """A new cluster. With `tls`, it also speaks TLS with a certificate for
+        127.0.0.1 signed by a throwaway CA whose certificate is `.ca_path`."""
         bindir = _bin_dir()
         base = Path(tempfile.mkdtemp(prefix="wharf-pg-"))
         as_root = os.geteuid() == 0
@@ -72,9 +75,18 @@ class Postgres:
             f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=400"
         )
+        ca_path = None
+        if tls:
+            ca_path = make_ca(base, "wharf-test-ca")
+            cert, key = make_cert(base, ca_path, "server", "127.0.0.1")
+            if as_root:
+                os.chown(key, pw.pw_uid, pw.pw_gid)
+            options += f" -c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key}"
         as_owner(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "postgres.log"), "-w", "-t", "60",
                  "-o", options, "start")  # fmt: skip
-        return cls(f"postgres://postgres@127.0.0.1:{port}/postgres", data=data, owner=owner)
+        server = cls(f"postgres://postgres@127.0.0.1:{port}/postgres", data=data, owner=owner)
+        server.ca_path = ca_path
+        return server
 
     @classmethod
     def from_env_or_start(cls) -> "Postgres":
@@ -132,3 +144,30 @@ class Postgres:
         subprocess.run(cmd, capture_output=True, timeout=60)
         shutil.rmtree(self._data.parent, ignore_errors=True)
         self._data = None
+
+
+def _openssl(*args: str) -> None:
+    proc = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args)}: {proc.stderr.strip()}")
+
+
+def make_ca(directory: Path, name: str) -> Path:
+    """A self-signed P-256 CA (valid one day); returns its certificate's path."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}")  # fmt: skip
+    return cert
+
+
+def make_cert(directory: Path, ca: Path, name: str, ip: str) -> tuple[Path, Path]:
+    """A certificate for `ip` signed by `ca` (whose key sits beside it); the key is 0600."""
+    cert, key, csr = directory / f"{name}.crt", directory / f"{name}.key", directory / f"{name}.csr"
+    ext = directory / f"{name}.ext"
+    ext.write_text(f"subjectAltName=IP:{ip}\n")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={ip}")  # fmt: skip
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca.with_suffix(".key")),
+             "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(ext))  # fmt: skip
+    key.chmod(0o600)
+    return cert, key

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from clients import skopeo
+from pg import Postgres, make_ca
 from support import assert_image_in_registry, digest_matches, new_password, run, server_binary, sha256_digest
 
 NO_TLS = ("--src-tls-verify=false", "--dest-tls-verify=false")
@@ -120,3 +121,43 @@ def test_a_bad_catalog_url_is_one_clear_line_without_the_password(tmp_path):
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1, err
         assert lines[0].startswith("wharf-server: error: ") and expect in lines[0], err
+
+
+def test_tls_to_postgres_is_verified(wharf_factory, tmp_path):
+    """With sqlmode=verify-full and the CA, the catalog's connections are TLS
+    (rustls); against a server whose certificate another CA signed, the start
+    fails with one line."""
+    tls_pg = Postgres.start(tls=True)
+    try:
+        url = tls_pg.create_database()
+        verified = f"{url}?sslmode=verify-full&sslrootcert={tls_pg.ca_path}"
+        wharf = wharf_factory("wharf-pg-tls", config=f'[catalog]\nurl = "{verified}"\n')
+        wharf.start()
+        data = b"over TLS"
+        resp = wharf.api().request("POST", "/v2/tls/app/blobs/uploads/", params={"digest": sha256_digest(data)},
+                                   data=data)  # fmt: skip
+        assert resp.status_code == 201, resp.text
+        plain = tls_pg.sql(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
+            "WHERE a.application_name = 'wharf-server' AND NOT s.ssl"
+        )
+        encrypted = tls_pg.sql(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
+            "WHERE a.application_name = 'wharf-server' AND s.ssl"
+        )
+        assert int(plain) == 0 and int(encrypted) >= 1, (plain, encrypted)
+        wharf.stop()
+
+        other_ca = make_ca(tmp_path, "another-ca")
+        proc = run(
+            [str(server_binary()), "--data-dir", str(tmp_path / "data"), "serve", "--listen", "127.0.0.1:0"],
+            check=False,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1",
+                 "WHARF_CATALOG_URL": f"{url}?sslmode=verify-full&sslrootcert={other_ca}"},
+        )  # fmt: skip
+        assert proc.returncode != 0
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "cannot open the catalog at postgres://" in lines[0], proc.stderr
+    finally:
+        tls_pg.stop()
