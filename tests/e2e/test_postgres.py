@@ -124,7 +124,7 @@ def test_a_bad_catalog_url_is_one_clear_line_without_the_password(tmp_path):
 
 
 def test_tls_to_postgres_is_verified(wharf_factory, tmp_path):
-    """With sqlmode=verify-full and the CA, the catalog's connections are TLS
+    """With sslmode=verify-full and the CA, the catalog's connections are TLS
     (rustls); against a server whose certificate another CA signed, the start
     fails with one line."""
     tls_pg = Postgres.start(tls=True)
