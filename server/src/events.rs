@@ -738,7 +738,8 @@ mod tests {
 
     #[test]
     fn bad_endpoints_are_refused_with_a_reason() {
-        let cases: Vec<(Box<dyn Fn(&mut WebhookSettings)>, &str)> = vec![
+        type Tweak = Box<dyn Fn(&mut WebhookSettings)>;
+        let cases: Vec<(Tweak, &str)> = vec![
             (Box::new(|w| w.url = "ftp://x/".into()), "http"),
             (Box::new(|w| w.url = "not a url".into()), "valid URL"),
             (Box::new(|w| w.secret = None), "secret"),
