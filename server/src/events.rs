@@ -422,11 +422,7 @@ impl Events {
         });
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         tokio::spawn(run_deliveries(shared.clone(), rx));
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| listen.ip().to_string());
+        let host = hostname().unwrap_or_else(|| listen.ip().to_string());
         for e in &shared.endpoints {
             tracing::info!(url = %e.shown, "webhook endpoint configured");
         }
@@ -655,6 +651,20 @@ async fn run_deliveries(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// The host's name (a pod's name in Kubernetes), through gethostname(2)
+/// rather than /proc, which a hardened unit may hide.
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_owned();
+    (!name.is_empty()).then_some(name)
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -870,5 +880,11 @@ mod tests {
         let disabled = Events::disabled();
         assert!(!disabled.wants(EventAction::Push, "team/app"));
         disabled.notify(EventAction::Push, &target, &origin);
+    }
+
+    #[test]
+    fn hostname_is_known() {
+        let h = hostname().expect("a host name");
+        assert!(!h.contains('\0'), "{h:?}");
     }
 }
