@@ -883,6 +883,28 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        // config/server.toml shows a [[webhooks]] table commented out.
+        let example =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/server.toml");
+        let text = std::fs::read_to_string(example).unwrap();
+        let start = text.find("# [[webhooks]]").expect("a [[webhooks]] example");
+        let table: String = text[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hooks.toml");
+        std::fs::write(&file, table).unwrap();
+        let s = crate::Settings::load(Some(&file), Vec::new(), &[]).unwrap();
+        assert_eq!(s.webhooks.len(), 1);
+        let ep = Endpoint::from_settings(0, &s.webhooks[0]).unwrap();
+        assert!(ep.wants(action_bit(EventAction::Push), "team/app"));
+        assert!(!ep.wants(action_bit(EventAction::Pull), "team/app"));
+    }
+
+    #[test]
     fn hostname_is_known() {
         let h = hostname().expect("a host name");
         assert!(!h.contains('\0'), "{h:?}");
