@@ -882,6 +882,62 @@ mod tests {
         disabled.notify(EventAction::Push, &target, &origin);
     }
 
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_without_waiting() {
+        // A receiver that accepts connections and never answers: every
+        // delivery hangs, the in-flight slots fill, then the queue.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                held.push(sock);
+            }
+        });
+        let mut w = hook(&format!("http://{addr}/"));
+        w.repositories = vec!["*".into()];
+        w.actions = EventAction::ALL.to_vec();
+        w.timeout_secs = 60;
+        let events = Events::start(&[w], "127.0.0.1:5000".parse().unwrap()).unwrap();
+        let target = Target {
+            repository: "team/app",
+            digest: Some("sha256:00"),
+            ..Target::default()
+        };
+        let origin = Origin {
+            method: "GET",
+            ..Origin::default()
+        };
+        // Let the delivery task take the first jobs into its slots.
+        for _ in 0..MAX_IN_FLIGHT + 1 {
+            events.notify(EventAction::Pull, &target, &origin);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while events.stats().queued < (MAX_IN_FLIGHT + 1) as u64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        let extra = QUEUE_CAPACITY + 50;
+        for _ in 0..extra {
+            events.notify(EventAction::Pull, &target, &origin);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "notify waited: {:?}",
+            started.elapsed()
+        );
+        let stats = events.stats();
+        assert!(stats.dropped >= 50, "{stats:?}");
+        assert_eq!(
+            stats.queued + stats.dropped,
+            (MAX_IN_FLIGHT + 1 + extra) as u64,
+            "{stats:?}"
+        );
+        assert_eq!(stats.delivered, 0);
+        holder.abort();
+    }
+
     #[test]
     fn the_documented_example_is_valid() {
         // config/server.toml shows a [[webhooks]] table commented out.
