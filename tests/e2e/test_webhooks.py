@@ -90,6 +90,8 @@ def test_docker_push_and_pull_send_signed_events(wharf_factory, receiver, docker
     secret = "whk-" + secrets.token_hex(16)
     server = wharf_factory(
         "wharf-hooks",
+        # Debug logs too must never show the secret or the signature.
+        env={"WHARF_LOG": "debug"},
         config=(
             "[[webhooks]]\n"
             f'url = "{receiver.url}"\n'
@@ -144,3 +146,6 @@ def test_docker_push_and_pull_send_signed_events(wharf_factory, receiver, docker
     assert repos == {"hooks/busybox"}, repos
     for headers, body, _ in receiver.events():
         assert headers["x-wharf-signature"] == signature(secret, body)
+        server.secrets.append(headers["x-wharf-signature"].removeprefix("sha256=")  # the signatures are secret-derived)
+    log = server.log_path.read_text()
+    assert "webhook delivered" in log, "debug logs name each delivery"
