@@ -58,6 +58,11 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
         StorageBackend::Filesystem => {
             store::BlobStore::local(&settings.storage_path(), settings.storage.fsync)?
         }
+        StorageBackend::S3 => {
+            let store = store::BlobStore::s3(&settings.storage)?;
+            store.check().await?;
+            store
+        }
         StorageBackend::Memory => store::BlobStore::in_memory(),
     };
     let auth = if settings.auth.enabled {
