@@ -390,6 +390,42 @@ mod tests {
     }
 
     #[test]
+    fn s3_example_parses_and_secrets_stay_out_of_debug() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/server-s3.toml");
+        let s = Settings::load(Some(&example), Vec::new(), &[]).unwrap();
+        assert_eq!(s.storage.backend, StorageBackend::S3);
+        assert_eq!(s.storage.bucket.as_deref(), Some("wharf"));
+        assert!(!s.storage.virtual_hosted_style);
+        let env = vec![
+            (
+                "WHARF_STORAGE_SECRET_ACCESS_KEY".to_string(),
+                "hunter2-very-secret".to_string(),
+            ),
+            ("WHARF_STORAGE_ALLOW_HTTP".to_string(), "true".to_string()),
+        ];
+        let s = Settings::load(Some(&example), env, &[]).unwrap();
+        assert_eq!(
+            s.storage.secret_access_key.as_ref().map(Secret::expose),
+            Some("hunter2-very-secret")
+        );
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn s3_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.toml");
+        std::fs::write(&small, "[storage]\nbackend = \"s3\"\npart_size_mib = 4\n").unwrap();
+        let err = Settings::load(Some(&small), Vec::new(), &[]).unwrap_err();
+        assert!(err.to_string().contains("5 MiB"), "{err}");
+        let redirect = dir.path().join("redirect.toml");
+        std::fs::write(&redirect, "[storage]\nredirect = true\n").unwrap();
+        let err = Settings::load(Some(&redirect), Vec::new(), &[]).unwrap_err();
+        assert!(err.to_string().contains("s3"), "{err}");
+    }
+
+    #[test]
     fn example_config_parses_and_bad_keys_fail() {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/server.toml");
         Settings::load(Some(&example), Vec::new(), &[]).unwrap();

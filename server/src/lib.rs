@@ -61,6 +61,11 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
         StorageBackend::S3 => {
             let store = store::BlobStore::s3(&settings.storage)?;
             store.check().await?;
+            tracing::info!(
+                bucket = settings.storage.bucket.as_deref().unwrap_or("(AWS_BUCKET)"),
+                endpoint = settings.storage.endpoint.as_deref().unwrap_or("(AWS default)"),
+                "blobs are on S3"
+            );
             store
         }
         StorageBackend::Memory => store::BlobStore::in_memory(),
