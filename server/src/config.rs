@@ -343,10 +343,24 @@ impl Settings {
     }
 }
 
+/// Keys that are always strings, even when the value looks like a number
+/// (a MinIO access key may be all digits).
+const STRING_KEYS: &[&str] = &[
+    "storage.bucket",
+    "storage.endpoint",
+    "storage.region",
+    "storage.access_key_id",
+    "storage.secret_access_key",
+    "storage.session_token",
+];
+
 /// Sets `section.key` in the table; a value that parses as a TOML scalar
 /// (bool, integer) is taken as one, anything else as a string.
 fn set(table: &mut toml::Table, key: &str, raw: &str) {
-    let value = format!("v = {raw}")
+    let value = Some(raw)
+        .filter(|_| !STRING_KEYS.contains(&key))
+        .map(|raw| format!("v = {raw}"))
+        .unwrap_or_default()
         .parse::<toml::Table>()
         .ok()
         .and_then(|mut t| t.remove("v"))
@@ -402,12 +416,18 @@ mod tests {
                 "hunter2-very-secret".to_string(),
             ),
             ("WHARF_STORAGE_ALLOW_HTTP".to_string(), "true".to_string()),
+            (
+                "WHARF_STORAGE_ACCESS_KEY_ID".to_string(),
+                "12345678".to_string(),
+            ),
         ];
         let s = Settings::load(Some(&example), env, &[]).unwrap();
         assert_eq!(
             s.storage.secret_access_key.as_ref().map(Secret::expose),
             Some("hunter2-very-secret")
         );
+        assert!(s.storage.allow_http);
+        assert_eq!(s.storage.access_key_id.as_deref(), Some("12345678"));
         let shown = format!("{s:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
     }

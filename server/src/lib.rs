@@ -63,7 +63,11 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
             store.check().await?;
             tracing::info!(
                 bucket = settings.storage.bucket.as_deref().unwrap_or("(AWS_BUCKET)"),
-                endpoint = settings.storage.endpoint.as_deref().unwrap_or("(AWS default)"),
+                endpoint = settings
+                    .storage
+                    .endpoint
+                    .as_deref()
+                    .unwrap_or("(AWS default)"),
                 "blobs are on S3"
             );
             store

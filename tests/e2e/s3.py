@@ -104,8 +104,11 @@ class Moto:
         return [u["Key"] for u in resp.get("Uploads", [])]
 
 
-def s3_config(moto: Moto, bucket: str, catalog_url: str, key_path: Path, **storage) -> str:
-    """The TOML of a replica: the shared catalog, bucket and token key, auth on."""
+def s3_config(
+    moto: Moto, bucket: str, catalog_url: str, key_path: Path, credentials: bool = True, **storage
+) -> str:
+    """The TOML of a replica: the shared catalog, bucket and token key, auth on.
+    Without `credentials`, the key and secret must come from AWS_* variables."""
     lines = [
         "[catalog]",
         f'url = "{catalog_url}"',
@@ -114,14 +117,14 @@ def s3_config(moto: Moto, bucket: str, catalog_url: str, key_path: Path, **stora
         f'bucket = "{bucket}"',
         f'endpoint = "{moto.endpoint}"',
         'region = "us-east-1"',
-        f'access_key_id = "{MOTO_KEY}"',
-        f'secret_access_key = "{MOTO_SECRET}"',
         "allow_http = true",
         "virtual_hosted_style = false",
         # The smallest part S3 allows: more parts per blob, so multipart is
         # exercised by every layer above 5 MiB.
         "part_size_mib = 5",
     ]
+    if credentials:
+        lines += [f'access_key_id = "{MOTO_KEY}"', f'secret_access_key = "{MOTO_SECRET}"']
     for k, v in storage.items():
         lines.append(f"{k} = {str(v).lower() if isinstance(v, bool) else v}")
     lines += ["[auth]", "enabled = true", f'key_path = "{key_path}"']
@@ -283,14 +286,16 @@ def replicas(request, wharf_factory, moto, catalog_url, tmp_path):
     auth on (user `alice`, admin), blobs in a fresh bucket, behind nginx."""
     proxies: list[RoundRobinProxy] = []
 
-    def make(n: int = 2, **storage) -> Cluster:
+    def make(n: int = 2, aws_env: bool = False, **storage) -> Cluster:
+        """`aws_env`: S3 credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+        instead of the config file."""
         bucket = moto.new_bucket()
         key_path = tmp_path / "token-key.pem"
-        config = s3_config(moto, bucket, catalog_url, key_path, **storage)
-        servers = [
-            wharf_factory(f"replica{i}-{len(proxies)}", env={"WHARF_LOG": "debug,sqlx=info"}, config=config)
-            for i in range(n)
-        ]
+        config = s3_config(moto, bucket, catalog_url, key_path, credentials=not aws_env, **storage)
+        env = {"WHARF_LOG": "debug,sqlx=info"}
+        if aws_env:
+            env |= {"AWS_ACCESS_KEY_ID": MOTO_KEY, "AWS_SECRET_ACCESS_KEY": MOTO_SECRET}
+        servers = [wharf_factory(f"replica{i}-{len(proxies)}", env=env, config=config) for i in range(n)]
         for s in servers:
             s.secrets.append(MOTO_SECRET)
         # Users go into the shared catalog once, through the first replica's CLI.

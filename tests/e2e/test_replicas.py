@@ -81,7 +81,8 @@ def test_docker_push_pull_multilayer_image_through_two_replicas(replicas, docker
 
 
 def test_skopeo_copy_round_trip_through_two_replicas(replicas, images, tmp_path):
-    cluster = replicas(2)
+    # The S3 credentials come from the AWS_* environment here.
+    cluster = replicas(2, aws_env=True)
     host = cluster.proxy.host
     creds = f"alice:{cluster.users['alice']}"
     src = images.ensure(images.busybox)
