@@ -389,7 +389,7 @@ impl Registry {
 
     async fn load_upload(&self, repo: &RepoName, id: &str) -> Result<Upload> {
         check_upload_id(id)?;
-        match self.catalog.upload(id).await? {
+        match self.read_upload(id).await? {
             Some(u) if u.repository == repo.as_str() => Ok(u),
             _ => Err(RegistryError::BlobUploadUnknown(id.to_owned())),
         }
@@ -513,9 +513,26 @@ impl Registry {
         }))
     }
 
+    /// The session's row and its parts, consistent with each other: the
+    /// two are read by separate queries, and another replica may append a
+    /// part in between; a completion must never use parts beyond the size it
+    /// verified. Read again until the parts add up to the size.
+    async fn read_upload(&self, id: &str) -> Result<Option<Upload>> {
+        for _ in 0..8 {
+            match self.catalog.upload(id).await? {
+                Some(u) if u.parts.iter().map(|p| p.size).sum::<u64>() != u.size => {
+                    tokio::task::yield_now().await;
+                }
+                other => return Ok(other),
+            }
+        }
+        Err(RegistryError::BlobUploadInvalid(format!(
+            "upload {id} is being written by concurrent requests; retry"
+        )))
+    }
+
     async fn load_upload_any(&self, id: &str) -> Result<Upload> {
-        self.catalog
-            .upload(id)
+        self.read_upload(id)
             .await?
             .ok_or_else(|| RegistryError::BlobUploadUnknown(id.to_owned()))
     }

@@ -12,7 +12,10 @@
 //! - `WHARF_TEST_REPLICAS=N`: N servers (each with its own state, as separate
 //!   processes would have) on the same catalog and store, and every request
 //!   goes to the next one in turn, so each multi-request flow crosses
-//!   replicas. Not with the `memory` backend, which one process owns.
+//!   replicas. Not with the `memory` backend, which one process owns. Meant
+//!   for `distribution_spec`: the `auth` suite checks that a challenge's
+//!   realm names the server that answered and that the (per-process)
+//!   failed-login limiter trips, which a set of replicas does not satisfy.
 
 #![allow(dead_code)]
 
