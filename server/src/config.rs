@@ -204,6 +204,9 @@ pub struct StorageSettings {
     pub virtual_hosted_style: bool,
     /// S3: allow a plain-http endpoint (a store on the LAN).
     pub allow_http: bool,
+    /// S3: PEM file of extra CA certificates to trust for an https endpoint
+    /// (a LAN store with its own CA), on top of the system's.
+    pub ca_file: Option<PathBuf>,
     /// S3: size of each part of a multipart upload, in MiB (at least 5, S3's
     /// minimum; at most 10 000 parts per object, so 5 MiB parts cap a blob
     /// at ~48 GiB). Each upload holds about 3 parts in memory.
@@ -278,6 +281,7 @@ impl Default for StorageSettings {
             session_token: None,
             virtual_hosted_style: false,
             allow_http: false,
+            ca_file: None,
             part_size_mib: 8,
             redirect: false,
             redirect_ttl_secs: 600,
@@ -313,6 +317,7 @@ const KEYS: &[&str] = &[
     "storage.session_token",
     "storage.virtual_hosted_style",
     "storage.allow_http",
+    "storage.ca_file",
     "storage.part_size_mib",
     "storage.redirect",
     "storage.redirect_ttl_secs",

@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -85,6 +85,8 @@ pub enum StoreError {
     Backend(#[from] object_store::Error),
     #[error("object store i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("object store settings: {0}")]
+    Config(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -150,7 +152,39 @@ impl BlobStore {
     /// checks with [`BlobStore::check`] at start).
     pub fn s3(s: &StorageSettings) -> Result<Self> {
         install_tls_provider();
-        let mut b = AmazonS3Builder::from_env()
+        let mut client = object_store::ClientOptions::new();
+        if let Some(path) = &s.ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                StoreError::Config(format!(
+                    "cannot read storage.ca_file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let certs = object_store::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                StoreError::Config(format!("storage.ca_file {}: {e}", path.display()))
+            })?;
+            if certs.is_empty() {
+                return Err(StoreError::Config(format!(
+                    "storage.ca_file {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                client = client.with_root_certificate(cert);
+            }
+        }
+        // As `AmazonS3Builder::from_env`, but over our client options (which
+        // `with_client_options` would replace wholesale afterwards).
+        let mut b = AmazonS3Builder::new().with_client_options(client);
+        for (key, value) in std::env::vars_os() {
+            if let (Some(key), Some(value)) = (key.to_str(), value.to_str())
+                && key.starts_with("AWS_")
+                && let Ok(k) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
+            {
+                b = b.with_config(k, value);
+            }
+        }
+        let mut b = b
             .with_virtual_hosted_style_request(s.virtual_hosted_style)
             .with_allow_http(s.allow_http);
         if let Some(v) = &s.bucket {

@@ -12,8 +12,10 @@ import os
 
 import requests
 
+import pytest
+
 from clients import skopeo
-from s3 import catalog_url, moto, replicas  # noqa: F401  (fixtures)
+from s3 import MOTO_KEY, MOTO_SECRET, TlsProxy, catalog_url, make_tls_certs, moto, replicas  # noqa: F401
 from support import RegistryApi, assert_image_in_registry, describe, sha256_digest
 
 MIB = 1024 * 1024
@@ -192,3 +194,49 @@ def test_blob_gets_redirect_to_presigned_s3_urls(replicas):
     other_api = api_with_token(cluster.proxy.url, cluster, "scale/other")
     other = other_api.request("GET", f"/v2/scale/other/blobs/{digest}", allow_redirects=False)
     assert other.status_code == 404, describe(other)
+
+
+def test_s3_over_https_with_a_private_ca(moto, wharf_factory, tmp_path):  # noqa: F811
+    """An https endpoint (nginx with a certificate of a private CA in front of
+    moto): refused until `storage.ca_file` names the CA, then uploads go
+    through rustls."""
+    ca, cert, key = make_tls_certs(tmp_path / "tls")
+    proxy = TlsProxy(tmp_path / "tls-nginx", f"127.0.0.1:{moto.port}", cert, key)
+    proxy.start()
+    try:
+        bucket = moto.new_bucket()
+        base = "\n".join(
+            [
+                "[storage]",
+                'backend = "s3"',
+                f'bucket = "{bucket}"',
+                f'endpoint = "{proxy.url}"',
+                f'access_key_id = "{MOTO_KEY}"',
+                f'secret_access_key = "{MOTO_SECRET}"',
+                "part_size_mib = 5",
+            ]
+        )
+        untrusting = wharf_factory("untrusting", config=base + "\n")
+        untrusting.secrets.append(MOTO_SECRET)
+        with pytest.raises(AssertionError, match="exited"):
+            untrusting.start()
+        assert "certificate" in untrusting.log_path.read_text().lower(), untrusting.log_tail()
+
+        server = wharf_factory("trusting", config=base + f'\nca_file = "{ca}"\n')
+        server.secrets.append(MOTO_SECRET)
+        server.start()
+        api = server.api()
+        data = os.urandom(11 * MIB + 5)
+        digest = sha256_digest(data)
+        r = api.monolithic_upload("tls/blob", data, digest)
+        assert r.status_code == 201, describe(r)
+        chunked = os.urandom(6 * MIB + 1)
+        chunked_digest = api.chunked_upload("tls/blob", chunked, 4 * MIB)
+        assert api.assert_blob("tls/blob", digest) == data
+        assert api.assert_blob("tls/blob", chunked_digest) == chunked
+        keys = moto.keys(bucket, "blobs/")
+        assert keys.get(blob_key(digest)) == len(data)
+        assert keys.get(blob_key(chunked_digest)) == len(chunked)
+        assert f"/{bucket}/blobs/" in (proxy.dir / "access.log").read_text(), "nothing went through TLS"
+    finally:
+        proxy.stop()
