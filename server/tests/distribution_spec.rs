@@ -2233,3 +2233,28 @@ async fn racing_chunks_at_the_same_offset_one_wins_the_other_gets_416() {
         }
     }
 }
+
+#[tokio::test]
+async fn requests_take_turns_over_the_replicas() {
+    let srv = Server::start().await;
+    let wanted = match std::env::var("WHARF_TEST_S3_ENDPOINT") {
+        Ok(_) => std::env::var("WHARF_TEST_REPLICAS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1usize),
+        Err(_) => 1,
+    };
+    let bases = srv.replica_bases().to_vec();
+    assert_eq!(bases.len(), wanted, "replicas: {bases:?}");
+    // Consecutive URLs go to each replica in turn; every one answers.
+    let urls: Vec<String> = (0..2 * wanted).map(|_| srv.url("/v2/")).collect();
+    for (i, url) in urls.iter().enumerate() {
+        assert!(
+            url.starts_with(&bases[i % wanted]),
+            "{url} is not on replica {i}"
+        );
+    }
+    for _ in 0..wanted {
+        srv.get("/v2/").await.expect(200);
+    }
+}

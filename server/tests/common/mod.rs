@@ -12,7 +12,8 @@
 //! - `WHARF_TEST_REPLICAS=N`: N servers (each with its own state, as separate
 //!   processes would have) on the same catalog and store, and every request
 //!   goes to the next one in turn, so each multi-request flow crosses
-//!   replicas. Not with the `memory` backend, which one process owns. Meant
+//!   replicas. Only on S3: the filesystem and memory backends belong to one
+//!   process (a test that picks one of them gets one server). Meant
 //!   for `distribution_spec`: the `auth` suite checks that a challenge's
 //!   realm names the server that answered and that the (per-process)
 //!   failed-login limiter trips, which a set of replicas does not satisfy.
@@ -264,10 +265,11 @@ struct Replicas {
 
 impl Replicas {
     async fn launch(settings: &Settings) -> Replicas {
-        let n = if settings.storage.backend == wharf_server::config::StorageBackend::Memory {
-            1
-        } else {
+        // The filesystem and memory backends belong to one process.
+        let n = if settings.storage.backend == wharf_server::config::StorageBackend::S3 {
             test_replicas()
+        } else {
+            1
         };
         let mut bases = Vec::new();
         let mut tasks = Vec::new();
@@ -422,6 +424,12 @@ impl Server {
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.replicas = Replicas::launch(&self.settings).await;
         self.addr = self.replicas.addr();
+    }
+
+    /// The base URLs of the running replicas (one unless
+    /// `WHARF_TEST_REPLICAS` asks for more on S3).
+    pub fn replica_bases(&self) -> &[String] {
+        &self.replicas.bases
     }
 
     pub fn data_dir(&self) -> &std::path::Path {
