@@ -23,8 +23,6 @@ use std::sync::Arc;
 pub use api::AppState;
 pub use config::Settings;
 
-use crate::config::StorageBackend;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -58,26 +56,7 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
         source,
     })?;
     let catalog = catalog::Catalog::open(&settings.catalog_url()).await?;
-    let store = match settings.storage.backend {
-        StorageBackend::Filesystem => {
-            store::BlobStore::local(&settings.storage_path(), settings.storage.fsync)?
-        }
-        StorageBackend::S3 => {
-            let store = store::BlobStore::s3(&settings.storage)?;
-            store.check().await?;
-            tracing::info!(
-                bucket = settings.storage.bucket.as_deref().unwrap_or("(AWS_BUCKET)"),
-                endpoint = settings
-                    .storage
-                    .endpoint
-                    .as_deref()
-                    .unwrap_or("(AWS default)"),
-                "blobs are on S3"
-            );
-            store
-        }
-        StorageBackend::Memory => store::BlobStore::in_memory(),
-    };
+    let store = store::BlobStore::open(settings).await?;
     let auth = if settings.auth.enabled {
         let auth = auth::Auth::new(catalog.clone(), settings.auth_config())?;
         let admin_password = std::env::var("WHARF_ADMIN_PASSWORD").ok();

@@ -143,6 +143,27 @@ impl BlobStore {
         }
     }
 
+    /// The store the settings name (`storage.backend`); an S3 bucket is
+    /// checked with one request first.
+    pub async fn open(settings: &crate::config::Settings) -> Result<Self> {
+        use crate::config::StorageBackend;
+        let s = &settings.storage;
+        Ok(match s.backend {
+            StorageBackend::Filesystem => Self::local(&settings.storage_path(), s.fsync)?,
+            StorageBackend::S3 => {
+                let store = Self::s3(s)?;
+                store.check().await?;
+                tracing::info!(
+                    bucket = s.bucket.as_deref().unwrap_or("(AWS_BUCKET)"),
+                    endpoint = s.endpoint.as_deref().unwrap_or("(AWS default)"),
+                    "blobs are on S3"
+                );
+                store
+            }
+            StorageBackend::Memory => Self::in_memory(),
+        })
+    }
+
     /// An S3 or S3-compatible bucket. The builder starts from the `AWS_*`
     /// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     /// `AWS_SESSION_TOKEN`, `AWS_REGION`/`AWS_DEFAULT_REGION`,

@@ -439,16 +439,15 @@ impl Server {
     /// The size of the object the store holds under a blob's key, read from
     /// the store itself (files of the filesystem backend, or the S3 bucket).
     pub async fn stored_blob_size(&self, digest: &str) -> Option<u64> {
-        use wharf_server::config::StorageBackend;
         use wharf_server::store::BlobStore;
+        assert!(
+            self.settings.storage.backend != wharf_server::config::StorageBackend::Memory,
+            "the memory store is not reachable from outside"
+        );
         let digest: wharf_server::digest::Digest = digest.parse().expect("a digest");
-        let store = match self.settings.storage.backend {
-            StorageBackend::Filesystem => {
-                BlobStore::local(&self.settings.storage_path(), false).expect("open the store")
-            }
-            StorageBackend::S3 => BlobStore::s3(&self.settings.storage).expect("open the store"),
-            StorageBackend::Memory => panic!("the memory store is not reachable from outside"),
-        };
+        let store = BlobStore::open(&self.settings)
+            .await
+            .expect("open the store");
         store
             .size(&BlobStore::blob_key(&digest))
             .await
