@@ -167,7 +167,7 @@ def test_chunked_upload_started_on_one_replica_is_finished_on_the_other(replicas
     assert_store_clean(cluster, {digest: len(data)})
 
 
-def test_blob_gets_redirect_to_presigned_s3_urls(replicas):
+def test_blob_gets_redirect_to_presigned_s3_urls(replicas, images, tmp_path):
     cluster = replicas(2, redirect=True)
     api = api_with_token(cluster.proxy.url, cluster, "scale/redirect")
     data = os.urandom(7 * MIB + 3)
@@ -194,6 +194,19 @@ def test_blob_gets_redirect_to_presigned_s3_urls(replicas):
     other_api = api_with_token(cluster.proxy.url, cluster, "scale/other")
     other = other_api.request("GET", f"/v2/scale/other/blobs/{digest}", allow_redirects=False)
     assert other.status_code == 404, describe(other)
+
+    # A real client follows the redirects: skopeo pushes, then pulls through them.
+    host = cluster.proxy.host
+    creds = f"alice:{cluster.users['alice']}"
+    src = images.ensure(images.busybox)
+    skopeo("copy", "--dest-tls-verify=false", "--dest-creds", creds, f"docker-daemon:{src}", f"docker://{host}/scale/rbb:1")
+    skopeo(
+        "copy", "--src-tls-verify=false", "--src-creds", creds, f"docker://{host}/scale/rbb:1", f"oci:{tmp_path / 'l'}:bb"
+    )
+    moto_log = cluster.moto.log_path.read_text(errors="replace")
+    manifest, _, _ = api_with_token(cluster.proxy.url, cluster, "scale/rbb").manifest_json("scale/rbb", "1")
+    layer = manifest["layers"][0]["digest"]
+    assert f"GET /{cluster.bucket}/{blob_key(layer)}?X-Amz-" in moto_log, "skopeo did not fetch the layer from S3"
 
 
 def test_s3_over_https_with_a_private_ca(moto, wharf_factory, tmp_path):  # noqa: F811
