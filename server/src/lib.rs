@@ -23,8 +23,6 @@ use std::sync::Arc;
 pub use api::AppState;
 pub use config::Settings;
 
-use crate::config::StorageBackend;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -58,12 +56,7 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
         source,
     })?;
     let catalog = catalog::Catalog::open(&settings.catalog_url()).await?;
-    let store = match settings.storage.backend {
-        StorageBackend::Filesystem => {
-            store::BlobStore::local(&settings.storage_path(), settings.storage.fsync)?
-        }
-        StorageBackend::Memory => store::BlobStore::in_memory(),
-    };
+    let store = store::BlobStore::open(settings).await?;
     let auth = if settings.auth.enabled {
         let auth = auth::Auth::new(catalog.clone(), settings.auth_config())?;
         let admin_password = std::env::var("WHARF_ADMIN_PASSWORD").ok();
