@@ -4,6 +4,13 @@
 //! freely between the servers. Meant for PostgreSQL (run with
 //! `WHARF_TEST_POSTGRES_URL`, as `scripts/test` does); on SQLite the two
 //! servers share the catalog file, which must hold as well.
+//!
+//! The blobs are where the settings put them: one local directory by
+//! default (with `WHARF_TEST_S3_ENDPOINT`, one bucket). Replicas in
+//! production use S3 (see the README): two processes appending different
+//! bytes to one local session file at once is not something the filesystem
+//! backend guards against, so the race below sends the same chunk to both;
+//! what is under test here is the catalog deciding which append wins.
 
 mod common;
 
