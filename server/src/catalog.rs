@@ -143,6 +143,20 @@ impl Catalog {
         Ok(())
     }
 
+    /// Blobs stored, the sum of their sizes, and open upload sessions, for
+    /// the metrics (one query; the store is never walked).
+    pub async fn stored_totals(&self) -> Result<(u64, u64, u64)> {
+        let (blobs, bytes, uploads): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM blobs), \
+             (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM blobs), \
+             (SELECT COUNT(*) FROM uploads)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let u = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok((u(blobs), u(bytes), u(uploads)))
+    }
+
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }

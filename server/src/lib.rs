@@ -12,9 +12,11 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod digest;
+pub mod metrics;
 pub mod names;
 pub mod registry;
 pub mod store;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -45,6 +47,8 @@ pub enum StartError {
     Serve(std::io::Error),
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Opens the catalog and the blob store the settings name.
@@ -69,9 +73,14 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
         None
     };
     let registry = registry::Registry::new(catalog, store, settings.limits());
+    let metrics = metrics::Metrics::new(std::time::Duration::from_secs(
+        settings.metrics.catalog_refresh_secs,
+    ));
     Ok(AppState {
         registry: Arc::new(registry),
         auth,
+        metrics: Arc::new(metrics),
+        access_log: settings.log.access,
     })
 }
 
@@ -86,20 +95,61 @@ pub async fn serve_on(
     app: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    serve_on_with(listener, app, None, shutdown).await
+}
+
+/// Serves `app` on an already bound listener, over TLS when `tls` is given,
+/// until `shutdown` resolves. Accepted sockets get TCP_NODELAY either way.
+pub async fn serve_on_with(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     use axum::serve::ListenerExt;
-    // Nagle would hold back the small responses that dominate pulls.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(StartError::Serve)
+    match tls {
+        None => {
+            // Nagle would hold back the small responses that dominate pulls.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(StartError::Serve)
+        }
+        Some(config) => {
+            // The handlers read the peer as `ConnectInfo<SocketAddr>`;
+            // axum gives it only for its own listeners, so it is copied over.
+            let app = app.layer(axum::middleware::map_request(
+                |mut req: axum::extract::Request| async move {
+                    let peer = req
+                        .extensions()
+                        .get::<axum::extract::ConnectInfo<tls::Peer>>()
+                        .map(|c| c.0.0);
+                    if let Some(peer) = peer {
+                        req.extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                    }
+                    req
+                },
+            ));
+            let listener = tls::TlsListener::new(listener, config).map_err(StartError::Serve)?;
+            let app = app.into_make_service_with_connect_info::<tls::Peer>();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(StartError::Serve)
+        }
+    }
 }
 
 /// Binds the configured address and serves until SIGINT or SIGTERM.
 pub async fn serve(settings: &Settings) -> Result<(), StartError> {
+    // TLS files first: a bad path or key is one clear error before anything
+    // else starts.
+    let tls = tls::server_config(settings)?;
     let state = build_state(settings).await?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -114,13 +164,23 @@ pub async fn serve(settings: &Settings) -> Result<(), StartError> {
              reach it can push, pull and delete. Set [auth] enabled = true (see config/server.toml)."
         );
     }
+    if let Some((_, Some(made))) = &tls {
+        tls::log_ca_instructions(made, settings.listen);
+    }
     tracing::info!(
         listen = %settings.listen,
+        tls = tls.is_some(),
         auth = settings.auth.enabled,
         data_dir = %settings.data_dir.display(),
         "wharf-server is serving the registry"
     );
-    serve_on(listener, app(state), shutdown_signal()).await
+    serve_on_with(
+        listener,
+        app(state),
+        tls.map(|(config, _)| config),
+        shutdown_signal(),
+    )
+    .await
 }
 
 async fn shutdown_signal() {
