@@ -222,7 +222,7 @@ impl RegistryClient {
         }
         let url = format!("{}/v2/", self.base_url(r));
         let resp = self
-            .http
+            .http_for(&host)?
             .get(&url)
             .send()
             .await
@@ -1429,5 +1429,24 @@ mod tests {
         let e = c.get_manifest(&r).await.unwrap_err();
         assert!(matches!(e, ClientError::DigestMismatch { .. }), "{e}");
         assert!(e.to_string().contains(&wrong), "{e}");
+    }
+
+    #[test]
+    fn registry_cas_come_from_the_hosts_own_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = vec![dir.path().join("missing"), dir.path().to_path_buf()];
+        assert!(registry_cas(&dirs, "reg.lan:5000").unwrap().is_empty());
+        let host_dir = dir.path().join("reg.lan:5000");
+        std::fs::create_dir_all(&host_dir).unwrap();
+        // docker's client certificate and key files are not CAs.
+        std::fs::write(host_dir.join("client.cert"), "x").unwrap();
+        std::fs::write(host_dir.join("client.key"), "x").unwrap();
+        assert!(registry_cas(&dirs, "reg.lan:5000").unwrap().is_empty());
+        std::fs::write(host_dir.join("ca.crt"), "not a certificate").unwrap();
+        let e = registry_cas(&dirs, "reg.lan:5000").unwrap_err().to_string();
+        assert!(e.contains("ca.crt"), "{e}");
+        // Another host's CA is not read, nor anything outside the dirs.
+        assert!(registry_cas(&dirs, "other:5000").unwrap().is_empty());
+        assert!(registry_cas(&dirs, "../reg.lan:5000").unwrap().is_empty());
     }
 }
