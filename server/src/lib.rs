@@ -164,7 +164,7 @@ pub async fn serve(settings: &Settings) -> Result<(), StartError> {
              reach it can push, pull and delete. Set [auth] enabled = true (see config/server.toml)."
         );
     }
-    if let Some((_, Some(made))) = &tls {
+    if let Some(made) = tls.as_ref().and_then(|t| t.self_signed.as_ref()) {
         tls::log_ca_instructions(made, settings.listen);
     }
     tracing::info!(
@@ -177,7 +177,7 @@ pub async fn serve(settings: &Settings) -> Result<(), StartError> {
     serve_on_with(
         listener,
         app(state),
-        tls.map(|(config, _)| config),
+        tls.map(|t| t.config),
         shutdown_signal(),
     )
     .await

@@ -55,11 +55,17 @@ pub struct SelfSigned {
     pub created: bool,
 }
 
+/// What the listener serves TLS with.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    /// The self-signed files, when they were used.
+    pub self_signed: Option<SelfSigned>,
+}
+
 /// The rustls server configuration the settings ask for; `None` when TLS
-/// is off. Also returns the self-signed files when they were used.
-pub fn server_config(
-    settings: &Settings,
-) -> Result<Option<(Arc<rustls::ServerConfig>, Option<SelfSigned>)>, TlsError> {
+/// is off.
+pub fn server_config(settings: &Settings) -> Result<Option<ServerTls>, TlsError> {
     let t = &settings.tls;
     if t.self_signed {
         if t.cert.is_some() || t.key.is_some() {
@@ -67,11 +73,17 @@ pub fn server_config(
         }
         let made = ensure_self_signed(&settings.data_dir.join("tls"), &names(settings))?;
         let config = load(&made.cert, &made.key)?;
-        return Ok(Some((config, Some(made))));
+        return Ok(Some(ServerTls {
+            config,
+            self_signed: Some(made),
+        }));
     }
     match (&t.cert, &t.key) {
         (None, None) => Ok(None),
-        (Some(cert), Some(key)) => Ok(Some((load(cert, key)?, None))),
+        (Some(cert), Some(key)) => Ok(Some(ServerTls {
+            config: load(cert, key)?,
+            self_signed: None,
+        })),
         _ => Err(TlsError::Incomplete),
     }
 }

@@ -41,7 +41,10 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
             if kind == "TYPE" {
                 let t = parts.next().unwrap_or("");
                 assert!(
-                    matches!(t, "counter" | "gauge" | "histogram" | "summary" | "unknown" | "info"),
+                    matches!(
+                        t,
+                        "counter" | "gauge" | "histogram" | "summary" | "unknown" | "info"
+                    ),
                     "bad type in {line:?}"
                 );
                 types.insert(name.to_owned(), t.to_owned());
@@ -53,22 +56,22 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
             .unwrap_or_else(|| panic!("bad sample line {line:?}"));
         let name = series.split('{').next().unwrap();
         assert!(valid_name(name), "bad sample name in {line:?}");
-        if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() {
+        if let Some(labels) = series.strip_prefix(name)
+            && !labels.is_empty()
+        {
+            assert!(
+                labels.starts_with('{') && labels.ends_with('}'),
+                "bad labels in {line:?}"
+            );
+            for pair in labels[1..labels.len() - 1].split(',') {
+                let (k, v) = pair
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                assert!(valid_name(k), "bad label name in {line:?}");
                 assert!(
-                    labels.starts_with('{') && labels.ends_with('}'),
-                    "bad labels in {line:?}"
+                    v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
+                    "unquoted label value in {line:?}"
                 );
-                for pair in labels[1..labels.len() - 1].split(',') {
-                    let (k, v) = pair
-                        .split_once('=')
-                        .unwrap_or_else(|| panic!("bad label in {line:?}"));
-                    assert!(valid_name(k), "bad label name in {line:?}");
-                    assert!(
-                        v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
-                        "unquoted label value in {line:?}"
-                    );
-                }
             }
         }
         let v: f64 = value
@@ -128,10 +131,7 @@ async fn metrics_parse_and_move_with_requests() {
     assert_eq!(req("base", 200), 1.0, "{after:#?}");
     assert!(req("blob_upload", 201) >= 2.0, "{after:#?}");
     // Raw paths never become labels.
-    assert!(
-        !after.keys().any(|k| k.contains("team/app")),
-        "{after:#?}"
-    );
+    assert!(!after.keys().any(|k| k.contains("team/app")), "{after:#?}");
     assert_eq!(
         sample(
             &after,
@@ -146,12 +146,16 @@ async fn metrics_parse_and_move_with_requests() {
         ) >= 3.0
     );
     assert!(
-        sample(&after, "wharf_http_response_body_bytes_total{route=\"blob\"}")
-            >= blob.body.len() as f64
+        sample(
+            &after,
+            "wharf_http_response_body_bytes_total{route=\"blob\"}"
+        ) >= blob.body.len() as f64
     );
     assert!(
-        sample(&after, "wharf_http_response_body_bytes_total{route=\"manifest\"}")
-            >= image.manifest.len() as f64
+        sample(
+            &after,
+            "wharf_http_response_body_bytes_total{route=\"manifest\"}"
+        ) >= image.manifest.len() as f64
     );
     let uploaded = (image.layer.size + image.config.size) as f64;
     assert!(
@@ -210,7 +214,10 @@ async fn request_ids_are_kept_or_made() {
         .expect(200);
     assert_eq!(r.header("x-request-id"), Some("client-id-42"));
     let r = srv
-        .send(srv.request(Method::GET, "/v2/").header("x-request-id", "has space"))
+        .send(
+            srv.request(Method::GET, "/v2/")
+                .header("x-request-id", "has space"),
+        )
         .await
         .expect(200);
     let made = r.must_header("x-request-id");
@@ -231,10 +238,11 @@ async fn tls_with_the_self_signed_ca() {
     settings.storage.fsync = false;
     settings.tls.self_signed = true;
     settings.tls.san = vec!["registry.test".into()];
-    let (config, made) = wharf_server::tls::server_config(&settings)
+    let tls = wharf_server::tls::server_config(&settings)
         .expect("TLS config")
         .expect("TLS is on");
-    let made = made.expect("self-signed files");
+    let config = tls.config;
+    let made = tls.self_signed.expect("self-signed files");
     assert!(made.names.iter().any(|n| n == "registry.test"));
     let state = wharf_server::build_state(&settings).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -267,7 +275,9 @@ async fn tls_with_the_self_signed_ca() {
             .unwrap_or_else(|e| panic!("TLS to {host}: {e:?}"));
         assert_eq!(r.status().as_u16(), 200, "{host}");
         assert_eq!(
-            r.headers().get("x-request-id").and_then(|v| v.to_str().ok()),
+            r.headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok()),
             Some("tls-1")
         );
         assert_eq!(

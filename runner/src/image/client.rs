@@ -908,7 +908,8 @@ fn registry_cas(
                 ClientError::Setup(format!("CA certificate {}: {detail}", f.display()))
             };
             let pem = std::fs::read(&f).map_err(|e| bad(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(error_chain(&e)))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(error_chain(&e)))?;
             if certs.is_empty() {
                 return Err(bad("no PEM certificate in the file".into()));
             }
