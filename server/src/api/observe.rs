@@ -106,6 +106,19 @@ pub fn with_user_name(mut resp: Response, user: Option<String>) -> Response {
     resp
 }
 
+/// A peer address for the log, `-` when unknown, formatted without an
+/// intermediate string.
+struct Remote(Option<SocketAddr>);
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// What the access line of a request says.
 struct Access {
     method: Method,
@@ -131,7 +144,7 @@ impl Access {
             bytes_in = self.bytes_in,
             bytes_out,
             ms = (self.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-            remote = self.remote.map(|a| a.to_string()).as_deref().unwrap_or("-"),
+            remote = %Remote(self.remote),
             user = self.user.as_deref().unwrap_or("-"),
             "access"
         );
@@ -148,11 +161,7 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     let _in_flight = metrics.in_flight();
     let request_id = match req.headers().get(X_REQUEST_ID) {
         Some(v) if sane_request_id(v) => v.clone(),
-        _ => {
-            let id = new_request_id();
-            req.headers_mut().insert(X_REQUEST_ID, id.clone());
-            id
-        }
+        _ => new_request_id(),
     };
     let method = req.method().clone();
     let counted_in = if method == Method::GET || method == Method::HEAD {
