@@ -4,7 +4,9 @@
 //! Layers, each calling only the ones below it:
 //! `api` (HTTP, axum) -> `registry` (the spec's rules) -> `catalog` (SQL)
 //! and `store` (blob bytes). `digest`, `names` and `config` are leaves that
-//! any layer may use.
+//! any layer may use; `metrics` (Prometheus counters) is a leaf the api and
+//! garbage collection write to; `tls` (rustls listener, self-signed CA)
+//! serves only this file's `serve` path.
 
 pub mod admin;
 pub mod api;
