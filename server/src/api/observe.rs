@@ -187,12 +187,22 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
                 .map(|c| c.0),
         )
     });
+    // Requests without an access line (the token endpoint, /metrics, ...)
+    // still get a debug line, as every request had before the access log.
+    let debug_uri =
+        (!logged && tracing::enabled!(tracing::Level::DEBUG)).then(|| req.uri().clone());
     let span = tracing::info_span!("request", request_id = request_id.to_str().unwrap_or(""));
     let mut resp = next.run(req).instrument(span).await;
     let status = resp.status().as_u16();
     metrics.request_done(route, status, started.elapsed());
     let bytes_in = counted_in.map_or(0, |c| c.load(Ordering::Relaxed));
     metrics.bytes_in(route, bytes_in);
+    if let Some(uri) = debug_uri {
+        tracing::debug!(
+            method = %method, path = %uri.path(), status,
+            ms = started.elapsed().as_secs_f64() * 1000.0, "request"
+        );
+    }
     let headers = resp.headers_mut();
     headers.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     headers.insert(X_REQUEST_ID, request_id.clone());
