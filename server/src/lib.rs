@@ -4,9 +4,10 @@
 //! Layers, each calling only the ones below it:
 //! `api` (HTTP, axum) -> `registry` (the spec's rules) -> `catalog` (SQL)
 //! and `store` (blob bytes). `digest`, `names` and `config` are leaves that
-//! any layer may use; `metrics` (Prometheus counters) is a leaf the api and
-//! garbage collection write to; `tls` (rustls listener, self-signed CA)
-//! serves only this file's `serve` path.
+//! any layer may use. `events` (webhooks) sits beside the registry: the api
+//! layer calls it after a request succeeded. `metrics` (Prometheus counters)
+//! is a leaf the api and garbage collection write to; `tls` (rustls
+//! listener, self-signed CA) serves only this file's `serve` path.
 
 pub mod admin;
 pub mod api;
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod digest;
+pub mod events;
 pub mod metrics;
 pub mod names;
 pub mod registry;
@@ -24,8 +26,6 @@ use std::sync::Arc;
 
 pub use api::AppState;
 pub use config::Settings;
-
-use crate::config::StorageBackend;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -51,6 +51,8 @@ pub enum StartError {
     Auth(#[from] auth::AuthError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Events(#[from] events::EventsError),
 }
 
 /// Opens the catalog and the blob store the settings name.
@@ -60,12 +62,7 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
         source,
     })?;
     let catalog = catalog::Catalog::open(&settings.catalog_url()).await?;
-    let store = match settings.storage.backend {
-        StorageBackend::Filesystem => {
-            store::BlobStore::local(&settings.storage_path(), settings.storage.fsync)?
-        }
-        StorageBackend::Memory => store::BlobStore::in_memory(),
-    };
+    let store = store::BlobStore::open(settings).await?;
     let auth = if settings.auth.enabled {
         let auth = auth::Auth::new(catalog.clone(), settings.auth_config())?;
         let admin_password = std::env::var("WHARF_ADMIN_PASSWORD").ok();
@@ -74,6 +71,7 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
     } else {
         None
     };
+    let events = events::Events::start(&settings.webhooks, settings.listen)?;
     let registry = registry::Registry::new(catalog, store, settings.limits());
     let metrics = metrics::Metrics::new(std::time::Duration::from_secs(
         settings.metrics.catalog_refresh_secs,
@@ -83,6 +81,7 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
         auth,
         metrics: Arc::new(metrics),
         access_log: settings.log.access,
+        events: Arc::new(events),
     })
 }
 

@@ -4,6 +4,8 @@
 //! Calls the registry service; never the catalog or the store directly. It
 //! turns HTTP (paths, headers, query strings, bodies) into the service's
 //! typed requests, and the service's answers and errors back into HTTP.
+//! After a manifest push, pull or delete, or a blob delete, succeeded it
+//! tells `events` (webhooks), which alone knows whether anyone listens.
 //! `observe.rs` is the middleware in front of every route (request id,
 //! metrics, access log); `/metrics`, `/healthz` and `/readyz` are served
 //! here too.
@@ -12,11 +14,12 @@ pub mod auth;
 pub mod error;
 pub mod observe;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -27,6 +30,7 @@ use serde_json::json;
 use self::auth::Need;
 pub use self::error::ApiError;
 use crate::auth::scope::Actions;
+use crate::events::{EventAction, Events, Target};
 use crate::names::{Reference, RepoName};
 use crate::registry::{self, ByteRange, ByteStream, Registry, RegistryError};
 
@@ -43,6 +47,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// None when auth is off: every request is allowed.
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// Webhooks; `Events::disabled()` when none is configured.
+    pub events: Arc<Events>,
     /// The Prometheus metrics (also written by garbage collection).
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Log one access line per `/v2/` request.
@@ -162,6 +168,7 @@ impl Req {
 
 async fn dispatch(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     Path(path): Path<String>,
     RawQuery(query): RawQuery,
     method: Method,
@@ -184,7 +191,7 @@ async fn dispatch(
     let need = required_access(&route, &m, &req)?;
     let claims = auth::authorize(&state, &req.headers, &need)?;
     let user = claims.as_ref().map(|c| c.sub.clone());
-    let resp = handle(&state, route, m, req, claims)
+    let resp = handle(&state, route, m, req, claims, addr)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     Ok(observe::with_user_name(resp, user))
@@ -197,9 +204,15 @@ async fn handle(
     m: Method,
     req: Req,
     claims: Option<crate::auth::AccessClaims>,
+    addr: Option<SocketAddr>,
 ) -> ApiResult {
     let reg = &state.registry;
     let name = |n: &str| registry::parse_name(n).map_err(ApiError::from);
+    let subject = claims.as_ref().map(|c| c.sub.clone());
+    let caller = Caller {
+        addr,
+        actor: subject.as_deref(),
+    };
     match route {
         Route::Catalog if m == Method::GET => catalog(state, claims, req).await,
         Route::Tags(n) if m == Method::GET => tags(reg, &name(n)?, req).await,
@@ -208,11 +221,29 @@ async fn handle(
             let reference = registry::parse_reference(r)?;
             match m {
                 Method::GET | Method::HEAD => {
-                    get_manifest(reg, &repo, &reference, m == Method::HEAD).await
+                    let request = (&req.method, &req.headers);
+                    get_manifest(&state, caller, &repo, &reference, request).await
                 }
-                Method::PUT => put_manifest(reg, &repo, &reference, req).await,
+                Method::PUT => put_manifest(&state, caller, &repo, &reference, req).await,
                 Method::DELETE => {
                     reg.delete_manifest(&repo, &reference).await?;
+                    let (digest, tag) = match &reference {
+                        Reference::Digest(d) => (Some(d.as_str()), None),
+                        Reference::Tag(t) => (None, Some(t.as_str())),
+                    };
+                    let target = Target {
+                        repository: repo.as_str(),
+                        digest,
+                        tag,
+                        ..Target::default()
+                    };
+                    notify(
+                        &state,
+                        EventAction::Delete,
+                        &target,
+                        (&req.method, &req.headers),
+                        caller,
+                    );
                     Ok(StatusCode::ACCEPTED.into_response())
                 }
                 _ => Err(ApiError::method_not_allowed()),
@@ -225,6 +256,18 @@ async fn handle(
                 Method::GET | Method::HEAD => get_blob(reg, &repo, &digest, req).await,
                 Method::DELETE => {
                     reg.delete_blob(&repo, &digest).await?;
+                    let target = Target {
+                        repository: repo.as_str(),
+                        digest: Some(digest.as_str()),
+                        ..Target::default()
+                    };
+                    notify(
+                        &state,
+                        EventAction::Delete,
+                        &target,
+                        (&req.method, &req.headers),
+                        caller,
+                    );
                     Ok(StatusCode::ACCEPTED.into_response())
                 }
                 _ => Err(ApiError::method_not_allowed()),
@@ -281,6 +324,62 @@ fn required_access(route: &Route<'_>, m: &Method, req: &Req) -> Result<Need, Api
         repos.push((registry::parse_name(from)?, Actions::PULL));
     }
     Ok(Need::Repos(repos))
+}
+
+// ---- events ------------------------------------------------------------------
+
+/// The client's address, when the server was started with connect info
+/// (tests that drive the router without a socket have none).
+struct ClientAddr(Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
+/// Who made a request, for the events it causes.
+#[derive(Clone, Copy)]
+struct Caller<'a> {
+    addr: Option<SocketAddr>,
+    /// The token's subject (user or robot); None with auth off.
+    actor: Option<&'a str>,
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Tells the webhooks about a request that succeeded. When no endpoint
+/// wants it this is a pattern check and nothing else.
+fn notify(
+    state: &AppState,
+    action: EventAction,
+    target: &Target<'_>,
+    (method, headers): (&Method, &HeaderMap),
+    caller: Caller<'_>,
+) {
+    if !state.events.wants(action, target.repository) {
+        return;
+    }
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let origin = crate::events::Origin {
+        addr: caller.addr,
+        method: method.as_str(),
+        host: header(header::HOST),
+        user_agent: header(header::USER_AGENT),
+        request_id: header(REQUEST_ID),
+        actor: caller.actor,
+    };
+    state.events.notify(action, target, &origin);
 }
 
 // ---- helpers -----------------------------------------------------------------
@@ -467,12 +566,25 @@ async fn referrers(
 // ---- manifests ------------------------------------------------------------------------
 
 async fn get_manifest(
-    reg: &Registry,
+    state: &AppState,
+    caller: Caller<'_>,
     repo: &RepoName,
     reference: &Reference,
-    head: bool,
+    request: (&Method, &HeaderMap),
 ) -> ApiResult {
-    let m = reg.get_manifest(repo, reference).await?;
+    let head = request.0 == Method::HEAD;
+    let m = state.registry.get_manifest(repo, reference).await?;
+    // A HEAD only checks; a GET is a pull.
+    if !head {
+        let target = Target {
+            repository: repo.as_str(),
+            digest: Some(&m.digest),
+            media_type: Some(&m.media_type),
+            size: Some(m.content.len() as u64),
+            tag: tag_of(reference),
+        };
+        notify(state, EventAction::Pull, &target, request, caller);
+    }
     let b = response(StatusCode::OK)
         .header(header::CONTENT_TYPE, &m.media_type)
         .header(header::CONTENT_LENGTH, m.content.len())
@@ -488,12 +600,21 @@ async fn get_manifest(
     ))
 }
 
+fn tag_of(reference: &Reference) -> Option<&str> {
+    match reference {
+        Reference::Tag(t) => Some(t),
+        Reference::Digest(_) => None,
+    }
+}
+
 async fn put_manifest(
-    reg: &Registry,
+    state: &AppState,
+    caller: Caller<'_>,
     repo: &RepoName,
     reference: &Reference,
     req: Req,
 ) -> ApiResult {
+    let reg = &state.registry;
     let limit = reg.limits().max_manifest_bytes;
     let too_large = || ApiError::from(RegistryError::ManifestTooLarge { limit });
     if req.content_length()?.is_some_and(|l| l > limit) {
@@ -517,6 +638,20 @@ async fn put_manifest(
     let put = reg
         .put_manifest(repo, reference, content_type.as_deref(), &bytes)
         .await?;
+    let target = Target {
+        repository: repo.as_str(),
+        digest: Some(put.digest.as_str()),
+        media_type: Some(&put.media_type),
+        size: Some(bytes.len() as u64),
+        tag: tag_of(reference),
+    };
+    notify(
+        state,
+        EventAction::Push,
+        &target,
+        (&req.method, &req.headers),
+        caller,
+    );
     let mut b = response(StatusCode::CREATED)
         .header(
             header::LOCATION,
@@ -565,6 +700,14 @@ async fn get_blob(
     if req.method == Method::HEAD {
         let size = reg.blob_size(repo, digest).await?;
         let b = common(response(StatusCode::OK)).header(header::CONTENT_LENGTH, size);
+        return Ok(finish(b, Body::empty()));
+    }
+    // S3 with storage.redirect: the client fetches the bytes from the store
+    // (a presigned URL honours Range too).
+    if let Some(url) = reg.blob_redirect(repo, digest).await? {
+        let b = response(StatusCode::TEMPORARY_REDIRECT)
+            .header(DOCKER_CONTENT_DIGEST, digest.as_str())
+            .header(header::LOCATION, url);
         return Ok(finish(b, Body::empty()));
     }
     let range = req.header(header::RANGE).and_then(parse_byte_range);

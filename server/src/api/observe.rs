@@ -161,7 +161,12 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     let _in_flight = metrics.in_flight();
     let request_id = match req.headers().get(X_REQUEST_ID) {
         Some(v) if sane_request_id(v) => v.clone(),
-        _ => new_request_id(),
+        _ => {
+            // Also on the request, for the webhooks' `request.id`.
+            let id = new_request_id();
+            req.headers_mut().insert(X_REQUEST_ID, id.clone());
+            id
+        }
     };
     let method = req.method().clone();
     let counted_in = if method == Method::GET || method == Method::HEAD {
