@@ -222,9 +222,9 @@ async fn handle(
             match m {
                 Method::GET | Method::HEAD => {
                     let request = (&req.method, &req.headers);
-                    get_manifest(&state, caller, &repo, &reference, request).await
+                    get_manifest(state, caller, &repo, &reference, request).await
                 }
-                Method::PUT => put_manifest(&state, caller, &repo, &reference, req).await,
+                Method::PUT => put_manifest(state, caller, &repo, &reference, req).await,
                 Method::DELETE => {
                     reg.delete_manifest(&repo, &reference).await?;
                     let (digest, tag) = match &reference {
@@ -238,7 +238,7 @@ async fn handle(
                         ..Target::default()
                     };
                     notify(
-                        &state,
+                        state,
                         EventAction::Delete,
                         &target,
                         (&req.method, &req.headers),
@@ -262,7 +262,7 @@ async fn handle(
                         ..Target::default()
                     };
                     notify(
-                        &state,
+                        state,
                         EventAction::Delete,
                         &target,
                         (&req.method, &req.headers),
