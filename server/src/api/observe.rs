@@ -136,16 +136,16 @@ impl Access {
     fn log(&self, bytes_out: u64) {
         tracing::info!(
             target: "wharf::access",
-            request_id = self.request_id.to_str().unwrap_or(""),
-            method = self.method.as_str(),
-            route = self.route.as_str(),
-            path = self.uri.path(),
+            request_id = %self.request_id.to_str().unwrap_or("-"),
+            method = %self.method,
+            route = %self.route.as_str(),
+            path = %self.uri.path(),
             status = self.status,
             bytes_in = self.bytes_in,
             bytes_out,
             ms = (self.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             remote = %Remote(self.remote),
-            user = self.user.as_deref().unwrap_or("-"),
+            user = %self.user.as_deref().unwrap_or("-"),
             "access"
         );
     }
@@ -196,7 +196,7 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     // still get a debug line, as every request had before the access log.
     let debug_uri =
         (!logged && tracing::enabled!(tracing::Level::DEBUG)).then(|| req.uri().clone());
-    let span = tracing::info_span!("request", request_id = request_id.to_str().unwrap_or(""));
+    let span = tracing::info_span!("request", request_id = %request_id.to_str().unwrap_or("-"));
     let mut resp = next.run(req).instrument(span).await;
     let status = resp.status().as_u16();
     metrics.request_done(route, status, started.elapsed());
