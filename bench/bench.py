@@ -222,7 +222,10 @@ class WharfServer(Registry):
         super().__init__(tmp, logdir)
 
     def command(self):
-        return [str(self.binary), "serve", "--listen", self.host, "--data-dir", str(self.data)]
+        # The access log off, as for distribution below (`env` execs, so the
+        # pid is the server's).
+        return ["env", "WHARF_LOG_ACCESS=false", str(self.binary), "serve", "--listen", self.host,
+                "--data-dir", str(self.data)]  # fmt: skip
 
 
 class Distribution(Registry):
@@ -231,7 +234,7 @@ class Distribution(Registry):
     def command(self):
         cfg = self.data.parent / "distribution.yml"
         # Debian's shipped config (in-memory blob descriptor cache, delete on),
-        # without auth, with the access log off (wharf logs no line per request either).
+        # without auth, with the access log off (wharf's is turned off too).
         cfg.write_text(
             "version: 0.1\n"
             "log:\n  level: error\n  accesslog:\n    disabled: true\n"

@@ -32,9 +32,71 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub registry: RegistrySettings,
     pub auth: AuthSettings,
+    pub tls: TlsSettings,
+    pub log: LogSettings,
+    pub metrics: MetricsSettings,
     /// `[[webhooks]]`: where events are sent (see `events`). File only: an
     /// array of tables has no `WHARF_*` form.
     pub webhooks: Vec<WebhookSettings>,
+}
+
+/// TLS on the listener. Off unless `cert` and `key` are set or
+/// `self_signed` is on.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// PEM certificate chain (the server's certificate first).
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// Make (on first start) and use a CA and a server certificate in
+    /// `<data_dir>/tls/`.
+    pub self_signed: bool,
+    /// Extra names (DNS names or IP addresses) for the self-signed
+    /// certificate, besides localhost, 127.0.0.1, the host name and the
+    /// listen address.
+    pub san: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` (default) or `json` (one JSON object a line).
+    pub format: LogFormat,
+    /// One access line per `/v2/` request (target `wharf::access`).
+    pub access: bool,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            access: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Seconds the catalog figures of `/metrics` (blobs and bytes stored,
+    /// upload sessions) are reused before the catalog is asked again.
+    pub catalog_refresh_secs: u64,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            catalog_refresh_secs: 10,
+        }
+    }
 }
 
 /// One `[[webhooks]]` endpoint.
@@ -273,6 +335,9 @@ impl Default for Settings {
             storage: StorageSettings::default(),
             registry: RegistrySettings::default(),
             auth: AuthSettings::default(),
+            tls: TlsSettings::default(),
+            log: LogSettings::default(),
+            metrics: MetricsSettings::default(),
             webhooks: Vec::new(),
         }
     }
@@ -344,6 +409,12 @@ const KEYS: &[&str] = &[
     "auth.key_path",
     "auth.max_failed_logins",
     "auth.failed_login_window_secs",
+    "tls.cert",
+    "tls.key",
+    "tls.self_signed",
+    "log.format",
+    "log.access",
+    "metrics.catalog_refresh_secs",
 ];
 
 impl Settings {

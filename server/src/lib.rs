@@ -5,7 +5,9 @@
 //! `api` (HTTP, axum) -> `registry` (the spec's rules) -> `catalog` (SQL)
 //! and `store` (blob bytes). `digest`, `names` and `config` are leaves that
 //! any layer may use. `events` (webhooks) sits beside the registry: the api
-//! layer calls it after a request succeeded.
+//! layer calls it after a request succeeded. `metrics` (Prometheus counters)
+//! is a leaf the api and garbage collection write to; `tls` (rustls
+//! listener, self-signed CA) serves only this file's `serve` path.
 
 pub mod admin;
 pub mod api;
@@ -14,9 +16,11 @@ pub mod catalog;
 pub mod config;
 pub mod digest;
 pub mod events;
+pub mod metrics;
 pub mod names;
 pub mod registry;
 pub mod store;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -46,6 +50,8 @@ pub enum StartError {
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
     #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
     Events(#[from] events::EventsError),
 }
 
@@ -67,9 +73,14 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
     };
     let events = events::Events::start(&settings.webhooks, settings.listen)?;
     let registry = registry::Registry::new(catalog, store, settings.limits());
+    let metrics = metrics::Metrics::new(std::time::Duration::from_secs(
+        settings.metrics.catalog_refresh_secs,
+    ));
     Ok(AppState {
         registry: Arc::new(registry),
         auth,
+        metrics: Arc::new(metrics),
+        access_log: settings.log.access,
         events: Arc::new(events),
     })
 }
@@ -85,20 +96,61 @@ pub async fn serve_on(
     app: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    serve_on_with(listener, app, None, shutdown).await
+}
+
+/// Serves `app` on an already bound listener, over TLS when `tls` is given,
+/// until `shutdown` resolves. Accepted sockets get TCP_NODELAY either way.
+pub async fn serve_on_with(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     use axum::serve::ListenerExt;
-    // Nagle would hold back the small responses that dominate pulls.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(StartError::Serve)
+    match tls {
+        None => {
+            // Nagle would hold back the small responses that dominate pulls.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(StartError::Serve)
+        }
+        Some(config) => {
+            // The handlers read the peer as `ConnectInfo<SocketAddr>`;
+            // axum gives it only for its own listeners, so it is copied over.
+            let app = app.layer(axum::middleware::map_request(
+                |mut req: axum::extract::Request| async move {
+                    let peer = req
+                        .extensions()
+                        .get::<axum::extract::ConnectInfo<tls::Peer>>()
+                        .map(|c| c.0.0);
+                    if let Some(peer) = peer {
+                        req.extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                    }
+                    req
+                },
+            ));
+            let listener = tls::TlsListener::new(listener, config).map_err(StartError::Serve)?;
+            let app = app.into_make_service_with_connect_info::<tls::Peer>();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(StartError::Serve)
+        }
+    }
 }
 
 /// Binds the configured address and serves until SIGINT or SIGTERM.
 pub async fn serve(settings: &Settings) -> Result<(), StartError> {
+    // TLS files first: a bad path or key is one clear error before anything
+    // else starts.
+    let tls = tls::server_config(settings)?;
     let state = build_state(settings).await?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -113,14 +165,24 @@ pub async fn serve(settings: &Settings) -> Result<(), StartError> {
              reach it can push, pull and delete. Set [auth] enabled = true (see config/server.toml)."
         );
     }
+    if let Some(made) = tls.as_ref().and_then(|t| t.self_signed.as_ref()) {
+        tls::log_ca_instructions(made, settings.listen);
+    }
     tracing::info!(
         listen = %settings.listen,
+        tls = tls.is_some(),
         auth = settings.auth.enabled,
         data_dir = %settings.data_dir.display(),
         catalog = %catalog::redact_url(&settings.catalog_url()),
         "wharf-server is serving the registry"
     );
-    serve_on(listener, app(state), shutdown_signal()).await
+    serve_on_with(
+        listener,
+        app(state),
+        tls.map(|t| t.config),
+        shutdown_signal(),
+    )
+    .await
 }
 
 async fn shutdown_signal() {

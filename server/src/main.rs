@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use wharf_server::Settings;
 use wharf_server::admin;
 use wharf_server::catalog::Catalog;
+use wharf_server::config::LogFormat;
 
 #[derive(Parser)]
 #[command(
@@ -30,11 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the registry.
-    Serve {
-        /// Address to listen on, e.g. 127.0.0.1:5000.
-        #[arg(long)]
-        listen: Option<String>,
-    },
+    Serve(ServeArgs),
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
@@ -55,6 +52,30 @@ enum Command {
     /// Manage robot accounts (credentials for machines).
     #[command(subcommand)]
     Robot(RobotCommand),
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:5000.
+    #[arg(long)]
+    listen: Option<String>,
+    /// PEM certificate chain to serve TLS with (needs --tls-key).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Serve TLS with a CA and certificate made in <data-dir>/tls on first
+    /// start (reused later); prints where to install the CA.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls_self_signed: bool,
+    /// Extra name (DNS name or IP address) for the self-signed certificate;
+    /// may be given several times.
+    #[arg(long, value_name = "NAME")]
+    tls_san: Vec<String>,
+    /// Log format: text or json (one JSON object a line).
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -150,26 +171,41 @@ fn trim_freed_memory_in_background() {
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 
     let mut overrides = Vec::new();
     if let Some(dir) = &cli.data_dir {
         overrides.push(("data_dir", dir.display().to_string()));
     }
-    if let Command::Serve { listen: Some(l) } = &cli.command {
-        overrides.push(("listen", l.clone()));
+    let mut extra_sans = Vec::new();
+    if let Command::Serve(a) = &cli.command {
+        if let Some(l) = &a.listen {
+            overrides.push(("listen", l.clone()));
+        }
+        if let Some(c) = &a.tls_cert {
+            overrides.push(("tls.cert", c.display().to_string()));
+        }
+        if let Some(k) = &a.tls_key {
+            overrides.push(("tls.key", k.display().to_string()));
+        }
+        if a.tls_self_signed {
+            overrides.push(("tls.self_signed", "true".to_owned()));
+        }
+        if let Some(f) = &a.log_format {
+            overrides.push(("log.format", f.clone()));
+        }
+        extra_sans.clone_from(&a.tls_san);
     }
-    let result = Settings::load(cli.config.as_deref(), std::env::vars(), &overrides)
+    let settings = Settings::load(cli.config.as_deref(), std::env::vars(), &overrides);
+    let format = settings
+        .as_ref()
+        .map(|s| s.log.format)
+        .unwrap_or(LogFormat::Text);
+    init_logging(format);
+    let result = settings
         .map_err(anyhow::Error::from)
-        .and_then(|settings| {
-            if matches!(cli.command, Command::Serve { .. }) {
+        .and_then(|mut settings| {
+            settings.tls.san.extend(extra_sans);
+            if matches!(cli.command, Command::Serve(_)) {
                 trim_freed_memory_in_background();
             }
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -188,6 +224,28 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Logs to stderr, filtered by `WHARF_LOG` (default `info`), as text or as
+/// one JSON object a line (fields at the top level, with the span of the
+/// request, so every line of a request carries its `request_id`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
 async fn open_catalog(settings: &Settings) -> anyhow::Result<Catalog> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating {}", settings.data_dir.display()))?;
@@ -195,13 +253,13 @@ async fn open_catalog(settings: &Settings) -> anyhow::Result<Catalog> {
 }
 
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
-    if let Command::Serve { .. } = command {
+    if let Command::Serve(_) = command {
         wharf_server::serve(&settings).await?;
         return Ok(());
     }
     let catalog = open_catalog(&settings).await?;
     match command {
-        Command::Serve { .. } => unreachable!("handled above"),
+        Command::Serve(_) => unreachable!("handled above"),
         Command::User(UserCommand::Add { name, admin, .. }) => {
             admin::add_user(&catalog, &name, &read_password()?, admin).await?;
             println!("created user {name}{}", if admin { " (admin)" } else { "" });

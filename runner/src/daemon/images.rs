@@ -122,6 +122,15 @@ impl Images {
         &self.config.default_registry
     }
 
+    /// Where per-registry CAs are looked for: docker's `/etc/docker/certs.d`
+    /// and `<state dir>/certs.d`, both as `<dir>/<host:port>/ca.crt`.
+    fn ca_dirs(&self) -> Vec<PathBuf> {
+        vec![
+            PathBuf::from(crate::image::client::DOCKER_CERTS_D),
+            self.store.root().join("certs.d"),
+        ]
+    }
+
     pub(super) fn client(&self) -> Result<RegistryClient> {
         let credentials = self
             .credentials
@@ -135,6 +144,7 @@ impl Images {
             insecure_registries: self.config.insecure_registries.clone(),
             credentials,
             user_agent: None,
+            ca_dirs: self.ca_dirs(),
         })
         .map_err(|e| Error::Internal(e.to_string()))
     }
@@ -769,6 +779,7 @@ impl Images {
         };
         let client = RegistryClient::new(ClientConfig {
             insecure_registries: self.config.insecure_registries.clone(),
+            ca_dirs: self.ca_dirs(),
             ..Default::default()
         })
         .map_err(|e| Error::Internal(e.to_string()))?;

@@ -121,7 +121,14 @@ pub struct ClientConfig {
     pub insecure_registries: Vec<String>,
     pub credentials: HashMap<String, Credentials>,
     pub user_agent: Option<String>,
+    /// Directories laid out as docker's `/etc/docker/certs.d`: every `*.crt`
+    /// in `<dir>/<host[:port]>/` is a CA trusted for that registry only,
+    /// besides the system's roots.
+    pub ca_dirs: Vec<std::path::PathBuf>,
 }
+
+/// docker's directory of per-registry CAs, which the runner reads too.
+pub const DOCKER_CERTS_D: &str = "/etc/docker/certs.d";
 
 /// One parsed `WWW-Authenticate` challenge that the client can answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +155,9 @@ pub struct RegistryClient {
     config: ClientConfig,
     hosts: Mutex<HashMap<String, HostAuth>>,
     tokens: Mutex<HashMap<(String, String), String>>,
+    /// Per registry host: the client that trusts its `certs.d` CAs (the
+    /// plain one when it has none).
+    host_clients: Mutex<HashMap<String, reqwest::Client>>,
 }
 
 /// A stream of blob bytes.
@@ -156,23 +166,31 @@ pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes, ClientError>> + Se
 impl RegistryClient {
     pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
         install_crypto_provider();
-        let ua = config
-            .user_agent
-            .clone()
-            .unwrap_or_else(|| format!("wharf-runner/{}", env!("CARGO_PKG_VERSION")));
-        let http = reqwest::Client::builder()
-            .tls_backend_rustls()
-            .user_agent(ua)
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| ClientError::Setup(error_chain(&e)))?;
+        let http = build_http(&config, Vec::new())?;
         Ok(Self {
             http,
             config,
             hosts: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
+            host_clients: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The HTTP client for a registry host: one that also trusts the CAs in
+    /// `<ca dir>/<host>/*.crt` when there are any (docker's `certs.d`
+    /// rule: a CA placed for one registry is trusted for that one only).
+    fn http_for(&self, host: &str) -> Result<reqwest::Client, ClientError> {
+        if let Some(c) = lock(&self.host_clients).get(host) {
+            return Ok(c.clone());
+        }
+        let cas = registry_cas(&self.config.ca_dirs, host)?;
+        let client = if cas.is_empty() {
+            self.http.clone()
+        } else {
+            build_http(&self.config, cas)?
+        };
+        lock(&self.host_clients).insert(host.to_string(), client.clone());
+        Ok(client)
     }
 
     fn base_url(&self, r: &Reference) -> String {
@@ -204,7 +222,7 @@ impl RegistryClient {
         }
         let url = format!("{}/v2/", self.base_url(r));
         let resp = self
-            .http
+            .http_for(&host)?
             .get(&url)
             .send()
             .await
@@ -234,8 +252,9 @@ impl RegistryClient {
         let mut auth = self.host_auth(r).await?;
         let creds = self.credentials(r);
         let mut retried = false;
+        let http = self.http_for(&host)?;
         loop {
-            let mut req = self.http.get(&url);
+            let mut req = http.get(&url);
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
             }
@@ -297,8 +316,9 @@ impl RegistryClient {
         let mut auth = self.host_auth(r).await?;
         let creds = self.credentials(r);
         let mut retried = false;
+        let http = self.http_for(&host)?;
         loop {
-            let mut req = build(&self.http)?;
+            let mut req = build(&http)?;
             match &auth {
                 HostAuth::Anonymous => {}
                 HostAuth::Challenged(Challenge::Basic) => {
@@ -386,7 +406,7 @@ impl RegistryClient {
                 q.append_pair("scope", scope);
             }
         }
-        let mut req = self.http.get(url);
+        let mut req = self.http_for(host)?.get(url);
         if let Some(c) = creds {
             req = req.basic_auth(&c.username, Some(&c.password));
         }
@@ -426,8 +446,8 @@ impl RegistryClient {
             .map_err(|e| ClientError::Setup(e.to_string()))?;
         let host = probe.registry_host().to_string();
         let url = format!("{}/v2/", self.base_url(&probe));
-        let resp = self
-            .http
+        let http = self.http_for(&host)?;
+        let resp = http
             .get(&url)
             .send()
             .await
@@ -446,7 +466,7 @@ impl RegistryClient {
             };
         }
         let challenge = challenge_from(resp.headers()).ok_or_else(|| no_challenge(&host))?;
-        let req = self.http.get(&url);
+        let req = http.get(&url);
         let req = match challenge {
             Challenge::Basic => req.basic_auth(&creds.username, Some(&creds.password)),
             Challenge::Bearer {
@@ -841,6 +861,62 @@ fn refused(host: &str, creds: Option<&Credentials>) -> ClientError {
             host: host.to_string(),
         },
     }
+}
+
+fn build_http(
+    config: &ClientConfig,
+    cas: Vec<reqwest::Certificate>,
+) -> Result<reqwest::Client, ClientError> {
+    let ua = config
+        .user_agent
+        .clone()
+        .unwrap_or_else(|| format!("wharf-runner/{}", env!("CARGO_PKG_VERSION")));
+    let mut b = reqwest::Client::builder()
+        .tls_backend_rustls()
+        .user_agent(ua)
+        .connect_timeout(Duration::from_secs(15))
+        .read_timeout(Duration::from_secs(60));
+    if !cas.is_empty() {
+        b = b.tls_certs_merge(cas);
+    }
+    b.build().map_err(|e| ClientError::Setup(error_chain(&e)))
+}
+
+/// The CA certificates placed for `host` (`host[:port]`) in the `certs.d`
+/// style directories, in name order; a file that is there but is not PEM
+/// certificates is an error naming it.
+fn registry_cas(
+    dirs: &[std::path::PathBuf],
+    host: &str,
+) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let mut cas = Vec::new();
+    // Hosts come from parsed references; still, never leave the directory.
+    if host.is_empty() || host.starts_with('.') || host.contains(['/', '\\', '\0']) {
+        return Ok(cas);
+    }
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir.join(host)) else {
+            continue;
+        };
+        let mut files: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+            .collect();
+        files.sort();
+        for f in files {
+            let bad = |detail: String| {
+                ClientError::Setup(format!("CA certificate {}: {detail}", f.display()))
+            };
+            let pem = std::fs::read(&f).map_err(|e| bad(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(error_chain(&e)))?;
+            if certs.is_empty() {
+                return Err(bad("no PEM certificate in the file".into()));
+            }
+            cas.extend(certs);
+        }
+    }
+    Ok(cas)
 }
 
 fn unreachable_err(host: &str, e: &reqwest::Error) -> ClientError {
@@ -1354,5 +1430,24 @@ mod tests {
         let e = c.get_manifest(&r).await.unwrap_err();
         assert!(matches!(e, ClientError::DigestMismatch { .. }), "{e}");
         assert!(e.to_string().contains(&wrong), "{e}");
+    }
+
+    #[test]
+    fn registry_cas_come_from_the_hosts_own_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = vec![dir.path().join("missing"), dir.path().to_path_buf()];
+        assert!(registry_cas(&dirs, "reg.lan:5000").unwrap().is_empty());
+        let host_dir = dir.path().join("reg.lan:5000");
+        std::fs::create_dir_all(&host_dir).unwrap();
+        // docker's client certificate and key files are not CAs.
+        std::fs::write(host_dir.join("client.cert"), "x").unwrap();
+        std::fs::write(host_dir.join("client.key"), "x").unwrap();
+        assert!(registry_cas(&dirs, "reg.lan:5000").unwrap().is_empty());
+        std::fs::write(host_dir.join("ca.crt"), "not a certificate").unwrap();
+        let e = registry_cas(&dirs, "reg.lan:5000").unwrap_err().to_string();
+        assert!(e.contains("ca.crt"), "{e}");
+        // Another host's CA is not read, nor anything outside the dirs.
+        assert!(registry_cas(&dirs, "other:5000").unwrap().is_empty());
+        assert!(registry_cas(&dirs, "../reg.lan:5000").unwrap().is_empty());
     }
 }

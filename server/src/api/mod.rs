@@ -6,19 +6,22 @@
 //! typed requests, and the service's answers and errors back into HTTP.
 //! After a manifest push, pull or delete, or a blob delete, succeeded it
 //! tells `events` (webhooks), which alone knows whether anyone listens.
+//! `observe.rs` is the middleware in front of every route (request id,
+//! metrics, access log); `/metrics`, `/healthz` and `/readyz` are served
+//! here too.
 
 pub mod auth;
 pub mod error;
+pub mod observe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts, Path, RawQuery, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use futures::TryStreamExt;
@@ -46,6 +49,10 @@ pub struct AppState {
     pub auth: Option<Arc<crate::auth::Auth>>,
     /// Webhooks; `Events::disabled()` when none is configured.
     pub events: Arc<Events>,
+    /// The Prometheus metrics (also written by garbage collection).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Log one access line per `/v2/` request.
+    pub access_log: bool,
 }
 
 /// The whole HTTP surface, so tests can drive it without a socket.
@@ -60,29 +67,24 @@ pub fn router(state: AppState) -> Router {
                 .post(auth::post_token)
                 .fallback(auth::token_method_not_allowed),
         )
+        .route("/metrics", axum::routing::get(observe::metrics))
+        .route("/healthz", axum::routing::get(observe::healthz))
+        .route("/readyz", axum::routing::get(observe::readyz))
         .fallback(|| async { ApiError::unsupported_route() })
-        .layer(middleware::from_fn(common_headers))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
         .with_state(state)
 }
 
-/// Adds the API version header docker looks for, and logs each request.
-async fn common_headers(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let started = Instant::now();
-    let mut resp = next.run(req).await;
-    resp.headers_mut()
-        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
-    tracing::debug!(
-        %method, %path, status = resp.status().as_u16(),
-        ms = started.elapsed().as_secs_f64() * 1000.0, "request"
-    );
-    resp
-}
-
-async fn base(State(state): State<AppState>, headers: HeaderMap) -> ApiResult {
-    auth::authorize(&state, &headers, &Need::Base)?;
-    Ok(axum::Json(json!({})).into_response())
+async fn base(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let claims = match auth::authorize(&state, &headers, &Need::Base) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let resp = axum::Json(json!({})).into_response();
+    observe::with_user(resp, claims.as_ref())
 }
 
 /// The endpoints under `/v2/<name>/...`. Names contain slashes, so the path
@@ -184,18 +186,35 @@ async fn dispatch(
         query,
         body,
     };
-    let reg = &state.registry;
     let route = parse_route(&path).ok_or_else(ApiError::unsupported_route)?;
-    let name = |n: &str| registry::parse_name(n).map_err(ApiError::from);
     let m = req.method.clone();
     let need = required_access(&route, &m, &req)?;
     let claims = auth::authorize(&state, &req.headers, &need)?;
+    let user = claims.as_ref().map(|c| c.sub.clone());
+    let resp = handle(&state, route, m, req, claims, addr)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    Ok(observe::with_user_name(resp, user))
+}
+
+/// Runs the handler of an authorized request.
+async fn handle(
+    state: &AppState,
+    route: Route<'_>,
+    m: Method,
+    req: Req,
+    claims: Option<crate::auth::AccessClaims>,
+    addr: Option<SocketAddr>,
+) -> ApiResult {
+    let reg = &state.registry;
+    let name = |n: &str| registry::parse_name(n).map_err(ApiError::from);
+    let subject = claims.as_ref().map(|c| c.sub.clone());
     let caller = Caller {
         addr,
-        actor: claims.as_ref().map(|c| c.sub.as_str()),
+        actor: subject.as_deref(),
     };
     match route {
-        Route::Catalog if m == Method::GET => catalog(&state, claims, req).await,
+        Route::Catalog if m == Method::GET => catalog(state, claims, req).await,
         Route::Tags(n) if m == Method::GET => tags(reg, &name(n)?, req).await,
         Route::Manifest(n, r) => {
             let repo = name(n)?;
@@ -203,9 +222,9 @@ async fn dispatch(
             match m {
                 Method::GET | Method::HEAD => {
                     let request = (&req.method, &req.headers);
-                    get_manifest(&state, caller, &repo, &reference, request).await
+                    get_manifest(state, caller, &repo, &reference, request).await
                 }
-                Method::PUT => put_manifest(&state, caller, &repo, &reference, req).await,
+                Method::PUT => put_manifest(state, caller, &repo, &reference, req).await,
                 Method::DELETE => {
                     reg.delete_manifest(&repo, &reference).await?;
                     let (digest, tag) = match &reference {
@@ -219,7 +238,7 @@ async fn dispatch(
                         ..Target::default()
                     };
                     notify(
-                        &state,
+                        state,
                         EventAction::Delete,
                         &target,
                         (&req.method, &req.headers),
@@ -243,7 +262,7 @@ async fn dispatch(
                         ..Target::default()
                     };
                     notify(
-                        &state,
+                        state,
                         EventAction::Delete,
                         &target,
                         (&req.method, &req.headers),
@@ -255,7 +274,7 @@ async fn dispatch(
             }
         }
         Route::UploadStart(n) if m == Method::POST => {
-            start_upload(&state, claims, &name(n)?, req).await
+            start_upload(state, claims, &name(n)?, req).await
         }
         Route::Upload(n, id) => {
             let repo = name(n)?;

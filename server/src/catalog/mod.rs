@@ -235,6 +235,12 @@ impl Catalog {
         dispatch!(self, ping())
     }
 
+    /// Blobs stored, the sum of their sizes, and open upload sessions, for
+    /// the metrics (one query; the store is never walked).
+    pub async fn stored_totals(&self) -> Result<(u64, u64, u64)> {
+        dispatch!(self, stored_totals())
+    }
+
     // ---- repositories ------------------------------------------------------
 
     pub async fn repository_exists(&self, name: &str) -> Result<bool> {

@@ -53,6 +53,18 @@ pub async fn ping(db: &Handle) -> Result<()> {
     Ok(())
 }
 
+pub async fn stored_totals(db: &Handle) -> Result<(u64, u64, u64)> {
+    let (blobs, bytes, uploads): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM blobs), \
+         (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM blobs), \
+         (SELECT COUNT(*) FROM uploads)",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    let u = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok((u(blobs), u(bytes), u(uploads)))
+}
+
 // ---- repositories ------------------------------------------------------
 
 pub async fn repository_exists(db: &Handle, name: &str) -> Result<bool> {

@@ -211,6 +211,30 @@ impl Registry {
         &self.catalog
     }
 
+    /// What the catalog says is stored (for the metrics).
+    pub async fn stored_totals(&self) -> Result<crate::metrics::StoredTotals> {
+        let (blobs, bytes, uploads) = self.catalog.stored_totals().await?;
+        Ok(crate::metrics::StoredTotals {
+            blobs,
+            bytes,
+            uploads,
+        })
+    }
+
+    /// Whether the catalog and the store answer (for `/readyz`): a `SELECT 1`
+    /// and the head of a key that need not exist. The error says which failed.
+    pub async fn ready(&self) -> std::result::Result<(), String> {
+        self.catalog
+            .ping()
+            .await
+            .map_err(|e| format!("catalog: {e}"))?;
+        self.store
+            .size(&object_store::path::Path::from("readyz-probe"))
+            .await
+            .map_err(|e| format!("store: {e}"))?;
+        Ok(())
+    }
+
     // ---- blobs ------------------------------------------------------------
 
     /// Size of a blob the repository may serve.
