@@ -27,6 +27,9 @@ pub enum CatalogError {
 
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
 
+mod gc;
+pub use gc::{Claim, GcBlob, GcManifest, GcReference, GcUpload, LeaseHolder};
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// A page of names read as one `json_group_array` value: one row instead of
@@ -211,20 +214,25 @@ impl Catalog {
 
     /// Size of `digest` if any repository holds it.
     pub async fn blob_size(&self, digest: &str) -> Result<Option<u64>> {
-        let size: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE digest = ?")
-            .bind(digest)
-            .fetch_optional(&self.pool)
-            .await?;
+        let size: Option<i64> =
+            sqlx::query_scalar("SELECT size FROM blobs WHERE digest = ? AND state = 'live'")
+                .bind(digest)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(size.map(|s| s as u64))
     }
 
-    /// Records that the blob is stored (its bytes must already be in place)
-    /// and that `repository` may serve it.
-    pub async fn link_blob(&self, repository: &str, digest: &str, size: u64) -> Result<()> {
+    /// Records that the blob is stored (its bytes must already be in place,
+    /// placed after a [`Catalog::claim_blob`]) and that `repository` may serve
+    /// it. False when the garbage collector is deleting the digest (the
+    /// claim was older than its grace period): nothing was written.
+    pub async fn link_blob(&self, repository: &str, digest: &str, size: u64) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        Self::link_blob_tx(&mut tx, repository, digest, size).await?;
+        if !Self::link_blob_tx(&mut tx, repository, digest, size).await? {
+            return Ok(false);
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn link_blob_tx(
@@ -232,15 +240,34 @@ impl Catalog {
         repository: &str,
         digest: &str,
         size: u64,
-    ) -> Result<()> {
-        let repo_id = Self::ensure_repository(tx, repository).await?;
+    ) -> Result<bool> {
         let now = now_ms();
-        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING")
-            .bind(digest)
-            .bind(size as i64)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
+        // The row becomes (or stays) live unless GC owns it; `used_at` keeps
+        // it out of GC's reach for a grace period (see gc.rs).
+        let done = sqlx::query(
+            "INSERT INTO blobs (digest, size, created_at, used_at, state) VALUES ($1, $2, $3, $3, 'live')
+             ON CONFLICT (digest) DO UPDATE SET used_at = excluded.used_at, state = 'live'
+              WHERE blobs.state <> 'deleting'",
+        )
+        .bind(digest)
+        .bind(size as i64)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let repo_id = Self::ensure_repository(tx, repository).await?;
+        Self::insert_repository_blob(tx, repo_id, digest, now).await?;
+        Ok(true)
+    }
+
+    async fn insert_repository_blob(
+        tx: &mut Transaction<'static, Sqlite>,
+        repo_id: i64,
+        digest: &str,
+        now: i64,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES (?, ?, ?)
              ON CONFLICT DO NOTHING",
@@ -251,6 +278,32 @@ impl Catalog {
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+
+    /// Cross-repository mount of a blob that is already stored: links it
+    /// into `repository` only if its row is live (not pending, not being
+    /// collected), in the same transaction that marks it used. Returns its
+    /// size, or `None` when there is nothing to mount.
+    pub async fn mount_blob(&self, repository: &str, digest: &str) -> Result<Option<u64>> {
+        let mut tx = self.write_tx().await?;
+        let now = now_ms();
+        let done =
+            sqlx::query("UPDATE blobs SET used_at = $1 WHERE digest = $2 AND state = 'live'")
+                .bind(now)
+                .bind(digest)
+                .execute(&mut *tx)
+                .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let size: i64 = sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1")
+            .bind(digest)
+            .fetch_one(&mut *tx)
+            .await?;
+        let repo_id = Self::ensure_repository(&mut tx, repository).await?;
+        Self::insert_repository_blob(&mut tx, repo_id, digest, now).await?;
+        tx.commit().await?;
+        Ok(Some(size as u64))
     }
 
     pub async fn repositories_with_blob(&self, digest: &str) -> Result<Vec<String>> {
@@ -315,20 +368,52 @@ impl Catalog {
 
     /// Stores a manifest and, when `tag` is given, points the tag at it, in
     /// one transaction.
+    ///
+    /// In the same transaction every blob it names is marked used (it must
+    /// be live: not being collected) and every child manifest too (it must
+    /// still be in the repository), so the garbage collector, whose deletes
+    /// re-check `used_at`, can never remove what this manifest points at.
+    /// Returns `Some(digest)` of a blob or child that is gone (nothing is
+    /// written then): the caller answers MANIFEST_BLOB_UNKNOWN and the client
+    /// uploads it again.
     pub async fn put_manifest(
         &self,
         repository: &str,
         m: &NewManifest<'_>,
         tag: Option<&str>,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let mut tx = self.write_tx().await?;
         let repo_id = Self::ensure_repository(&mut tx, repository).await?;
         let now = now_ms();
+        for blob in m.blobs {
+            let done =
+                sqlx::query("UPDATE blobs SET used_at = $1 WHERE digest = $2 AND state = 'live'")
+                    .bind(now)
+                    .bind(blob)
+                    .execute(&mut *tx)
+                    .await?;
+            if done.rows_affected() == 0 {
+                return Ok(Some(blob.clone()));
+            }
+        }
+        for child in m.manifests {
+            let done = sqlx::query(
+                "UPDATE manifests SET used_at = $1 WHERE repository_id = $2 AND digest = $3",
+            )
+            .bind(now)
+            .bind(repo_id)
+            .bind(child)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Ok(Some(child.clone()));
+            }
+        }
         sqlx::query(
             "INSERT INTO manifests
-               (repository_id, digest, media_type, artifact_type, subject, annotations, size, content, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (repository_id, digest) DO NOTHING",
+               (repository_id, digest, media_type, artifact_type, subject, annotations, size, content, created_at, used_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+             ON CONFLICT (repository_id, digest) DO UPDATE SET used_at = excluded.used_at",
         )
         .bind(repo_id)
         .bind(m.digest)
@@ -372,7 +457,7 @@ impl Catalog {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(None)
     }
 
     pub async fn manifest_by_digest(
@@ -582,21 +667,24 @@ impl Catalog {
 
     /// Completes an upload: the blob (whose bytes are already stored under
     /// its digest) becomes visible in `repository` and the session ends.
+    /// False (nothing written) when the collector is deleting the digest.
     pub async fn finish_upload(
         &self,
         id: &str,
         repository: &str,
         digest: &str,
         size: u64,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        Self::link_blob_tx(&mut tx, repository, digest, size).await?;
+        if !Self::link_blob_tx(&mut tx, repository, digest, size).await? {
+            return Ok(false);
+        }
         sqlx::query("DELETE FROM uploads WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 }
 

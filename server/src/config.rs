@@ -32,6 +32,41 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub registry: RegistrySettings,
     pub auth: AuthSettings,
+    pub gc: GcSettings,
+}
+
+/// `[gc]`: the online garbage collector (see `crate::gc`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcSettings {
+    /// Seconds between scheduled runs in the server; 0 turns the schedule
+    /// off (`wharf-server gc` still works).
+    pub interval_secs: u64,
+    /// Manifests and blobs used (pushed, mounted, referenced) more recently
+    /// than this are never collected.
+    pub grace_secs: u64,
+    /// What happens to manifests no tag reaches: `keep` or `delete`.
+    pub untagged: UntaggedPolicy,
+    /// Upload sessions untouched for this long are removed.
+    pub upload_max_age_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UntaggedPolicy {
+    Keep,
+    Delete,
+}
+
+impl Default for GcSettings {
+    fn default() -> Self {
+        GcSettings {
+            interval_secs: 24 * 3600,
+            grace_secs: 3600,
+            untagged: UntaggedPolicy::Keep,
+            upload_max_age_secs: 24 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +156,7 @@ impl Default for Settings {
             storage: StorageSettings::default(),
             registry: RegistrySettings::default(),
             auth: AuthSettings::default(),
+            gc: GcSettings::default(),
         }
     }
 }
@@ -167,6 +203,10 @@ const KEYS: &[&str] = &[
     "auth.key_path",
     "auth.max_failed_logins",
     "auth.failed_login_window_secs",
+    "gc.interval_secs",
+    "gc.grace_secs",
+    "gc.untagged",
+    "gc.upload_max_age_secs",
 ];
 
 impl Settings {
@@ -242,6 +282,16 @@ impl Settings {
                 .unwrap_or_else(|| self.data_dir.join("token-key.pem")),
             max_failures: a.max_failed_logins,
             failure_window_secs: a.failed_login_window_secs,
+        }
+    }
+
+    pub fn gc_options(&self) -> crate::gc::GcOptions {
+        use std::time::Duration;
+        crate::gc::GcOptions {
+            grace: Duration::from_secs(self.gc.grace_secs),
+            untagged: self.gc.untagged,
+            upload_max_age: Duration::from_secs(self.gc.upload_max_age_secs),
+            dry_run: false,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod digest;
+pub mod gc;
 pub mod names;
 pub mod registry;
 pub mod store;
@@ -47,6 +48,16 @@ pub enum StartError {
     Auth(#[from] auth::AuthError),
 }
 
+/// Opens the blob store the settings name.
+pub fn open_store(settings: &Settings) -> Result<store::BlobStore, StartError> {
+    Ok(match settings.storage.backend {
+        StorageBackend::Filesystem => {
+            store::BlobStore::local(&settings.storage_path(), settings.storage.fsync)?
+        }
+        StorageBackend::Memory => store::BlobStore::in_memory(),
+    })
+}
+
 /// Opens the catalog and the blob store the settings name.
 pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
     std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::DataDir {
@@ -54,12 +65,7 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
         source,
     })?;
     let catalog = catalog::Catalog::open(&settings.catalog_url()).await?;
-    let store = match settings.storage.backend {
-        StorageBackend::Filesystem => {
-            store::BlobStore::local(&settings.storage_path(), settings.storage.fsync)?
-        }
-        StorageBackend::Memory => store::BlobStore::in_memory(),
-    };
+    let store = open_store(settings)?;
     let auth = if settings.auth.enabled {
         let auth = auth::Auth::new(catalog.clone(), settings.auth_config())?;
         let admin_password = std::env::var("WHARF_ADMIN_PASSWORD").ok();
@@ -120,7 +126,20 @@ pub async fn serve(settings: &Settings) -> Result<(), StartError> {
         data_dir = %settings.data_dir.display(),
         "wharf-server is serving the registry"
     );
-    serve_on(listener, app(state), shutdown_signal()).await
+    let gc = (settings.gc.interval_secs > 0).then(|| {
+        gc::spawn_schedule(
+            state.registry.catalog().clone(),
+            state.registry.store().clone(),
+            settings.gc_options(),
+            std::time::Duration::from_secs(settings.gc.interval_secs),
+            None,
+        )
+    });
+    let served = serve_on(listener, app(state), shutdown_signal()).await;
+    if let Some(gc) = gc {
+        gc.abort();
+    }
+    served
 }
 
 async fn shutdown_signal() {
