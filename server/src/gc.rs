@@ -637,3 +637,5 @@ pub fn spawn_schedule(
     })
 }
 
+#[cfg(test)]
+mod tests;
