@@ -11,6 +11,11 @@
 ALTER TABLE blobs ADD COLUMN state TEXT NOT NULL DEFAULT 'live'
     CHECK (state IN ('live', 'pending', 'deleting'));
 ALTER TABLE blobs ADD COLUMN used_at INTEGER NOT NULL DEFAULT 0;
+-- blobs.incarnation: set when the row is made, unchanged while it lives. A
+-- push links the bytes it placed only into the incarnation it claimed, so a
+-- row that was collected (claim older than the grace period) and made again
+-- by another push is never made live by the first one.
+ALTER TABLE blobs ADD COLUMN incarnation TEXT NOT NULL DEFAULT '';
 UPDATE blobs SET used_at = created_at;
 
 ALTER TABLE manifests ADD COLUMN used_at INTEGER NOT NULL DEFAULT 0;

@@ -223,12 +223,18 @@ impl Catalog {
     }
 
     /// Records that the blob is stored (its bytes must already be in place,
-    /// placed after a [`Catalog::claim_blob`]) and that `repository` may serve
-    /// it. False when the garbage collector is deleting the digest (the
-    /// claim was older than its grace period): nothing was written.
-    pub async fn link_blob(&self, repository: &str, digest: &str, size: u64) -> Result<bool> {
+    /// placed after a [`Catalog::claim_blob`] that returned `incarnation`)
+    /// and that `repository` may serve it. False when that claim is no more
+    /// (the garbage collector took the row because the claim outlived its
+    /// grace period, and may have deleted the bytes): nothing was written.
+    pub async fn link_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        incarnation: &str,
+    ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        if !Self::link_blob_tx(&mut tx, repository, digest, size).await? {
+        if !Self::link_blob_tx(&mut tx, repository, digest, incarnation).await? {
             return Ok(false);
         }
         tx.commit().await?;
@@ -239,19 +245,20 @@ impl Catalog {
         tx: &mut Transaction<'static, Sqlite>,
         repository: &str,
         digest: &str,
-        size: u64,
+        incarnation: &str,
     ) -> Result<bool> {
         let now = now_ms();
-        // The row becomes (or stays) live unless GC owns it; `used_at` keeps
-        // it out of GC's reach for a grace period (see gc.rs).
+        // The claimed row becomes (or stays) live unless GC took it; a row
+        // is never made here, so one that GC removed (with its bytes) is not
+        // brought back without them. `used_at` keeps it out of GC's reach
+        // for a grace period (see gc.rs).
         let done = sqlx::query(
-            "INSERT INTO blobs (digest, size, created_at, used_at, state) VALUES ($1, $2, $3, $3, 'live')
-             ON CONFLICT (digest) DO UPDATE SET used_at = excluded.used_at, state = 'live'
-              WHERE blobs.state <> 'deleting'",
+            "UPDATE blobs SET used_at = $1, state = 'live'
+              WHERE digest = $2 AND incarnation = $3 AND state <> 'deleting'",
         )
-        .bind(digest)
-        .bind(size as i64)
         .bind(now)
+        .bind(digest)
+        .bind(incarnation)
         .execute(&mut **tx)
         .await?;
         if done.rows_affected() == 0 {
@@ -673,10 +680,10 @@ impl Catalog {
         id: &str,
         repository: &str,
         digest: &str,
-        size: u64,
+        incarnation: &str,
     ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        if !Self::link_blob_tx(&mut tx, repository, digest, size).await? {
+        if !Self::link_blob_tx(&mut tx, repository, digest, incarnation).await? {
             return Ok(false);
         }
         sqlx::query("DELETE FROM uploads WHERE id = ?")

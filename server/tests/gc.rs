@@ -88,7 +88,10 @@ async fn push_blob(srv: &Server, repo: &str, data: &[u8], how: u64, force: bool)
     match how % 3 {
         0 => {
             let r = srv
-                .post(&format!("/v2/{repo}/blobs/uploads/?digest={digest}"), data.to_vec())
+                .post(
+                    &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+                    data.to_vec(),
+                )
                 .await;
             assert_eq!(r.status, 201, "monolithic push: {r}");
         }
@@ -141,7 +144,10 @@ async fn push_image(srv: &Server, repo: &str, tag: &str, blobs: &[Vec<u8>], how:
     let manifest = to_bytes(&image_manifest(
         OCI_MANIFEST,
         &Desc::of(OCI_CONFIG, config),
-        &layers.iter().map(|l| Desc::of(OCI_LAYER, l)).collect::<Vec<_>>(),
+        &layers
+            .iter()
+            .map(|l| Desc::of(OCI_LAYER, l))
+            .collect::<Vec<_>>(),
     ));
     let mut retries = 0;
     for attempt in 0..5 {
@@ -182,7 +188,11 @@ async fn pull(srv: &Server, repo: &str, tag: &str) -> Option<Vec<String>> {
             b.status, 200,
             "{repo}:{tag} was pulled but its blob {d} is not there: {b}"
         );
-        assert_eq!(&sha256(&b.body), d, "{repo}:{tag}: blob {d} has other bytes");
+        assert_eq!(
+            &sha256(&b.body),
+            d,
+            "{repo}:{tag}: blob {d} has other bytes"
+        );
     }
     Some(digests)
 }
@@ -262,7 +272,10 @@ async fn pushes_and_pulls_never_see_a_missing_blob_while_gc_runs() {
                 let tag = format!("t{i}");
                 retries += push_image(&srv, &repo, &tag, &image_blobs(w, i), w + i).await;
                 // Our own tag, just pushed: it must pull whole.
-                assert!(pull(&srv, &repo, &tag).await.is_some(), "{repo}:{tag} vanished");
+                assert!(
+                    pull(&srv, &repo, &tag).await.is_some(),
+                    "{repo}:{tag} vanished"
+                );
                 // An older one, and another worker's latest: if the
                 // manifest is there, so are its blobs.
                 if i > 0 {
@@ -295,7 +308,10 @@ async fn pushes_and_pulls_never_see_a_missing_blob_while_gc_runs() {
         freed.load(Ordering::Relaxed)
     );
     assert!(runs >= 3, "only {runs} collections ran");
-    assert!(freed.load(Ordering::Relaxed) > 0, "nothing was collected during the run");
+    assert!(
+        freed.load(Ordering::Relaxed) > 0,
+        "nothing was collected during the run"
+    );
 
     // ---- quiet now: delete some tags, then exactly their blobs go.
     for w in 0..2 {
@@ -333,7 +349,11 @@ async fn pushes_and_pulls_never_see_a_missing_blob_while_gc_runs() {
     assert!(!orphan_path.exists(), "the orphan object is still there");
     let (count, bytes) = catalog.stored_blobs().await.unwrap();
     assert_eq!(count as usize, on_disk.len());
-    assert_eq!(bytes, on_disk.values().sum::<u64>(), "catalog bytes != bytes on disk");
+    assert_eq!(
+        bytes,
+        on_disk.values().sum::<u64>(),
+        "catalog bytes != bytes on disk"
+    );
     assert_eq!(files_under(&root.join("uploads")), 0, "upload objects left");
     let r = srv.get(&format!("{abandoned}")).await;
     r.expect_error(404, "BLOB_UPLOAD_UNKNOWN");
@@ -364,13 +384,21 @@ async fn a_deleted_tag_frees_its_layers_and_pulls_still_work() {
     dry.dry_run = true;
     let before = blobs_on_disk(&srv.settings().storage_path());
     let report = collect(&catalog, &store, &dry).await.unwrap();
-    assert_eq!((report.manifests_removed, report.blobs_removed), (1, 2), "{report}");
+    assert_eq!(
+        (report.manifests_removed, report.blobs_removed),
+        (1, 2),
+        "{report}"
+    );
     assert_eq!(blobs_on_disk(&srv.settings().storage_path()), before);
 
     let report = collect(&catalog, &store, &options(Duration::from_secs(3600)))
         .await
         .unwrap();
-    assert_eq!((report.manifests_removed, report.blobs_removed), (1, 2), "{report}");
+    assert_eq!(
+        (report.manifests_removed, report.blobs_removed),
+        (1, 2),
+        "{report}"
+    );
     assert_eq!(
         report.blob_bytes_removed,
         (a.config.size + a.layer.size) as u64
@@ -388,4 +416,130 @@ async fn a_deleted_tag_frees_its_layers_and_pulls_still_work() {
     // The same layer pushed again after its collection is stored anew.
     srv.push_image("app", "a", 1).await;
     assert_eq!(pull(&srv, "app", "a").await.unwrap().len(), 2);
+}
+
+/// The narrowest race: blobs nobody refers to, pushed again and again just
+/// as they become old enough to collect, while collections run back to
+/// back with a short grace period. A push may be told to retry (429) when
+/// its claim outlived the grace period, but no live row may ever lack its
+/// bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blob_pushed_while_it_is_collected_is_never_lost() {
+    let srv = Arc::new(Server::start().await);
+    let catalog = srv.catalog().await;
+    let store = BlobStore::local(&srv.settings().storage_path(), false).unwrap();
+    let grace = Duration::from_millis(100);
+    let stop = Arc::new(AtomicBool::new(false));
+    let collected = Arc::new(AtomicU64::new(0));
+    let gc = {
+        let (catalog, store, stop, collected) = (
+            catalog.clone(),
+            store.clone(),
+            stop.clone(),
+            collected.clone(),
+        );
+        tokio::spawn(async move {
+            let opts = GcOptions {
+                grace,
+                untagged: UntaggedPolicy::Delete,
+                upload_max_age: Duration::from_secs(60),
+                dry_run: false,
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let r = collect(&catalog, &store, &opts).await.unwrap();
+                collected.fetch_add(r.blobs_removed, Ordering::Relaxed);
+            }
+        })
+    };
+    const PUSHERS: u64 = 6;
+    let pool: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..PUSHERS)
+            .map(|i| pattern(64 * 1024, 50 + i as u8))
+            .collect(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut pushers = Vec::new();
+    for p in 0..PUSHERS {
+        let (srv, pool) = (srv.clone(), pool.clone());
+        pushers.push(tokio::spawn(async move {
+            let (mut ok, mut busy) = (0u64, 0u64);
+            let mut n = p;
+            while Instant::now() < deadline {
+                let data = &pool[p as usize];
+                let digest = sha256(data);
+                let r = if n % 2 == 0 {
+                    srv.post(
+                        &format!("/v2/hot/p{p}/blobs/uploads/?digest={digest}"),
+                        data.clone(),
+                    )
+                    .await
+                } else {
+                    let loc = srv.start_upload(&format!("hot/p{p}")).await;
+                    srv.put_bytes(&with_query(&loc, "digest", &digest), data.clone())
+                        .await
+                };
+                let pushed = Instant::now();
+                match r.status.as_u16() {
+                    201 => {
+                        ok += 1;
+                        // Used just now, so within the grace period: it
+                        // must be there, whole.
+                        let got = srv.get(&format!("/v2/hot/p{p}/blobs/{digest}")).await;
+                        if pushed.elapsed() < grace / 2 {
+                            assert_eq!(got.status, 200, "{digest} just pushed: {got}");
+                            assert_eq!(sha256(&got.body), digest);
+                        }
+                    }
+                    429 => {
+                        r.expect_error(429, "TOOMANYREQUESTS");
+                        busy += 1
+                    }
+                    _ => panic!("push of {digest}: {r}"),
+                }
+                // Idle for about the grace period, so the blob is often
+                // collected just as it is pushed again.
+                let pause = 95 + (n * 7 % 15);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                n += 1;
+            }
+            (ok, busy)
+        }));
+    }
+    let (mut ok, mut busy) = (0, 0);
+    for p in pushers {
+        let (o, b) = p.await.unwrap();
+        ok += o;
+        busy += b;
+    }
+    stop.store(true, Ordering::Relaxed);
+    gc.await.unwrap();
+    eprintln!(
+        "{ok} pushes, {busy} told to retry, {} blobs collected",
+        collected.load(Ordering::Relaxed)
+    );
+    assert!(
+        ok > busy * 4,
+        "{ok} pushes succeeded, {busy} were told to retry"
+    );
+    assert!(collected.load(Ordering::Relaxed) > 0);
+    // Every live row has its bytes, and every such blob pulls whole.
+    for b in catalog.gc_blobs().await.unwrap() {
+        if b.state != "live" {
+            continue;
+        }
+        let key = BlobStore::blob_key(&b.digest.parse().unwrap());
+        assert_eq!(
+            store.size(&key).await.unwrap(),
+            Some(b.size),
+            "live row {} without its bytes",
+            b.digest
+        );
+        for r in catalog.repositories_with_blob(&b.digest).await.unwrap() {
+            let got = srv
+                .get(&format!("/v2/{r}/blobs/{}", b.digest))
+                .await
+                .expect(200);
+            assert_eq!(sha256(&got.body), b.digest);
+        }
+    }
 }

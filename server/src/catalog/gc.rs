@@ -62,10 +62,11 @@ pub struct LeaseHolder {
 }
 
 /// Outcome of [`Catalog::claim_blob`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// The digest is reserved for this push for a grace period.
-    Claimed,
+    /// The digest is reserved for this push for a grace period; the
+    /// incarnation of its row, which [`Catalog::link_blob`] must be given.
+    Claimed(String),
     /// The collector is deleting the digest's object: wait and claim again.
     Deleting,
 }
@@ -80,20 +81,23 @@ impl Catalog {
     /// stay until [`Catalog::link_blob`] makes them live.
     pub async fn claim_blob(&self, digest: &str, size: u64) -> Result<Claim> {
         let now = now_ms();
-        let done = sqlx::query(
-            "INSERT INTO blobs (digest, size, created_at, used_at, state) VALUES ($1, $2, $3, $3, 'pending')
+        let fresh = uuid::Uuid::new_v4().simple().to_string();
+        let incarnation: Option<String> = sqlx::query_scalar(
+            "INSERT INTO blobs (digest, size, created_at, used_at, state, incarnation)
+             VALUES ($1, $2, $3, $3, 'pending', $4)
              ON CONFLICT (digest) DO UPDATE SET used_at = excluded.used_at
-              WHERE blobs.state <> 'deleting'",
+              WHERE blobs.state <> 'deleting'
+             RETURNING incarnation",
         )
         .bind(digest)
         .bind(size as i64)
         .bind(now)
-        .execute(&self.pool)
+        .bind(&fresh)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(if done.rows_affected() == 0 {
-            Claim::Deleting
-        } else {
-            Claim::Claimed
+        Ok(match incarnation {
+            Some(i) => Claim::Claimed(i),
+            None => Claim::Deleting,
         })
     }
 

@@ -471,10 +471,10 @@ async fn a_claimed_digest_is_not_collected_even_as_an_orphan() {
     w.write(Bytes::from_static(b"orphan")).await.unwrap();
     w.finish().await.unwrap();
     // A push claims it before the collector looks.
-    assert_eq!(
+    assert!(matches!(
         f.catalog.claim_blob(d.as_str(), 6).await.unwrap(),
-        Claim::Claimed
-    );
+        Claim::Claimed(_)
+    ));
     let mut o = opts(UntaggedPolicy::Delete, false);
     o.grace = Duration::from_millis(300);
     // The pending row is young: kept; the object is known: not an orphan.
@@ -551,4 +551,31 @@ async fn one_collector_at_a_time_through_the_lease() {
     collect(&f.catalog, &f.store, &opts(UntaggedPolicy::Keep, false))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_claim_that_outlived_the_grace_period_cannot_make_a_row_live() {
+    let f = fixture().await;
+    let d = Digest::of(Algorithm::Sha256, b"slow");
+    let d = d.as_str();
+    let Claim::Claimed(first) = f.catalog.claim_blob(d, 4).await.unwrap() else {
+        panic!("not claimed")
+    };
+    tick().await;
+    // The collector takes the row: the claim is older than its cutoff. The
+    // bytes the slow push placed are deleted with it.
+    assert!(f.catalog.gc_mark_blob_deleting(d, now_ms()).await.unwrap());
+    f.catalog.gc_forget_blob(d).await.unwrap();
+    // The slow push's link comes too late: nothing is made live, not even
+    // after another push claimed the digest anew.
+    assert!(!f.catalog.link_blob("app", d, &first).await.unwrap());
+    assert!(f.catalog.blob_size(d).await.unwrap().is_none());
+    let Claim::Claimed(second) = f.catalog.claim_blob(d, 4).await.unwrap() else {
+        panic!("not claimed")
+    };
+    assert_ne!(first, second);
+    assert!(!f.catalog.link_blob("app", d, &first).await.unwrap());
+    assert!(f.catalog.blob_size(d).await.unwrap().is_none());
+    assert!(f.catalog.link_blob("app", d, &second).await.unwrap());
+    assert_eq!(f.catalog.blob_size(d).await.unwrap(), Some(4));
 }

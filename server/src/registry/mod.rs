@@ -303,12 +303,13 @@ impl Registry {
     /// Reserves `digest` in the catalog before its bytes are placed under
     /// `blobs/` (see "Garbage collection" above). Waits while the collector
     /// is deleting the digest's old object, which takes one store delete.
-    async fn claim_blob(&self, digest: &Digest, size: u64) -> Result<()> {
+    /// Returns the incarnation of the claimed row, for `link_blob`.
+    async fn claim_blob(&self, digest: &Digest, size: u64) -> Result<String> {
         use crate::catalog::Claim;
         let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
         loop {
             match self.catalog.claim_blob(digest.as_str(), size).await? {
-                Claim::Claimed => return Ok(()),
+                Claim::Claimed(incarnation) => return Ok(incarnation),
                 Claim::Deleting if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
@@ -319,10 +320,10 @@ impl Registry {
 
     /// Makes placed bytes visible: the row becomes live and `repo` may serve
     /// them.
-    async fn link_blob(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest, incarnation: &str) -> Result<()> {
         if self
             .catalog
-            .link_blob(repo.as_str(), digest.as_str(), size)
+            .link_blob(repo.as_str(), digest.as_str(), incarnation)
             .await?
         {
             Ok(())
@@ -363,10 +364,13 @@ impl Registry {
             self.store.delete(&staging).await?;
             return Err(digest_mismatch(digest));
         }
-        if let Err(e) = self.claim_blob(digest, size).await {
-            self.store.delete(&staging).await?;
-            return Err(e);
-        }
+        let incarnation = match self.claim_blob(digest, size).await {
+            Ok(i) => i,
+            Err(e) => {
+                self.store.delete(&staging).await?;
+                return Err(e);
+            }
+        };
         let key = BlobStore::blob_key(digest);
         if self.store.size(&key).await? == Some(size) {
             self.store.delete(&staging).await?;
@@ -374,7 +378,7 @@ impl Registry {
             self.store.rename(&staging, &key).await?;
         }
         // The bytes are in place under their digest: now the row.
-        self.link_blob(repo, digest, size).await?;
+        self.link_blob(repo, digest, &incarnation).await?;
         Ok(size)
     }
 
@@ -571,7 +575,7 @@ impl Registry {
             self.discard_upload(id).await?;
             return Err(digest_mismatch(digest));
         }
-        self.claim_blob(digest, upload.size).await?;
+        let incarnation = self.claim_blob(digest, upload.size).await?;
         let key = BlobStore::blob_key(digest);
         if self.store.size(&key).await? != Some(upload.size) {
             match upload.parts.as_slice() {
@@ -597,7 +601,7 @@ impl Registry {
         // Bytes verified and in place: now the row, and the session ends.
         if !self
             .catalog
-            .finish_upload(id, repo.as_str(), digest.as_str(), upload.size)
+            .finish_upload(id, repo.as_str(), digest.as_str(), &incarnation)
             .await?
         {
             return Err(RegistryError::BlobBusy(digest.to_string()));
