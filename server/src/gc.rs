@@ -107,6 +107,8 @@ pub struct GcReport {
     pub blobs_kept: u64,
     /// Candidates a push used (or referenced) between mark and sweep: kept.
     pub skipped: u64,
+    /// Objects the store failed to delete (logged; retried next run).
+    pub errors: u64,
     pub duration_ms: u64,
 }
 
@@ -160,8 +162,9 @@ impl fmt::Display for GcReport {
         )?;
         write!(
             f,
-            "kept {} manifests and {} blobs; {} candidates were in use again and kept; {} ms",
-            self.manifests_kept, self.blobs_kept, self.skipped, self.duration_ms
+            "kept {} manifests and {} blobs; {} candidates were in use again and kept; \
+             {} store errors (retried next run); {} ms",
+            self.manifests_kept, self.blobs_kept, self.skipped, self.errors, self.duration_ms
         )
     }
 }
@@ -497,7 +500,12 @@ async fn run(
                 catalog.gc_forget_blob(&b.digest).await?;
                 continue;
             };
-            store.delete(&BlobStore::blob_key(&digest)).await?;
+            if let Err(e) = store.delete(&BlobStore::blob_key(&digest)).await {
+                tracing::warn!(digest = %b.digest, error = %e, "gc: could not delete a blob; next run retries");
+                catalog.gc_abandon_delete(&b.digest).await?;
+                report.errors += 1;
+                continue;
+            }
             catalog.gc_forget_blob(&b.digest).await?;
             tracing::debug!(digest = %b.digest, size = b.size, "gc: blob");
             report.blobs_removed += 1;
@@ -517,10 +525,15 @@ async fn run(
     for u in uploads.iter().filter(|u| u.updated_at < upload_cutoff) {
         tick(&mut lease).await?;
         if dry || catalog.gc_delete_upload(&u.id, upload_cutoff).await? {
-            if !dry {
-                store
+            // The row is gone; objects left by a failed delete are
+            // removed by a later run as objects no session knows.
+            if !dry
+                && let Err(e) = store
                     .delete_prefix(&format!("uploads/{}", u.id).as_str().into())
-                    .await?;
+                    .await
+            {
+                tracing::warn!(upload = %u.id, error = %e, "gc: could not delete an upload's objects");
+                report.errors += 1;
             }
             report.uploads_removed += 1;
             report.upload_bytes_removed += u.size;
@@ -552,11 +565,22 @@ async fn run(
                         report.skipped += 1;
                         continue;
                     }
-                    store.delete(&obj.key).await?;
+                    if let Err(e) = store.delete(&obj.key).await {
+                        tracing::warn!(key = %key, error = %e, "gc: could not delete an object");
+                        catalog.gc_abandon_delete(d.as_str()).await?;
+                        report.errors += 1;
+                        continue;
+                    }
                     catalog.gc_forget_blob(d.as_str()).await?;
                 }
                 // Not a blob key: nothing can ever refer to it.
-                None => store.delete(&obj.key).await?,
+                None => {
+                    if let Err(e) = store.delete(&obj.key).await {
+                        tracing::warn!(key = %key, error = %e, "gc: could not delete an object");
+                        report.errors += 1;
+                        continue;
+                    }
+                }
             }
         }
         tracing::debug!(key = %key, size = obj.size, "gc: orphan object");
@@ -582,8 +606,10 @@ async fn run(
             continue;
         }
         tick(&mut lease).await?;
-        if !dry {
-            store.delete(&obj.key).await?;
+        if !dry && let Err(e) = store.delete(&obj.key).await {
+            tracing::warn!(key = %obj.key, error = %e, "gc: could not delete an object");
+            report.errors += 1;
+            continue;
         }
         report.orphans_removed += 1;
         report.orphan_bytes_removed += obj.size;

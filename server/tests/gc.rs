@@ -149,17 +149,15 @@ async fn push_image(srv: &Server, repo: &str, tag: &str, blobs: &[Vec<u8>], how:
             .map(|l| Desc::of(OCI_LAYER, l))
             .collect::<Vec<_>>(),
     ));
-    let mut retries = 0;
     for attempt in 0..5 {
         for (i, b) in blobs.iter().enumerate() {
             push_blob(srv, repo, b, how + i as u64, attempt > 0).await;
         }
         let r = srv.push_manifest(repo, tag, OCI_MANIFEST, &manifest).await;
         if r.status == 201 {
-            return retries;
+            return attempt;
         }
         r.expect_error(400, "MANIFEST_BLOB_UNKNOWN");
-        retries += 1;
     }
     panic!("{repo}:{tag} could not be pushed in 5 attempts");
 }
@@ -355,7 +353,7 @@ async fn pushes_and_pulls_never_see_a_missing_blob_while_gc_runs() {
         "catalog bytes != bytes on disk"
     );
     assert_eq!(files_under(&root.join("uploads")), 0, "upload objects left");
-    let r = srv.get(&format!("{abandoned}")).await;
+    let r = srv.get(&abandoned).await;
     r.expect_error(404, "BLOB_UPLOAD_UNKNOWN");
 
     // Deleted repositories' blobs are gone for pulls too, and a second run

@@ -311,6 +311,18 @@ impl Catalog {
         Ok(done.rows_affected() > 0)
     }
 
+    /// When the object could not be deleted (a store error): the row goes
+    /// back to `pending`, invisible, so pushes of the digest are not kept
+    /// waiting; a push that claims it finds (or places) the bytes and makes
+    /// it live, otherwise the next run collects it again.
+    pub async fn gc_abandon_delete(&self, digest: &str) -> Result<()> {
+        sqlx::query("UPDATE blobs SET state = 'pending' WHERE digest = $1 AND state = 'deleting'")
+            .bind(digest)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Step three (after the object is gone): the `deleting` row goes, and
     /// pushes of the digest may claim it anew.
     pub async fn gc_forget_blob(&self, digest: &str) -> Result<()> {
