@@ -33,6 +33,94 @@ pub struct Settings {
     pub registry: RegistrySettings,
     pub auth: AuthSettings,
     pub gc: GcSettings,
+    /// `[[webhooks]]`: where events are sent (see `events`). File only: an
+    /// array of tables has no `WHARF_*` form.
+    pub webhooks: Vec<WebhookSettings>,
+}
+
+/// One `[[webhooks]]` endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// `http://` or `https://` URL events are POSTed to.
+    pub url: String,
+    /// HMAC-SHA256 key of the `X-Wharf-Signature` header. Exactly one of
+    /// `secret` and `secret_file` is required.
+    #[serde(default)]
+    pub secret: Option<WebhookSecret>,
+    /// A file holding the secret (trailing newline removed), e.g. a mounted
+    /// Kubernetes Secret or a systemd credential.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Repository patterns (`team/*`, `*`, `tools/linter`); default every
+    /// repository.
+    #[serde(default = "all_repositories")]
+    pub repositories: Vec<String>,
+    /// Which events: `push`, `pull`, `delete`; default all three.
+    #[serde(default = "all_actions")]
+    pub actions: Vec<EventAction>,
+    /// Seconds one delivery attempt may take (connect, send, answer).
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_secs: u64,
+    /// Attempts after the first one before the event is given up.
+    #[serde(default = "default_webhook_retries")]
+    pub max_retries: u32,
+    /// Wait before the first retry; it doubles with each one (capped at
+    /// five minutes).
+    #[serde(default = "default_webhook_backoff")]
+    pub retry_backoff_ms: u64,
+}
+
+/// An event kind a webhook may subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventAction {
+    Push,
+    Pull,
+    Delete,
+}
+
+impl EventAction {
+    pub const ALL: [EventAction; 3] = [EventAction::Push, EventAction::Pull, EventAction::Delete];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventAction::Push => "push",
+            EventAction::Pull => "pull",
+            EventAction::Delete => "delete",
+        }
+    }
+}
+
+/// A webhook secret: never shown by `Debug`, so settings can be logged.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct WebhookSecret(pub String);
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(<redacted>)")
+    }
+}
+
+fn all_repositories() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+fn all_actions() -> Vec<EventAction> {
+    EventAction::ALL.to_vec()
+}
+
+fn default_webhook_timeout() -> u64 {
+    5
+}
+
+fn default_webhook_retries() -> u32 {
+    5
+}
+
+fn default_webhook_backoff() -> u64 {
+    1000
 }
 
 /// `[gc]`: the online garbage collector (see `crate::gc`).
@@ -157,6 +245,7 @@ impl Default for Settings {
             registry: RegistrySettings::default(),
             auth: AuthSettings::default(),
             gc: GcSettings::default(),
+            webhooks: Vec::new(),
         }
     }
 }

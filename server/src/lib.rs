@@ -4,7 +4,8 @@
 //! Layers, each calling only the ones below it:
 //! `api` (HTTP, axum) -> `registry` (the spec's rules) -> `catalog` (SQL)
 //! and `store` (blob bytes). `digest`, `names` and `config` are leaves that
-//! any layer may use.
+//! any layer may use. `events` (webhooks) sits beside the registry: the api
+//! layer calls it after a request succeeded.
 
 pub mod admin;
 pub mod api;
@@ -12,6 +13,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod digest;
+pub mod events;
 pub mod gc;
 pub mod names;
 pub mod registry;
@@ -46,6 +48,8 @@ pub enum StartError {
     Serve(std::io::Error),
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    #[error(transparent)]
+    Events(#[from] events::EventsError),
 }
 
 /// Opens the blob store the settings name.
@@ -74,10 +78,12 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
     } else {
         None
     };
+    let events = events::Events::start(&settings.webhooks, settings.listen)?;
     let registry = registry::Registry::new(catalog, store, settings.limits());
     Ok(AppState {
         registry: Arc::new(registry),
         auth,
+        events: Arc::new(events),
     })
 }
 

@@ -4,16 +4,19 @@
 //! Calls the registry service; never the catalog or the store directly. It
 //! turns HTTP (paths, headers, query strings, bodies) into the service's
 //! typed requests, and the service's answers and errors back into HTTP.
+//! After a manifest push, pull or delete, or a blob delete, succeeded it
+//! tells `events` (webhooks), which alone knows whether anyone listens.
 
 pub mod auth;
 pub mod error;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +27,7 @@ use serde_json::json;
 use self::auth::Need;
 pub use self::error::ApiError;
 use crate::auth::scope::Actions;
+use crate::events::{EventAction, Events, Target};
 use crate::names::{Reference, RepoName};
 use crate::registry::{self, ByteRange, ByteStream, Registry, RegistryError};
 
@@ -40,6 +44,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// None when auth is off: every request is allowed.
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// Webhooks; `Events::disabled()` when none is configured.
+    pub events: Arc<Events>,
 }
 
 /// The whole HTTP surface, so tests can drive it without a socket.
@@ -160,6 +166,7 @@ impl Req {
 
 async fn dispatch(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     Path(path): Path<String>,
     RawQuery(query): RawQuery,
     method: Method,
@@ -183,6 +190,10 @@ async fn dispatch(
     let m = req.method.clone();
     let need = required_access(&route, &m, &req)?;
     let claims = auth::authorize(&state, &req.headers, &need)?;
+    let caller = Caller {
+        addr,
+        actor: claims.as_ref().map(|c| c.sub.as_str()),
+    };
     match route {
         Route::Catalog if m == Method::GET => catalog(&state, claims, req).await,
         Route::Tags(n) if m == Method::GET => tags(reg, &name(n)?, req).await,
@@ -191,11 +202,29 @@ async fn dispatch(
             let reference = registry::parse_reference(r)?;
             match m {
                 Method::GET | Method::HEAD => {
-                    get_manifest(reg, &repo, &reference, m == Method::HEAD).await
+                    let request = (&req.method, &req.headers);
+                    get_manifest(&state, caller, &repo, &reference, request).await
                 }
-                Method::PUT => put_manifest(reg, &repo, &reference, req).await,
+                Method::PUT => put_manifest(&state, caller, &repo, &reference, req).await,
                 Method::DELETE => {
                     reg.delete_manifest(&repo, &reference).await?;
+                    let (digest, tag) = match &reference {
+                        Reference::Digest(d) => (Some(d.as_str()), None),
+                        Reference::Tag(t) => (None, Some(t.as_str())),
+                    };
+                    let target = Target {
+                        repository: repo.as_str(),
+                        digest,
+                        tag,
+                        ..Target::default()
+                    };
+                    notify(
+                        &state,
+                        EventAction::Delete,
+                        &target,
+                        (&req.method, &req.headers),
+                        caller,
+                    );
                     Ok(StatusCode::ACCEPTED.into_response())
                 }
                 _ => Err(ApiError::method_not_allowed()),
@@ -208,6 +237,18 @@ async fn dispatch(
                 Method::GET | Method::HEAD => get_blob(reg, &repo, &digest, req).await,
                 Method::DELETE => {
                     reg.delete_blob(&repo, &digest).await?;
+                    let target = Target {
+                        repository: repo.as_str(),
+                        digest: Some(digest.as_str()),
+                        ..Target::default()
+                    };
+                    notify(
+                        &state,
+                        EventAction::Delete,
+                        &target,
+                        (&req.method, &req.headers),
+                        caller,
+                    );
                     Ok(StatusCode::ACCEPTED.into_response())
                 }
                 _ => Err(ApiError::method_not_allowed()),
@@ -264,6 +305,62 @@ fn required_access(route: &Route<'_>, m: &Method, req: &Req) -> Result<Need, Api
         repos.push((registry::parse_name(from)?, Actions::PULL));
     }
     Ok(Need::Repos(repos))
+}
+
+// ---- events ------------------------------------------------------------------
+
+/// The client's address, when the server was started with connect info
+/// (tests that drive the router without a socket have none).
+struct ClientAddr(Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
+/// Who made a request, for the events it causes.
+#[derive(Clone, Copy)]
+struct Caller<'a> {
+    addr: Option<SocketAddr>,
+    /// The token's subject (user or robot); None with auth off.
+    actor: Option<&'a str>,
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Tells the webhooks about a request that succeeded. When no endpoint
+/// wants it this is a pattern check and nothing else.
+fn notify(
+    state: &AppState,
+    action: EventAction,
+    target: &Target<'_>,
+    (method, headers): (&Method, &HeaderMap),
+    caller: Caller<'_>,
+) {
+    if !state.events.wants(action, target.repository) {
+        return;
+    }
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let origin = crate::events::Origin {
+        addr: caller.addr,
+        method: method.as_str(),
+        host: header(header::HOST),
+        user_agent: header(header::USER_AGENT),
+        request_id: header(REQUEST_ID),
+        actor: caller.actor,
+    };
+    state.events.notify(action, target, &origin);
 }
 
 // ---- helpers -----------------------------------------------------------------
@@ -450,12 +547,25 @@ async fn referrers(
 // ---- manifests ------------------------------------------------------------------------
 
 async fn get_manifest(
-    reg: &Registry,
+    state: &AppState,
+    caller: Caller<'_>,
     repo: &RepoName,
     reference: &Reference,
-    head: bool,
+    request: (&Method, &HeaderMap),
 ) -> ApiResult {
-    let m = reg.get_manifest(repo, reference).await?;
+    let head = request.0 == Method::HEAD;
+    let m = state.registry.get_manifest(repo, reference).await?;
+    // A HEAD only checks; a GET is a pull.
+    if !head {
+        let target = Target {
+            repository: repo.as_str(),
+            digest: Some(&m.digest),
+            media_type: Some(&m.media_type),
+            size: Some(m.content.len() as u64),
+            tag: tag_of(reference),
+        };
+        notify(state, EventAction::Pull, &target, request, caller);
+    }
     let b = response(StatusCode::OK)
         .header(header::CONTENT_TYPE, &m.media_type)
         .header(header::CONTENT_LENGTH, m.content.len())
@@ -471,12 +581,21 @@ async fn get_manifest(
     ))
 }
 
+fn tag_of(reference: &Reference) -> Option<&str> {
+    match reference {
+        Reference::Tag(t) => Some(t),
+        Reference::Digest(_) => None,
+    }
+}
+
 async fn put_manifest(
-    reg: &Registry,
+    state: &AppState,
+    caller: Caller<'_>,
     repo: &RepoName,
     reference: &Reference,
     req: Req,
 ) -> ApiResult {
+    let reg = &state.registry;
     let limit = reg.limits().max_manifest_bytes;
     let too_large = || ApiError::from(RegistryError::ManifestTooLarge { limit });
     if req.content_length()?.is_some_and(|l| l > limit) {
@@ -500,6 +619,20 @@ async fn put_manifest(
     let put = reg
         .put_manifest(repo, reference, content_type.as_deref(), &bytes)
         .await?;
+    let target = Target {
+        repository: repo.as_str(),
+        digest: Some(put.digest.as_str()),
+        media_type: Some(&put.media_type),
+        size: Some(bytes.len() as u64),
+        tag: tag_of(reference),
+    };
+    notify(
+        state,
+        EventAction::Push,
+        &target,
+        (&req.method, &req.headers),
+        caller,
+    );
     let mut b = response(StatusCode::CREATED)
         .header(
             header::LOCATION,

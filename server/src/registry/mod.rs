@@ -123,6 +123,8 @@ pub struct UploadStatus {
 pub struct PutManifest {
     pub digest: Digest,
     pub subject: Option<Digest>,
+    /// The media type the manifest was stored with (for events).
+    pub media_type: String,
 }
 
 pub struct Page<T> {
@@ -775,6 +777,7 @@ impl Registry {
         Ok(PutManifest {
             digest,
             subject: parsed.subject,
+            media_type: parsed.media_type,
         })
     }
 
