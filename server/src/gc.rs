@@ -620,12 +620,56 @@ async fn run(
     Ok(report)
 }
 
+/// Finishes the deletions a collection that died left behind (rows stuck in
+/// `deleting`, which pushes of those digests wait for), under the lease.
+/// Cheap when there are none: one query. Returns how many it finished.
+pub async fn recover(catalog: &Catalog, store: &BlobStore) -> Result<u64, GcError> {
+    let stuck = catalog.gc_interrupted(1000).await?;
+    if stuck.is_empty() {
+        return Ok(0);
+    }
+    let holder = holder_name();
+    let until = now_ms() + LEASE_TTL.as_millis() as i64;
+    if !catalog.take_lease(LEASE, &holder, until).await? {
+        // A collection is running: it finishes them itself.
+        return Ok(0);
+    }
+    let mut done = 0;
+    let mut result = Ok(());
+    for digest in stuck {
+        let deleted = match digest.parse::<Digest>() {
+            Ok(d) => store.delete(&BlobStore::blob_key(&d)).await,
+            Err(_) => Ok(()),
+        };
+        let step = match deleted {
+            Ok(()) => catalog.gc_forget_blob(&digest).await,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "gc: could not delete a blob");
+                catalog.gc_abandon_delete(&digest).await
+            }
+        };
+        if let Err(e) = step {
+            result = Err(e.into());
+            break;
+        }
+        done += 1;
+    }
+    if let Err(e) = catalog.release_lease(LEASE, &holder).await {
+        tracing::warn!(error = %e, "could not release the gc lease; it expires on its own");
+    }
+    result.map(|()| done)
+}
+
+/// How often the schedule looks for deletions a dead collection left.
+const RECOVER_EVERY: Duration = Duration::from_secs(60);
+
 /// Called with each scheduled run's report (e.g. to update metrics).
 pub type ReportHook = Arc<dyn Fn(&GcReport) + Send + Sync>;
 
 /// Runs [`collect`] every `interval` in the background (the first run one
-/// interval after the start). Replicas that find the lease taken skip that
-/// round. Stops when the returned handle is aborted.
+/// interval after the start), and [`recover`] every minute in between.
+/// Replicas that find the lease taken skip that round. Stops when the
+/// returned handle is aborted.
 pub fn spawn_schedule(
     catalog: Catalog,
     store: BlobStore,
@@ -634,10 +678,26 @@ pub fn spawn_schedule(
     hook: Option<ReportHook>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let step = interval.min(RECOVER_EVERY);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_run = tokio::time::Instant::now() + interval;
         loop {
             ticker.tick().await;
+            if tokio::time::Instant::now() < next_run {
+                match recover(&catalog, &store).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        blobs = n,
+                        "finished deletions an interrupted collection left"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "finishing an interrupted collection failed")
+                    }
+                }
+                continue;
+            }
+            next_run = tokio::time::Instant::now() + interval;
             match collect(&catalog, &store, &opts).await {
                 Ok(report) => {
                     tracing::info!(

@@ -354,6 +354,17 @@ impl Catalog {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Digests whose rows a collection left `deleting` (it died between
+    /// taking the row and forgetting it), at most `limit`.
+    pub async fn gc_interrupted(&self, limit: u32) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT digest FROM blobs WHERE state = 'deleting' ORDER BY digest LIMIT $1",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Is there an upload session `id`?
     pub async fn upload_exists(&self, id: &str) -> Result<bool> {
         let row = sqlx::query("SELECT 1 FROM uploads WHERE id = $1")

@@ -579,3 +579,37 @@ async fn a_claim_that_outlived_the_grace_period_cannot_make_a_row_live() {
     assert!(f.catalog.link_blob("app", d, &second).await.unwrap());
     assert_eq!(f.catalog.blob_size(d).await.unwrap(), Some(4));
 }
+
+#[tokio::test]
+async fn deletions_a_dead_collection_left_are_finished_by_recover() {
+    let f = fixture().await;
+    let d = f.push_blob("app", b"stuck").await;
+    tick().await;
+    // A collection took the row and died before deleting the object.
+    assert!(
+        f.catalog
+            .gc_mark_blob_deleting(d.as_str(), now_ms())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        f.catalog.claim_blob(d.as_str(), 5).await.unwrap(),
+        Claim::Deleting
+    );
+    // While another collection runs, recover leaves it to that one.
+    assert!(
+        f.catalog
+            .take_lease("gc", "other", now_ms() + 60_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(recover(&f.catalog, &f.store).await.unwrap(), 0);
+    f.catalog.release_lease("gc", "other").await.unwrap();
+    assert_eq!(recover(&f.catalog, &f.store).await.unwrap(), 1);
+    assert!(!f.has_object(b"stuck").await);
+    assert!(matches!(
+        f.catalog.claim_blob(d.as_str(), 5).await.unwrap(),
+        Claim::Claimed(_)
+    ));
+    assert_eq!(recover(&f.catalog, &f.store).await.unwrap(), 0);
+}
