@@ -392,7 +392,10 @@ impl Catalog {
         let mut tx = self.write_tx().await?;
         let repo_id = Self::ensure_repository(&mut tx, repository).await?;
         let now = now_ms();
-        for blob in m.blobs {
+        // In one order, so two puts naming the same blobs lock their rows
+        // in the same order (no deadlock on PostgreSQL).
+        let blobs: std::collections::BTreeSet<&String> = m.blobs.iter().collect();
+        for blob in blobs {
             let done =
                 sqlx::query("UPDATE blobs SET used_at = $1 WHERE digest = $2 AND state = 'live'")
                     .bind(now)

@@ -105,7 +105,7 @@ impl Catalog {
     /// no push is in flight.
     pub async fn stored_blobs(&self) -> Result<(u64, u64)> {
         let row =
-            sqlx::query("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs WHERE state = 'live'")
+            sqlx::query("SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM blobs WHERE state = 'live'")
                 .fetch_one(&self.pool)
                 .await?;
         Ok((
