@@ -102,3 +102,30 @@ start_private_dockerd() {
   DOCKER=/usr/bin/docker
   export DOCKER
 }
+
+# Starts an S3-compatible server (moto_server, from PyPI moto[server]) on a free
+# loopback port for the tests; sets MOTO_PID and exports WHARF_TEST_S3_ENDPOINT.
+# Stop it with stop_moto (e.g. from an EXIT trap). Its log: $LOGDIR/moto.log.
+MOTO_PID=""
+start_moto() {
+  command -v moto_server >/dev/null || die "moto_server not found (PyPI moto[server])"
+  local port
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  moto_server -H 127.0.0.1 -p "$port" >"$LOGDIR/moto.log" 2>&1 &
+  MOTO_PID=$!
+  for _ in $(seq 100); do
+    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/')" 2>/dev/null && break
+    kill -0 "$MOTO_PID" 2>/dev/null || break
+    sleep 0.2
+  done
+  python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/')" 2>/dev/null ||
+    { tail -n 40 "$LOGDIR/moto.log" >&2; die "moto_server did not come up"; }
+  export WHARF_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+}
+
+stop_moto() {
+  [[ -n $MOTO_PID ]] || return 0
+  kill -TERM "$MOTO_PID" 2>/dev/null || true
+  wait "$MOTO_PID" 2>/dev/null || true
+  MOTO_PID=""
+}

@@ -211,18 +211,71 @@ pub struct CatalogSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
-    /// `filesystem` (the default) or `memory` (tests; nothing persists).
+    /// `filesystem` (the default), `s3` (any S3-compatible store), or
+    /// `memory` (tests; nothing persists).
     pub backend: StorageBackend,
     /// Root of the filesystem backend; defaults to `<data_dir>/blobs`.
     pub path: Option<PathBuf>,
     /// fsync blobs before they become visible (survives power loss).
     pub fsync: bool,
+    /// S3: the bucket (must exist). Also `AWS_BUCKET`.
+    pub bucket: Option<String>,
+    /// S3: the endpoint URL, e.g. `http://minio.lan:9000`; AWS itself when
+    /// unset. Also `AWS_ENDPOINT_URL` / `AWS_ENDPOINT`.
+    pub endpoint: Option<String>,
+    /// S3: the region (`us-east-1` when unset). Also `AWS_REGION` /
+    /// `AWS_DEFAULT_REGION`.
+    pub region: Option<String>,
+    /// S3: the access key id. Also `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// S3: the secret key. Also `AWS_SECRET_ACCESS_KEY`. Never logged.
+    pub secret_access_key: Option<Secret>,
+    /// S3: a session token for temporary credentials. Also
+    /// `AWS_SESSION_TOKEN`. Never logged.
+    pub session_token: Option<Secret>,
+    /// S3: `https://<bucket>.<endpoint>/key` (AWS's default) instead of
+    /// path style `https://<endpoint>/<bucket>/key`, which LAN stores
+    /// (MinIO, Ceph RGW, Garage, moto) expect. Off by default.
+    pub virtual_hosted_style: bool,
+    /// S3: allow a plain-http endpoint (a store on the LAN).
+    pub allow_http: bool,
+    /// S3: PEM file of extra CA certificates to trust for an https endpoint
+    /// (a LAN store with its own CA), on top of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// S3: size of each part of a multipart upload, in MiB (at least 5, S3's
+    /// minimum; at most 10 000 parts per object, so 5 MiB parts cap a blob
+    /// at ~48 GiB). Each upload holds about 3 parts in memory.
+    pub part_size_mib: u64,
+    /// S3: answer blob GETs with a redirect to a presigned URL of the
+    /// object, so the bytes go from the store to the client directly.
+    pub redirect: bool,
+    /// S3: lifetime of the presigned URLs of `redirect`.
+    pub redirect_ttl_secs: u64,
+}
+
+/// A credential: deserialized like a string, shown as `***` by `Debug`, so
+/// logging the settings never leaks it.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageBackend {
     Filesystem,
+    S3,
     Memory,
 }
 
@@ -256,6 +309,18 @@ impl Default for StorageSettings {
             backend: StorageBackend::Filesystem,
             path: None,
             fsync: true,
+            bucket: None,
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            virtual_hosted_style: false,
+            allow_http: false,
+            ca_file: None,
+            part_size_mib: 8,
+            redirect: false,
+            redirect_ttl_secs: 600,
         }
     }
 }
@@ -280,6 +345,18 @@ const KEYS: &[&str] = &[
     "storage.backend",
     "storage.path",
     "storage.fsync",
+    "storage.bucket",
+    "storage.endpoint",
+    "storage.region",
+    "storage.access_key_id",
+    "storage.secret_access_key",
+    "storage.session_token",
+    "storage.virtual_hosted_style",
+    "storage.allow_http",
+    "storage.ca_file",
+    "storage.part_size_mib",
+    "storage.redirect",
+    "storage.redirect_ttl_secs",
     "registry.max_manifest_bytes",
     "registry.delete_enabled",
     "auth.enabled",
@@ -337,9 +414,27 @@ impl Settings {
         for (key, value) in overrides {
             set(&mut table, key, value);
         }
-        table
+        let settings = table
             .try_into::<Settings>()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.storage;
+        if s.backend == StorageBackend::S3 && s.part_size_mib < 5 {
+            return Err(ConfigError::Invalid(format!(
+                "storage.part_size_mib = {} is below S3's minimum part size of 5 MiB",
+                s.part_size_mib
+            )));
+        }
+        if s.redirect && s.backend != StorageBackend::S3 {
+            return Err(ConfigError::Invalid(
+                "storage.redirect needs backend = \"s3\" (only S3 presigns URLs)".into(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn catalog_url(&self) -> String {
@@ -392,10 +487,24 @@ impl Settings {
     }
 }
 
+/// Keys that are always strings, even when the value looks like a number
+/// (a MinIO access key may be all digits).
+const STRING_KEYS: &[&str] = &[
+    "storage.bucket",
+    "storage.endpoint",
+    "storage.region",
+    "storage.access_key_id",
+    "storage.secret_access_key",
+    "storage.session_token",
+];
+
 /// Sets `section.key` in the table; a value that parses as a TOML scalar
 /// (bool, integer) is taken as one, anything else as a string.
 fn set(table: &mut toml::Table, key: &str, raw: &str) {
-    let value = format!("v = {raw}")
+    let value = Some(raw)
+        .filter(|_| !STRING_KEYS.contains(&key))
+        .map(|raw| format!("v = {raw}"))
+        .unwrap_or_default()
         .parse::<toml::Table>()
         .ok()
         .and_then(|mut t| t.remove("v"))
@@ -436,6 +545,48 @@ mod tests {
         let s = Settings::load(None, env, &[("listen", "127.0.0.1:7000".into())]).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:7000");
         assert!(!s.registry.delete_enabled);
+    }
+
+    #[test]
+    fn s3_example_parses_and_secrets_stay_out_of_debug() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/server-s3.toml");
+        let s = Settings::load(Some(&example), Vec::new(), &[]).unwrap();
+        assert_eq!(s.storage.backend, StorageBackend::S3);
+        assert_eq!(s.storage.bucket.as_deref(), Some("wharf"));
+        assert!(!s.storage.virtual_hosted_style);
+        let env = vec![
+            (
+                "WHARF_STORAGE_SECRET_ACCESS_KEY".to_string(),
+                "hunter2-very-secret".to_string(),
+            ),
+            ("WHARF_STORAGE_ALLOW_HTTP".to_string(), "true".to_string()),
+            (
+                "WHARF_STORAGE_ACCESS_KEY_ID".to_string(),
+                "12345678".to_string(),
+            ),
+        ];
+        let s = Settings::load(Some(&example), env, &[]).unwrap();
+        assert_eq!(
+            s.storage.secret_access_key.as_ref().map(Secret::expose),
+            Some("hunter2-very-secret")
+        );
+        assert!(s.storage.allow_http);
+        assert_eq!(s.storage.access_key_id.as_deref(), Some("12345678"));
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn s3_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.toml");
+        std::fs::write(&small, "[storage]\nbackend = \"s3\"\npart_size_mib = 4\n").unwrap();
+        let err = Settings::load(Some(&small), Vec::new(), &[]).unwrap_err();
+        assert!(err.to_string().contains("5 MiB"), "{err}");
+        let redirect = dir.path().join("redirect.toml");
+        std::fs::write(&redirect, "[storage]\nredirect = true\n").unwrap();
+        let err = Settings::load(Some(&redirect), Vec::new(), &[]).unwrap_err();
+        assert!(err.to_string().contains("s3"), "{err}");
     }
 
     #[test]

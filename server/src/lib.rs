@@ -24,8 +24,6 @@ use std::sync::Arc;
 pub use api::AppState;
 pub use config::Settings;
 
-use crate::config::StorageBackend;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -52,16 +50,6 @@ pub enum StartError {
     Events(#[from] events::EventsError),
 }
 
-/// Opens the blob store the settings name.
-pub fn open_store(settings: &Settings) -> Result<store::BlobStore, StartError> {
-    Ok(match settings.storage.backend {
-        StorageBackend::Filesystem => {
-            store::BlobStore::local(&settings.storage_path(), settings.storage.fsync)?
-        }
-        StorageBackend::Memory => store::BlobStore::in_memory(),
-    })
-}
-
 /// Opens the catalog and the blob store the settings name.
 pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
     std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::DataDir {
@@ -69,7 +57,7 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
         source,
     })?;
     let catalog = catalog::Catalog::open(&settings.catalog_url()).await?;
-    let store = open_store(settings)?;
+    let store = store::BlobStore::open(settings).await?;
     let auth = if settings.auth.enabled {
         let auth = auth::Auth::new(catalog.clone(), settings.auth_config())?;
         let admin_password = std::env::var("WHARF_ADMIN_PASSWORD").ok();

@@ -212,7 +212,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     }
     if let Command::Gc { dry_run, json } = command {
         let catalog = open_catalog(&settings).await?;
-        let store = wharf_server::open_store(&settings)?;
+        let store = wharf_server::store::BlobStore::open(&settings).await?;
         let mut opts = settings.gc_options();
         opts.dry_run = dry_run;
         let report = wharf_server::gc::collect(&catalog, &store, &opts).await?;

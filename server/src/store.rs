@@ -13,6 +13,15 @@
 //! writes a staging file and renames it, S3 only shows an object once its
 //! (multipart) upload completes. So a blob is either absent or whole.
 //!
+//! Backends: `LocalFileSystem` (the embedded default), S3 and S3-compatible
+//! stores through `AmazonS3` ([`BlobStore::s3`]), `InMemory` (tests). On S3
+//! every object above the part size is written with a multipart upload
+//! (parts of `storage.part_size_mib`, at least S3's 5 MiB), server-side
+//! copies above S3's 5 GiB `CopyObject` limit are streamed instead, and blob
+//! reads can be handed to the client as presigned URLs
+//! ([`BlobStore::presigned_get`]). Nothing about an S3 store lives in this
+//! process: any number of servers may share one bucket (and one catalog).
+//!
 //! Upload sessions have a fast path on the local filesystem (see
 //! [`BlobStore::session_writer`]): all chunks of a session go into one file,
 //! `uploads/<session>/data`, each written at the offset where the session
@@ -30,19 +39,29 @@ use tokio::sync::mpsc;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
+use object_store::signer::Signer;
 use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt};
 use tokio::io::AsyncWriteExt;
 
+use crate::config::StorageSettings;
 use crate::digest::Digest;
 
 /// How many bytes a writer buffers before it starts a multipart upload, and
 /// the size of each part after that. Small enough that 64 concurrent uploads
-/// stay far below the memory budget; S3 (later) needs at least 5 MiB.
+/// stay far below the memory budget; S3 sets its own (at least 5 MiB, its
+/// minimum part size).
 const DEFAULT_PART_SIZE: usize = 1024 * 1024;
+
+const MIB: u64 = 1024 * 1024;
+
+/// S3's limit for one `CopyObject`: larger objects are copied by streaming
+/// them through a multipart upload.
+const S3_MAX_COPY: u64 = 5 * 1024 * MIB;
 
 /// Local fast path: bytes handed to the writer thread at once, and how many
 /// such batches may wait for it. Together with the batch being filled, an
@@ -66,6 +85,8 @@ pub enum StoreError {
     Backend(#[from] object_store::Error),
     #[error("object store i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("object store settings: {0}")]
+    Config(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -84,6 +105,18 @@ pub struct BlobStore {
     /// Set when `inner` is a `LocalFileSystem` rooted here: upload sessions
     /// then use the single-file fast path.
     local: Option<LocalRoot>,
+    /// Objects above this size are copied by streaming them (S3's
+    /// `CopyObject` stops at 5 GiB).
+    max_server_copy: Option<u64>,
+    /// Set on S3 with `storage.redirect`: blob GETs may be answered with a
+    /// presigned URL valid this long.
+    presign: Option<Presign>,
+}
+
+#[derive(Clone, Debug)]
+struct Presign {
+    signer: Arc<dyn Signer>,
+    ttl: std::time::Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -105,7 +138,140 @@ impl BlobStore {
             inner,
             part_size: DEFAULT_PART_SIZE,
             local: None,
+            max_server_copy: None,
+            presign: None,
         }
+    }
+
+    /// The store the settings name (`storage.backend`); an S3 bucket is
+    /// checked with one request first.
+    pub async fn open(settings: &crate::config::Settings) -> Result<Self> {
+        use crate::config::StorageBackend;
+        let s = &settings.storage;
+        Ok(match s.backend {
+            StorageBackend::Filesystem => Self::local(&settings.storage_path(), s.fsync)?,
+            StorageBackend::S3 => {
+                let store = Self::s3(s)?;
+                store.check().await?;
+                tracing::info!(
+                    bucket = s.bucket.as_deref().unwrap_or("(AWS_BUCKET)"),
+                    endpoint = s.endpoint.as_deref().unwrap_or("(AWS default)"),
+                    "blobs are on S3"
+                );
+                store
+            }
+            StorageBackend::Memory => Self::in_memory(),
+        })
+    }
+
+    /// An S3 or S3-compatible bucket. The builder starts from the `AWS_*`
+    /// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`, `AWS_REGION`/`AWS_DEFAULT_REGION`,
+    /// `AWS_ENDPOINT_URL`, `AWS_BUCKET`, ...); what the settings name wins.
+    /// Path-style requests unless `virtual_hosted_style`. Nothing is sent
+    /// here: a wrong endpoint or key shows at the first request (the server
+    /// checks with [`BlobStore::check`] at start).
+    pub fn s3(s: &StorageSettings) -> Result<Self> {
+        install_tls_provider();
+        let mut client = object_store::ClientOptions::new();
+        if let Some(path) = &s.ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                StoreError::Config(format!(
+                    "cannot read storage.ca_file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let certs = object_store::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                StoreError::Config(format!("storage.ca_file {}: {e}", path.display()))
+            })?;
+            if certs.is_empty() {
+                return Err(StoreError::Config(format!(
+                    "storage.ca_file {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                client = client.with_root_certificate(cert);
+            }
+        }
+        // As `AmazonS3Builder::from_env`, but over our client options (which
+        // `with_client_options` would replace wholesale afterwards).
+        let mut b = AmazonS3Builder::new().with_client_options(client);
+        for (key, value) in std::env::vars_os() {
+            if let (Some(key), Some(value)) = (key.to_str(), value.to_str())
+                && key.starts_with("AWS_")
+                && let Ok(k) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
+            {
+                b = b.with_config(k, value);
+            }
+        }
+        let mut b = b
+            .with_virtual_hosted_style_request(s.virtual_hosted_style)
+            .with_allow_http(s.allow_http);
+        if let Some(v) = &s.bucket {
+            b = b.with_bucket_name(v);
+        }
+        if let Some(v) = &s.endpoint {
+            b = b.with_endpoint(v);
+        }
+        if let Some(v) = &s.region {
+            b = b.with_region(v);
+        }
+        if let Some(v) = &s.access_key_id {
+            b = b.with_access_key_id(v);
+        }
+        if let Some(v) = &s.secret_access_key {
+            b = b.with_secret_access_key(v.expose());
+        }
+        if let Some(v) = &s.session_token {
+            b = b.with_token(v.expose());
+        }
+        let s3 = Arc::new(b.build().map_err(map_err)?);
+        let part_size = (s.part_size_mib.max(5) * MIB) as usize;
+        Ok(BlobStore {
+            inner: s3.clone(),
+            part_size,
+            local: None,
+            max_server_copy: Some(S3_MAX_COPY),
+            presign: s.redirect.then(|| Presign {
+                signer: s3,
+                ttl: std::time::Duration::from_secs(s.redirect_ttl_secs.max(1)),
+            }),
+        })
+    }
+
+    /// One request to the store (a listing of at most one key), so a wrong
+    /// endpoint, bucket or credential fails the start and not the first push.
+    pub async fn check(&self) -> Result<()> {
+        let mut listing = self.inner.list(Some(&Path::from("blobs")));
+        if let Some(first) = listing.next().await {
+            first.map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// A URL the client may GET `key` from directly, when the store presigns
+    /// (S3 with `storage.redirect`).
+    pub async fn presigned_get(&self, key: &Path) -> Result<Option<String>> {
+        let Some(p) = &self.presign else {
+            return Ok(None);
+        };
+        let url = p
+            .signer
+            .signed_url(reqwest::Method::GET, key, p.ttl)
+            .await
+            .map_err(map_err)?;
+        Ok(Some(url.to_string()))
+    }
+
+    /// True when [`BlobStore::presigned_get`] hands out URLs.
+    pub fn presigns(&self) -> bool {
+        self.presign.is_some()
+    }
+
+    /// The part size of multipart writes (tests).
+    pub fn part_size(&self) -> usize {
+        self.part_size
     }
 
     /// The embedded default: files under `root`, fsynced on write so a
@@ -252,13 +418,46 @@ impl BlobStore {
     }
 
     /// Copies `from` to `to` (a hard link on the local filesystem, a
-    /// server-side copy on S3); `from` stays.
+    /// server-side copy on S3 up to 5 GiB, a streamed multipart copy above);
+    /// `from` stays.
     pub async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
+        if let Some(limit) = self.max_server_copy
+            && self.size(from).await?.is_some_and(|n| n > limit)
+        {
+            return self.stream_copy(from, to).await;
+        }
         self.inner.copy(from, to).await.map_err(map_err)
     }
 
     pub async fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        if self.max_server_copy.is_some() {
+            self.copy(from, to).await?;
+            return self.delete(from).await;
+        }
         self.inner.rename(from, to).await.map_err(map_err)
+    }
+
+    async fn stream_copy(&self, from: &Path, to: &Path) -> Result<()> {
+        let mut stream = self.read(from, None).await?.stream;
+        let mut w = self.writer(to.clone()).await;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(b) => w.write(b).await?,
+                Err(e) => {
+                    w.abort().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        w.finish().await?;
+        Ok(())
+    }
+
+    /// True when session chunks go to one local file (the fast path) rather
+    /// than to part objects; the registry then serializes a session's writes
+    /// in-process.
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
     }
 
     /// Deletes `key`; an object that is already gone is not an error.
@@ -490,6 +689,13 @@ fn start_writeback(file: &std::fs::File, from: u64, len: u64) {
             libc::SYNC_FILE_RANGE_WRITE,
         );
     }
+}
+
+/// Installs rustls' ring provider as the process default: the S3 client
+/// (reqwest built with `rustls-no-provider`) needs one for https. A no-op
+/// when one is installed already.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Where the local store keeps its files for a data dir.

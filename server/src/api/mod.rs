@@ -683,6 +683,14 @@ async fn get_blob(
         let b = common(response(StatusCode::OK)).header(header::CONTENT_LENGTH, size);
         return Ok(finish(b, Body::empty()));
     }
+    // S3 with storage.redirect: the client fetches the bytes from the store
+    // (a presigned URL honours Range too).
+    if let Some(url) = reg.blob_redirect(repo, digest).await? {
+        let b = response(StatusCode::TEMPORARY_REDIRECT)
+            .header(DOCKER_CONTENT_DIGEST, digest.as_str())
+            .header(header::LOCATION, url);
+        return Ok(finish(b, Body::empty()));
+    }
     let range = req.header(header::RANGE).and_then(parse_byte_range);
     let blob = reg.open_blob(repo, digest, range).await?;
     let b = match &blob.range {

@@ -33,8 +33,27 @@
 //! copying its bytes. Writes and the completion of one session are
 //! serialized by a per-session lock (`session_lock`), so no chunk can be
 //! written into a file that has become a blob. The local store belongs to one
-//! server process (as its SQLite catalog does), so an in-process lock is
-//! enough.
+//! server process, so an in-process lock is enough.
+//!
+//! # Several replicas (object stores such as S3)
+//! On any other store nothing about an upload lives only in one process, so
+//! any number of servers may share the catalog and the bucket and any of
+//! them may serve any request of a session:
+//! - each chunk is a new object `uploads/<session>/<uuid>`, and it joins the
+//!   session through one conditional catalog update ("append if the session
+//!   is still N bytes long"); of two racing chunks one wins, the other gets
+//!   416 and its object is deleted. No lock is taken.
+//! - the hasher cache (`hashers`) is keyed by session *and size*, so a
+//!   replica only uses its own cached state when no other replica appended
+//!   since; otherwise the completion hashes the parts again.
+//! - the final blob is written with a multipart upload under its
+//!   `blobs/` key, which S3 only shows once the upload completes. When the
+//!   digest is not known yet (parts written by another replica), the parts
+//!   are hashed while they are concatenated and the upload is completed only
+//!   if the digest matches, aborted otherwise; a single part is hashed and
+//!   then copied server-side. A monolithic upload streams straight into its
+//!   blob key the same way. So nothing unverified is ever visible under
+//!   `blobs/`.
 
 pub mod error;
 pub mod manifest;
@@ -141,8 +160,9 @@ pub struct Registry {
     /// not read the bytes again. A cache only: any replica can complete any
     /// upload by re-hashing its parts.
     hashers: Mutex<HashMap<String, (u64, Hasher)>>,
-    /// One lock per upload session with a request in progress: its chunk
-    /// writes and its completion never overlap.
+    /// Local filesystem only: one lock per upload session with a request in
+    /// progress, so its chunk writes and its completion never overlap.
+    /// Object stores take no lock (see "Several replicas").
     session_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -252,6 +272,20 @@ impl Registry {
         })
     }
 
+    /// A presigned URL to GET a blob the repository may serve straight from
+    /// the store, when the store hands those out (S3 with
+    /// `storage.redirect`); `None` otherwise.
+    pub async fn blob_redirect(&self, repo: &RepoName, digest: &Digest) -> Result<Option<String>> {
+        if !self.store.presigns() {
+            return Ok(None);
+        }
+        self.blob_size(repo, digest).await?;
+        Ok(self
+            .store
+            .presigned_get(&BlobStore::blob_key(digest))
+            .await?)
+    }
+
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.check_deletes()?;
         if self
@@ -356,6 +390,9 @@ impl Registry {
         digest: &Digest,
         body: ByteStream,
     ) -> Result<u64> {
+        if !self.store.is_local() {
+            return self.upload_monolithic_direct(repo, digest, body).await;
+        }
         // Staged under a session id that has no catalog row: if we die here,
         // only an orphan object under uploads/ remains.
         let staging = self.store.session_part_key(&new_id());
@@ -384,6 +421,38 @@ impl Registry {
         Ok(size)
     }
 
+    /// Object stores: the bytes stream straight into the blob's key, hashed
+    /// on the way; the (multipart) write is completed only when the digest
+    /// matches, and aborted otherwise, so nothing shows under `blobs/`
+    /// before it is verified.
+    async fn upload_monolithic_direct(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let key = BlobStore::blob_key(digest);
+        let writer = self.store.writer(key).await;
+        let mut hasher = Some(digest.algorithm().hasher());
+        let writer = stream_object(writer, body, &mut hasher, None).await?;
+        if hasher.map(Hasher::finish).as_ref() != Some(digest) {
+            writer.abort().await;
+            return Err(digest_mismatch(digest));
+        }
+        // Claimed before the write completes, which is when the object
+        // appears under `blobs/`.
+        let incarnation = match self.claim_blob(digest, writer.written()).await {
+            Ok(i) => i,
+            Err(e) => {
+                writer.abort().await;
+                return Err(e);
+            }
+        };
+        let size = writer.finish().await?;
+        self.link_blob(repo, digest, &incarnation).await?;
+        Ok(size)
+    }
+
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus> {
         let id = new_id();
         self.catalog.create_upload(&id, repo.as_str()).await?;
@@ -392,7 +461,7 @@ impl Registry {
 
     async fn load_upload(&self, repo: &RepoName, id: &str) -> Result<Upload> {
         check_upload_id(id)?;
-        match self.catalog.upload(id).await? {
+        match self.read_upload(id).await? {
             Some(u) if u.repository == repo.as_str() => Ok(u),
             _ => Err(RegistryError::BlobUploadUnknown(id.to_owned())),
         }
@@ -419,10 +488,11 @@ impl Registry {
         let upload = self.load_upload(repo, id).await?;
         let lock = self.session_lock(id);
         let size = {
-            let _guard = lock.lock().await;
-            self.append(id, &upload, start, len, body).await?
+            let _guard = lock_opt(&lock).await;
+            self.append(id, &upload, start, len, body).await
         };
         self.release_session_lock(id, lock);
+        let size = size?;
         Ok(UploadStatus {
             id: id.to_owned(),
             size,
@@ -515,9 +585,26 @@ impl Registry {
         }))
     }
 
+    /// The session's row and its parts, consistent with each other: the
+    /// two are read by separate queries, and another replica may append a
+    /// part in between; a completion must never use parts beyond the size it
+    /// verified. Read again until the parts add up to the size.
+    async fn read_upload(&self, id: &str) -> Result<Option<Upload>> {
+        for _ in 0..8 {
+            match self.catalog.upload(id).await? {
+                Some(u) if u.parts.iter().map(|p| p.size).sum::<u64>() != u.size => {
+                    tokio::task::yield_now().await;
+                }
+                other => return Ok(other),
+            }
+        }
+        Err(RegistryError::BlobUploadInvalid(format!(
+            "upload {id} is being written by concurrent requests; retry"
+        )))
+    }
+
     async fn load_upload_any(&self, id: &str) -> Result<Upload> {
-        self.catalog
-            .upload(id)
+        self.read_upload(id)
             .await?
             .ok_or_else(|| RegistryError::BlobUploadUnknown(id.to_owned()))
     }
@@ -535,7 +622,7 @@ impl Registry {
         let upload = self.load_upload(repo, id).await?;
         let lock = self.session_lock(id);
         let done = {
-            let _guard = lock.lock().await;
+            let _guard = lock_opt(&lock).await;
             self.complete_locked(repo, id, digest, start, len, body, upload)
                 .await
         };
@@ -569,37 +656,34 @@ impl Registry {
             }
             None => self.take_hasher(id, upload.size),
         };
-        let computed = match hasher {
-            Some(h) if h.algorithm() == digest.algorithm() => h.finish(),
-            _ => self.rehash(id, &upload, digest.algorithm()).await?,
+        let known = match hasher {
+            Some(h) if h.algorithm() == digest.algorithm() => Some(h.finish()),
+            _ => None,
         };
-        if computed != *digest {
-            self.discard_upload(id).await?;
-            return Err(digest_mismatch(digest));
-        }
-        let incarnation = self.claim_blob(digest, upload.size).await?;
-        let key = BlobStore::blob_key(digest);
-        if self.store.size(&key).await? != Some(upload.size) {
-            match upload.parts.as_slice() {
-                [] => {
-                    let w = self.store.writer(key.clone()).await;
-                    w.finish().await?;
-                }
-                // One object holds every byte (one part, or the local
-                // session file): copy it, which is a hard link locally, not
-                // a copy of the bytes. Not rename: if we die before the
-                // catalog row below, the session still has its bytes and can
-                // be completed again (and on S3 a rename is a copy anyway).
-                // The session file may hold garbage past the upload's size
-                // from an interrupted chunk: trimmed first.
-                [first, rest @ ..] if rest.iter().all(|p| p.key == first.key) => {
-                    let from = object_store::path::Path::from(first.key.as_str());
-                    self.store.trim(&from, upload.size).await?;
-                    self.store.copy(&from, &key).await?
-                }
-                many => self.concat(many, &key).await?,
+        // The digest is claimed in the catalog before the bytes are placed
+        // under `blobs/` (see "Garbage collection" above).
+        let incarnation = if self.store.is_local() {
+            let computed = match known {
+                Some(d) => d,
+                None => self.rehash(id, &upload, digest.algorithm()).await?,
+            };
+            if computed != *digest {
+                self.discard_upload(id).await?;
+                return Err(digest_mismatch(digest));
             }
-        }
+            let incarnation = self.claim_blob(digest, upload.size).await?;
+            self.commit_local(&upload, digest).await?;
+            incarnation
+        } else {
+            let incarnation = self.claim_blob(digest, upload.size).await?;
+            if let Err(e) = self.commit_object(id, &upload, digest, known).await {
+                if matches!(e, RegistryError::DigestInvalid(_)) {
+                    self.discard_upload(id).await?;
+                }
+                return Err(e);
+            }
+            incarnation
+        };
         // Bytes verified and in place: now the row, and the session ends.
         if !self
             .catalog
@@ -612,25 +696,106 @@ impl Registry {
         Ok(upload.size)
     }
 
+    /// Local filesystem: puts the verified bytes of a session under the
+    /// blob's key, a hard link of the session file.
+    async fn commit_local(&self, upload: &Upload, digest: &Digest) -> Result<()> {
+        let key = BlobStore::blob_key(digest);
+        if self.store.size(&key).await? == Some(upload.size) {
+            return Ok(());
+        }
+        match upload.parts.as_slice() {
+            [] => {
+                let w = self.store.writer(key.clone()).await;
+                w.finish().await?;
+            }
+            // One object holds every byte (the session file, or one part):
+            // copy it, which is a hard link locally, not a copy of the bytes.
+            // Not rename: if we die before the catalog row, the session still
+            // has its bytes and can be completed again. The session file may
+            // hold garbage past the upload's size from an interrupted chunk:
+            // trimmed first.
+            [first, rest @ ..] if rest.iter().all(|p| p.key == first.key) => {
+                let from = object_store::path::Path::from(first.key.as_str());
+                self.store.trim(&from, upload.size).await?;
+                self.store.copy(&from, &key).await?
+            }
+            many => self.concat(many, &key, None).await?,
+        }
+        Ok(())
+    }
+
+    /// Object stores: writes the blob of a session under its key, verified.
+    /// `known` is the session's digest when this replica hashed every chunk
+    /// as it arrived; otherwise the parts are hashed now: a single part
+    /// before its server-side copy, several while they are concatenated into
+    /// the blob's multipart upload, which is completed only if the digest
+    /// matches. `DigestInvalid` when it does not.
+    async fn commit_object(
+        &self,
+        id: &str,
+        upload: &Upload,
+        digest: &Digest,
+        known: Option<Digest>,
+    ) -> Result<()> {
+        let key = BlobStore::blob_key(digest);
+        let exists = self.store.size(&key).await? == Some(upload.size);
+        let known = match known {
+            Some(d) => Some(d),
+            // The bytes are needed only to hash them: read them once.
+            None if exists || upload.parts.len() <= 1 => {
+                Some(self.rehash(id, upload, digest.algorithm()).await?)
+            }
+            None => None,
+        };
+        if let Some(computed) = &known
+            && computed != digest
+        {
+            return Err(digest_mismatch(digest));
+        }
+        if exists {
+            return Ok(());
+        }
+        match upload.parts.as_slice() {
+            [] => {
+                let w = self.store.writer(key.clone()).await;
+                w.finish().await?;
+            }
+            [one] => {
+                let from = object_store::path::Path::from(one.key.as_str());
+                self.store.copy(&from, &key).await?
+            }
+            many => {
+                let verify = if known.is_some() { None } else { Some(digest) };
+                self.concat(many, &key, verify).await?
+            }
+        }
+        Ok(())
+    }
+
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
         self.load_upload(repo, id).await?;
         let lock = self.session_lock(id);
         let done = {
-            let _guard = lock.lock().await;
+            let _guard = lock_opt(&lock).await;
             self.discard_upload(id).await
         };
         self.release_session_lock(id, lock);
         done
     }
 
-    fn session_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// The session's lock on the local filesystem; `None` elsewhere.
+    fn session_lock(&self, id: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        if !self.store.is_local() {
+            return None;
+        }
         let mut map = self.session_locks.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(id.to_owned()).or_default().clone()
+        Some(map.entry(id.to_owned()).or_default().clone())
     }
 
     /// Drops the session's lock from the map once nobody else holds or
     /// waits for it.
-    fn release_session_lock(&self, id: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+    fn release_session_lock(&self, id: &str, lock: Option<Arc<tokio::sync::Mutex<()>>>) {
+        let Some(lock) = lock else { return };
         let mut map = self.session_locks.lock().unwrap_or_else(|p| p.into_inner());
         drop(lock);
         if map.get(id).is_some_and(|l| Arc::strong_count(l) == 1) {
@@ -673,27 +838,51 @@ impl Registry {
         Ok(hasher.finish())
     }
 
+    /// Concatenates `parts` into `to` (a multipart upload on S3). With
+    /// `verify`, the bytes are hashed on the way and the write is completed
+    /// only if they match that digest (aborted otherwise: `DigestInvalid`).
     async fn concat(
         &self,
         parts: &[crate::catalog::UploadPart],
         to: &object_store::path::Path,
+        verify: Option<&Digest>,
     ) -> Result<()> {
         let mut w = self.store.writer(to.clone()).await;
+        let mut hasher = verify.map(|d| d.algorithm().hasher());
         for (part, range) in part_ranges(parts) {
-            let mut stream = self
+            let mut stream = match self
                 .store
                 .read(&part.key.as_str().into(), Some(range))
-                .await?
-                .stream;
+                .await
+            {
+                Ok(read) => read.stream,
+                Err(e) => {
+                    w.abort().await;
+                    return Err(e.into());
+                }
+            };
             while let Some(chunk) = stream.next().await {
-                match chunk {
-                    Ok(b) => w.write(b).await?,
+                let b = match chunk {
+                    Ok(b) => b,
                     Err(e) => {
                         w.abort().await;
                         return Err(crate::store::StoreError::from(e).into());
                     }
+                };
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&b);
+                }
+                if let Err(e) = w.write(b).await {
+                    w.abort().await;
+                    return Err(e.into());
                 }
             }
+        }
+        if let (Some(h), Some(d)) = (hasher, verify)
+            && h.finish() != *d
+        {
+            w.abort().await;
+            return Err(digest_mismatch(d));
         }
         w.finish().await?;
         Ok(())
@@ -921,18 +1110,30 @@ fn part_ranges(
     })
 }
 
-/// Streams `body` into `w`, hashing on the way. The bytes count only if every
-/// one arrived (and `len` of them, if given): otherwise the write is aborted.
+/// Streams `body` into `w` and finishes it (see [`stream_object`]).
+async fn write_object(
+    w: ObjectWriter,
+    body: ByteStream,
+    hasher: &mut Option<Hasher>,
+    len: Option<u64>,
+) -> Result<u64> {
+    Ok(stream_object(w, body, hasher, len).await?.finish().await?)
+}
+
+/// Streams `body` into `w`, hashing on the way, and returns the writer still
+/// unfinished (nothing visible yet), for the caller to finish or abort. The
+/// bytes count only if every one arrived (and `len` of them, if given):
+/// otherwise the write is aborted.
 ///
 /// Hashing runs on a blocking thread, a batch at a time, while the next batch
 /// arrives and is handed to the writer; at most one batch is being hashed, so
 /// memory stays bounded. `hasher` is left `None` when the body failed.
-async fn write_object(
+async fn stream_object(
     mut w: ObjectWriter,
     mut body: ByteStream,
     hasher: &mut Option<Hasher>,
     len: Option<u64>,
-) -> Result<u64> {
+) -> Result<ObjectWriter> {
     type HashTask = tokio::task::JoinHandle<Hasher>;
     async fn join(task: Option<HashTask>, hasher: &mut Option<Hasher>) -> Result<()> {
         if let Some(t) = task {
@@ -997,7 +1198,17 @@ async fn write_object(
             "announced {len} bytes but {got} arrived"
         )));
     }
-    Ok(w.finish().await?)
+    Ok(w)
+}
+
+/// Holds a session lock, when there is one.
+async fn lock_opt(
+    lock: &Option<Arc<tokio::sync::Mutex<()>>>,
+) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    match lock {
+        Some(l) => Some(l.lock().await),
+        None => None,
+    }
 }
 
 fn digest_mismatch(d: &Digest) -> RegistryError {

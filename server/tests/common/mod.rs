@@ -5,6 +5,18 @@
 //! Every response that goes through [`Server::send`] is checked for the
 //! `Docker-Distribution-API-Version` header, so each test also checks that
 //! rule for every request it makes.
+//!
+//! Scale-out runs (scripts/test runs `distribution_spec` again with them):
+//! - `WHARF_TEST_S3_ENDPOINT=http://127.0.0.1:PORT`: blobs on that
+//!   S3-compatible server (moto in scripts/test), a fresh bucket per server;
+//! - `WHARF_TEST_REPLICAS=N`: N servers (each with its own state, as separate
+//!   processes would have) on the same catalog and store, and every request
+//!   goes to the next one in turn, so each multi-request flow crosses
+//!   replicas. Only on S3: the filesystem and memory backends belong to one
+//!   process (a test that picks one of them gets one server). Meant
+//!   for `distribution_spec`: the `auth` suite checks that a challenge's
+//!   realm names the server that answered and that the (per-process)
+//!   failed-login limiter trips, which a set of replicas does not satisfy.
 
 #![allow(dead_code)]
 
@@ -236,18 +248,115 @@ pub fn with_query(url: &str, key: &str, value: &str) -> String {
 // ---- the server ------------------------------------------------------------------
 
 pub struct Server {
-    base: String,
+    /// The first replica (raw connections go there).
     pub addr: SocketAddr,
     client: reqwest::Client,
     settings: Settings,
     dir: Arc<TempDir>,
-    task: JoinHandle<()>,
+    replicas: Replicas,
+}
+
+/// The running servers on one catalog and store; requests take turns.
+struct Replicas {
+    bases: Vec<String>,
+    tasks: Vec<JoinHandle<()>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Replicas {
+    async fn launch(settings: &Settings) -> Replicas {
+        // The filesystem and memory backends belong to one process.
+        let n = if settings.storage.backend == wharf_server::config::StorageBackend::S3 {
+            test_replicas()
+        } else {
+            1
+        };
+        let mut bases = Vec::new();
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let (addr, task) = launch(settings).await;
+            bases.push(format!("http://{addr}"));
+            tasks.push(task);
+        }
+        Replicas {
+            bases,
+            tasks,
+            next: Default::default(),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.bases[0]
+            .trim_start_matches("http://")
+            .parse()
+            .expect("replica address")
+    }
+
+    /// The base URL of the replica whose turn it is.
+    fn next_base(&self) -> &str {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.bases[i % self.bases.len()]
+    }
+
+    async fn stop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks.iter_mut() {
+            let _ = t.await;
+        }
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.replicas.tasks {
+            t.abort();
+        }
     }
+}
+
+/// `WHARF_TEST_REPLICAS` (default 1).
+fn test_replicas() -> usize {
+    std::env::var("WHARF_TEST_REPLICAS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
+/// With `WHARF_TEST_S3_ENDPOINT`, a server on the default filesystem backend
+/// keeps its blobs in a new bucket on that endpoint instead.
+async fn use_test_s3(settings: &mut Settings) {
+    use wharf_server::config::{Secret, StorageBackend};
+    let Ok(endpoint) = std::env::var("WHARF_TEST_S3_ENDPOINT") else {
+        return;
+    };
+    if settings.storage.backend != StorageBackend::Filesystem {
+        return;
+    }
+    let endpoint = endpoint.trim_end_matches('/').to_owned();
+    let bucket = format!("wharf-test-{}", uuid::Uuid::new_v4().simple());
+    // moto creates buckets on an unsigned request; real stores are set up
+    // by their operator.
+    let r = client()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create bucket {bucket} on {endpoint}: {e}"));
+    assert!(
+        r.status().is_success(),
+        "create bucket {bucket} on {endpoint}: {}",
+        r.status()
+    );
+    let s = &mut settings.storage;
+    s.backend = StorageBackend::S3;
+    s.endpoint = Some(endpoint);
+    s.bucket = Some(bucket);
+    s.region = Some("us-east-1".into());
+    s.access_key_id = Some("testing".into());
+    s.secret_access_key = Some(Secret("testing".into()));
+    s.allow_http = true;
 }
 
 /// The workspace's reqwest is built without a default TLS provider (the
@@ -294,42 +403,73 @@ impl Server {
         let mut settings = Settings::with_data_dir(dir.path());
         settings.storage.fsync = false;
         tweak(&mut settings);
-        let (addr, task) = launch(&settings).await;
+        use_test_s3(&mut settings).await;
+        let replicas = Replicas::launch(&settings).await;
         Server {
-            base: format!("http://{addr}"),
-            addr,
+            addr: replicas.addr(),
             client: client(),
             settings,
             dir: Arc::new(dir),
-            task,
+            replicas,
         }
     }
 
     /// Stops this server and starts a new one (new state, new listener, new
     /// client) on the same data directory.
     pub async fn restart(&mut self) {
-        self.task.abort();
         // Dropping the old client closes its pooled connections, which ends
         // the connection tasks that still hold the old state.
         self.client = client();
-        let _ = (&mut self.task).await;
+        self.replicas.stop().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let (addr, task) = launch(&self.settings).await;
-        self.addr = addr;
-        self.base = format!("http://{addr}");
-        self.task = task;
+        self.replicas = Replicas::launch(&self.settings).await;
+        self.addr = self.replicas.addr();
+    }
+
+    /// The base URLs of the running replicas (one unless
+    /// `WHARF_TEST_REPLICAS` asks for more on S3).
+    pub fn replica_bases(&self) -> &[String] {
+        &self.replicas.bases
     }
 
     pub fn data_dir(&self) -> &std::path::Path {
         self.dir.path()
     }
 
-    /// An absolute URL for a path or a (relative or absolute) Location.
+    /// The size of the object the store holds under a blob's key, read from
+    /// the store itself (files of the filesystem backend, or the S3 bucket).
+    pub async fn stored_blob_size(&self, digest: &str) -> Option<u64> {
+        use wharf_server::store::BlobStore;
+        assert!(
+            self.settings.storage.backend != wharf_server::config::StorageBackend::Memory,
+            "the memory store is not reachable from outside"
+        );
+        let digest: wharf_server::digest::Digest = digest.parse().expect("a digest");
+        let store = BlobStore::open(&self.settings)
+            .await
+            .expect("open the store");
+        store
+            .size(&BlobStore::blob_key(&digest))
+            .await
+            .expect("stat the blob")
+    }
+
+    /// An absolute URL for a path or a (relative or absolute) Location, on
+    /// the replica whose turn it is (an absolute URL of one of them is moved
+    /// to it too).
     pub fn url(&self, path: &str) -> String {
-        if path.starts_with("http://") || path.starts_with("https://") {
+        let base = self.replicas.next_base();
+        if let Some(rest) = self
+            .replicas
+            .bases
+            .iter()
+            .find_map(|b| path.strip_prefix(b.as_str()))
+        {
+            format!("{base}{rest}")
+        } else if path.starts_with("http://") || path.starts_with("https://") {
             path.to_owned()
         } else {
-            format!("{}{path}", self.base)
+            format!("{base}{path}")
         }
     }
 
@@ -591,20 +731,20 @@ impl Server {
         settings.storage.fsync = false;
         settings.auth.enabled = true;
         tweak(&mut settings);
+        use_test_s3(&mut settings).await;
         std::fs::create_dir_all(&settings.data_dir).expect("create the data directory");
         let catalog = wharf_server::catalog::Catalog::open(&settings.catalog_url())
             .await
             .expect("open the catalog");
         let out = setup(&catalog).await;
         drop(catalog);
-        let (addr, task) = launch(&settings).await;
+        let replicas = Replicas::launch(&settings).await;
         let srv = Server {
-            base: format!("http://{addr}"),
-            addr,
+            addr: replicas.addr(),
             client: client(),
             settings,
             dir: Arc::new(dir),
-            task,
+            replicas,
         };
         (srv, out)
     }
