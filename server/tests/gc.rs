@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures::StreamExt;
 use reqwest::Method;
 use serde_json::Value;
-use wharf_server::config::UntaggedPolicy;
+use wharf_server::config::{StorageBackend, UntaggedPolicy};
 use wharf_server::gc::{GcOptions, GcReport, collect};
 use wharf_server::store::BlobStore;
 
@@ -29,7 +30,33 @@ fn options(upload_max_age: Duration) -> GcOptions {
     }
 }
 
-/// Every file under the store's `blobs/` dir: digest -> size.
+/// Every object under the store's `blobs/`: digest -> size. On the local
+/// filesystem the directory itself is walked as well and must agree.
+async fn blobs_in_store(srv: &Server, store: &BlobStore) -> BTreeMap<String, u64> {
+    let mut found = BTreeMap::new();
+    let mut listing = store.list("blobs");
+    while let Some(obj) = listing.next().await {
+        let obj = obj.expect("list the store");
+        let key = obj.key.as_ref().to_owned();
+        let mut parts = key.split('/').skip(1);
+        let (alg, _, hex) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        found.insert(format!("{alg}:{hex}"), obj.size);
+    }
+    if srv.settings().storage.backend == StorageBackend::Filesystem {
+        assert_eq!(
+            blobs_on_disk(&srv.settings().storage_path()),
+            found,
+            "the store's listing and the directory differ"
+        );
+    }
+    found
+}
+
+/// Every file under the local store's `blobs/` dir: digest -> size.
 fn blobs_on_disk(root: &Path) -> BTreeMap<String, u64> {
     fn walk(dir: &Path, out: &mut BTreeMap<String, u64>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -58,20 +85,8 @@ fn blobs_on_disk(root: &Path) -> BTreeMap<String, u64> {
     out
 }
 
-fn files_under(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| {
-            if e.metadata().unwrap().is_dir() {
-                files_under(&e.path())
-            } else {
-                1
-            }
-        })
-        .sum()
+async fn objects_under(store: &BlobStore, prefix: &str) -> usize {
+    store.list(prefix).count().await
 }
 
 /// Pushes a blob the way docker does: HEAD first, upload only if missing.
@@ -215,7 +230,7 @@ async fn pushes_and_pulls_never_see_a_missing_blob_while_gc_runs() {
         .await,
     );
     let catalog = srv.catalog().await;
-    let store = BlobStore::local(&srv.settings().storage_path(), false).unwrap();
+    let store = BlobStore::open(srv.settings()).await.unwrap();
 
     // An upload session left behind by a client that went away.
     let abandoned = srv.start_upload("left/behind").await;
@@ -223,21 +238,13 @@ async fn pushes_and_pulls_never_see_a_missing_blob_while_gc_runs() {
         .await
         .expect(202);
     // Bytes of a crash between the store write and the row: an object no
-    // row knows, older than the grace period.
+    // row knows; removed once older than the grace period.
     let orphan = pattern(777, 99);
-    let orphan_path = srv
-        .settings()
-        .storage_path()
-        .join(BlobStore::blob_key(&sha256(&orphan).parse().unwrap()).as_ref());
-    std::fs::create_dir_all(orphan_path.parent().unwrap()).unwrap();
-    std::fs::write(&orphan_path, &orphan).unwrap();
-    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
-    std::fs::File::options()
-        .write(true)
-        .open(&orphan_path)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    let orphan_digest = sha256(&orphan);
+    let orphan_key = BlobStore::blob_key(&orphan_digest.parse().unwrap());
+    let mut w = store.writer(orphan_key.clone()).await;
+    w.write(orphan.clone().into()).await.unwrap();
+    w.finish().await.unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let gc_runs = Arc::new(AtomicU64::new(0));
@@ -337,14 +344,17 @@ async fn pushes_and_pulls_never_see_a_missing_blob_while_gc_runs() {
             expected.extend(blobs);
         }
     }
-    let root = srv.settings().storage_path();
-    let on_disk = blobs_on_disk(&root);
+    let on_disk = blobs_in_store(&srv, &store).await;
     let disk_set: BTreeSet<String> = on_disk.keys().cloned().collect();
     assert_eq!(
         disk_set, expected,
         "the store must hold exactly the blobs of the remaining tags"
     );
-    assert!(!orphan_path.exists(), "the orphan object is still there");
+    assert_eq!(
+        store.size(&orphan_key).await.unwrap(),
+        None,
+        "the orphan is still there"
+    );
     let (count, bytes) = catalog.stored_blobs().await.unwrap();
     assert_eq!(count as usize, on_disk.len());
     assert_eq!(
@@ -352,7 +362,11 @@ async fn pushes_and_pulls_never_see_a_missing_blob_while_gc_runs() {
         on_disk.values().sum::<u64>(),
         "catalog bytes != bytes on disk"
     );
-    assert_eq!(files_under(&root.join("uploads")), 0, "upload objects left");
+    assert_eq!(
+        objects_under(&store, "uploads").await,
+        0,
+        "upload objects left"
+    );
     let r = srv.get(&abandoned).await;
     r.expect_error(404, "BLOB_UPLOAD_UNKNOWN");
 
@@ -372,7 +386,7 @@ async fn pushes_and_pulls_never_see_a_missing_blob_while_gc_runs() {
 async fn a_deleted_tag_frees_its_layers_and_pulls_still_work() {
     let srv = Server::start().await;
     let catalog = srv.catalog().await;
-    let store = BlobStore::local(&srv.settings().storage_path(), false).unwrap();
+    let store = BlobStore::open(srv.settings()).await.unwrap();
     let a = srv.push_image("app", "a", 1).await;
     let b = srv.push_image("app", "b", 2).await;
     srv.delete("/v2/app/manifests/a").await.expect(202);
@@ -380,14 +394,14 @@ async fn a_deleted_tag_frees_its_layers_and_pulls_still_work() {
 
     let mut dry = options(Duration::from_secs(3600));
     dry.dry_run = true;
-    let before = blobs_on_disk(&srv.settings().storage_path());
+    let before = blobs_in_store(&srv, &store).await;
     let report = collect(&catalog, &store, &dry).await.unwrap();
     assert_eq!(
         (report.manifests_removed, report.blobs_removed),
         (1, 2),
         "{report}"
     );
-    assert_eq!(blobs_on_disk(&srv.settings().storage_path()), before);
+    assert_eq!(blobs_in_store(&srv, &store).await, before);
 
     let report = collect(&catalog, &store, &options(Duration::from_secs(3600)))
         .await
@@ -425,7 +439,7 @@ async fn a_deleted_tag_frees_its_layers_and_pulls_still_work() {
 async fn a_blob_pushed_while_it_is_collected_is_never_lost() {
     let srv = Arc::new(Server::start().await);
     let catalog = srv.catalog().await;
-    let store = BlobStore::local(&srv.settings().storage_path(), false).unwrap();
+    let store = BlobStore::open(srv.settings()).await.unwrap();
     let grace = Duration::from_millis(100);
     let stop = Arc::new(AtomicBool::new(false));
     let collected = Arc::new(AtomicU64::new(0));
