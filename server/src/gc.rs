@@ -44,9 +44,14 @@
 //!
 //! # One collector at a time
 //! A run takes the catalog lease `gc` (a row with an expiry, taken by a
-//! conditional upsert) and renews it as it goes; a run that finds it held
-//! by a live holder stops with [`GcError::Busy`]. A dry run takes no lease
-//! and changes nothing.
+//! conditional upsert) and renews it every minute and right before each
+//! blob object it deletes; a run that finds it held by a live holder stops
+//! with [`GcError::Busy`], one that cannot renew it stops with
+//! [`GcError::LeaseLost`]. Two runs must not overlap: a run takes the
+//! `deleting` rows it finds at its start for the leftovers of a dead run and
+//! finishes them. (The residual risk is a run that stalls for longer than
+//! the lease's five minutes between its renewal and the store delete that
+//! follows it.) A dry run takes no lease and changes nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -65,8 +70,9 @@ use crate::store::{BlobStore, StoreError};
 const LEASE: &str = "gc";
 /// How long a lease lasts without renewal; a run renews it at every step.
 const LEASE_TTL: Duration = Duration::from_secs(300);
-/// Deletions between two lease renewals.
-const RENEW_EVERY: u64 = 50;
+/// Time between two lease renewals (a fifth of its lifetime), checked at
+/// every step of a run, listings included.
+const RENEW_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
@@ -344,7 +350,7 @@ fn digest_of_key(key: &str) -> Option<Digest> {
 struct Lease<'a> {
     catalog: &'a Catalog,
     holder: String,
-    ops: u64,
+    renewed: Instant,
 }
 
 impl Lease<'_> {
@@ -357,11 +363,14 @@ impl Lease<'_> {
         }
     }
 
-    /// Renews every `RENEW_EVERY` calls.
+    /// Renews the lease when `RENEW_EVERY` has passed since the last time.
+    /// Two collections must never overlap (one could take a `deleting` row
+    /// of the other for an interrupted one), so a run that cannot renew
+    /// stops.
     async fn tick(&mut self) -> Result<(), GcError> {
-        self.ops += 1;
-        if self.ops.is_multiple_of(RENEW_EVERY) {
+        if self.renewed.elapsed() >= RENEW_EVERY {
             self.renew().await?;
+            self.renewed = Instant::now();
         }
         Ok(())
     }
@@ -400,7 +409,7 @@ pub async fn collect(
         lease = Some(Lease {
             catalog,
             holder,
-            ops: 0,
+            renewed: Instant::now(),
         });
     }
     let result = run(catalog, store, opts, lease.as_mut()).await;
@@ -412,6 +421,15 @@ pub async fn collect(
     let mut report = result?;
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Renews the lease now: right before a blob's object is deleted.
+async fn fence(lease: &mut Option<&mut Lease<'_>>) -> Result<(), GcError> {
+    if let Some(l) = lease {
+        l.renew().await?;
+        l.renewed = Instant::now();
+    }
+    Ok(())
 }
 
 async fn tick(lease: &mut Option<&mut Lease<'_>>) -> Result<(), GcError> {
@@ -500,6 +518,9 @@ async fn run(
                 catalog.gc_forget_blob(&b.digest).await?;
                 continue;
             };
+            // Still ours? A run whose lease lapsed must not delete bytes a
+            // newer run may have let a push place again.
+            fence(&mut lease).await?;
             if let Err(e) = store.delete(&BlobStore::blob_key(&digest)).await {
                 tracing::warn!(digest = %b.digest, error = %e, "gc: could not delete a blob; next run retries");
                 catalog.gc_abandon_delete(&b.digest).await?;
@@ -547,6 +568,7 @@ async fn run(
     let mut listing = store.list("blobs");
     while let Some(obj) = listing.next().await {
         let obj = obj?;
+        tick(&mut lease).await?;
         let key = obj.key.as_ref().to_owned();
         if ms_of(obj.last_modified) >= blob_cutoff {
             continue;
@@ -555,7 +577,6 @@ async fn run(
         if digest.as_ref().is_some_and(|d| known.contains(d.as_str())) {
             continue;
         }
-        tick(&mut lease).await?;
         if !dry {
             match &digest {
                 // Through a `deleting` row, so a push of the digest that
@@ -565,6 +586,7 @@ async fn run(
                         report.skipped += 1;
                         continue;
                     }
+                    fence(&mut lease).await?;
                     if let Err(e) = store.delete(&obj.key).await {
                         tracing::warn!(key = %key, error = %e, "gc: could not delete an object");
                         catalog.gc_abandon_delete(d.as_str()).await?;
@@ -596,6 +618,7 @@ async fn run(
     let mut listing = store.list("uploads");
     while let Some(obj) = listing.next().await {
         let obj = obj?;
+        tick(&mut lease).await?;
         if ms_of(obj.last_modified) >= upload_obj_cutoff {
             continue;
         }
@@ -605,7 +628,6 @@ async fn run(
         if sessions.contains(&id) || catalog.upload_exists(&id).await? {
             continue;
         }
-        tick(&mut lease).await?;
         if !dry && let Err(e) = store.delete(&obj.key).await {
             tracing::warn!(key = %obj.key, error = %e, "gc: could not delete an object");
             report.errors += 1;
