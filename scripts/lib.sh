@@ -103,6 +103,42 @@ start_private_dockerd() {
   export DOCKER
 }
 
+# start_postgres DIR: a throwaway PostgreSQL cluster (Debian's `postgresql` package)
+# in DIR/data, run as the postgres user on 127.0.0.1 with a free port, trust auth and
+# fsync off (the data dies with the test). Its own port, so a cluster the Debian
+# package may have started on 5432 does not matter. Sets POSTGRES_DIR and exports
+# WHARF_TEST_POSTGRES_URL (postgres://postgres@127.0.0.1:PORT/postgres); stop it
+# with stop_postgres (e.g. from an EXIT trap).
+POSTGRES_DIR=""
+start_postgres() {
+  local dir=$1 bin port
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [[ -x $bin/initdb && -x $bin/pg_ctl ]] || die "no PostgreSQL server (install the Debian package postgresql)"
+  id postgres >/dev/null 2>&1 || die "no postgres user (install the Debian package postgresql)"
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  mkdir -p "$dir"
+  chown postgres: "$dir"
+  POSTGRES_DIR=$dir
+  step "starting PostgreSQL ($bin) on 127.0.0.1:$port in $dir"
+  quietly initdb runuser -u postgres -- "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 \
+    --locale=C.UTF-8 --no-sync
+  quietly pg_ctl-start runuser -u postgres -- "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+    start
+  export WHARF_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
+}
+
+# stop_postgres: stops the cluster of start_postgres and removes its directory.
+stop_postgres() {
+  [[ -n $POSTGRES_DIR ]] || return 0
+  local bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  runuser -u postgres -- "$bin/pg_ctl" -D "$POSTGRES_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+  rm -rf "$POSTGRES_DIR"
+  POSTGRES_DIR=""
+  unset WHARF_TEST_POSTGRES_URL
+}
+
 # Starts an S3-compatible server (moto_server, from PyPI moto[server]) on a free
 # loopback port for the tests; sets MOTO_PID and exports WHARF_TEST_S3_ENDPOINT.
 # Stop it with stop_moto (e.g. from an EXIT trap). Its log: $LOGDIR/moto.log.

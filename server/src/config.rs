@@ -201,11 +201,22 @@ impl Default for AuthSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CatalogSettings {
-    /// `sqlite://PATH`; defaults to `<data_dir>/catalog.db`.
+    /// `sqlite://PATH` (defaults to `sqlite://<data_dir>/catalog.db`) or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB` (`postgresql://` too), which
+    /// several replicas may share. Logged with the password masked.
     pub url: Option<String>,
+}
+
+/// Debug output (of `Settings` too) never shows the catalog's password.
+impl std::fmt::Debug for CatalogSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatalogSettings")
+            .field("url", &self.url.as_deref().map(crate::catalog::redact_url))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

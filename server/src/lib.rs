@@ -118,6 +118,7 @@ pub async fn serve(settings: &Settings) -> Result<(), StartError> {
         listen = %settings.listen,
         auth = settings.auth.enabled,
         data_dir = %settings.data_dir.display(),
+        catalog = %catalog::redact_url(&settings.catalog_url()),
         "wharf-server is serving the registry"
     );
     let gc = (settings.gc.interval_secs > 0).then(|| {

@@ -2441,7 +2441,8 @@ fn auth_settings(dir: &std::path::Path) -> Settings {
 #[tokio::test]
 async fn auth_on_without_any_user_refuses_to_start() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let settings = auth_settings(dir.path());
+    let mut settings = auth_settings(dir.path());
+    let _db = common::use_test_catalog(&mut settings).await;
     for value in [None, Some("")] {
         let env = AdminPasswordEnv::set(value).await;
         let result = wharf_server::build_state(&settings).await;

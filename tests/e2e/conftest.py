@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from clients import Docker, Podman, TestImages
+from pg import Postgres
 from runner_support import RunnerDaemon, busybox_image, runner_binary, unique_bridge, wait_no_leftovers
 from support import AUTH_ENV, WharfServer, run, server_binary
 
@@ -101,6 +102,19 @@ def wharf_auth(wharf_factory):
     server.grant("bob", "team/*", "pull")
     server.start()
     return server
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for the session (pg.Postgres): a throwaway cluster
+    started as the postgres user, or the one WHARF_TEST_POSTGRES_URL names.
+    `.create_database()` gives each wharf-server a database of its own."""
+    try:
+        server = Postgres.from_env_or_start()
+    except RuntimeError as exc:
+        pytest.fail(f"cannot start PostgreSQL: {exc}")
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

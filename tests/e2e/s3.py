@@ -4,9 +4,9 @@ an nginx that sends each request to the next replica.
 - `moto`: one moto_server (PyPI moto[server]) per test session on a free
   loopback port; `moto.new_bucket()` makes a fresh bucket, `moto.client()` is a
   boto3 client to look into it.
-- `catalog_url`: the catalog the replicas share. SQLite (one file that every
-  replica process opens) here; it is a fixture of its own so PostgreSQL can be
-  plugged in as another parameter.
+- `catalog_url`: the catalog the replicas share, parametrized: SQLite (one
+  file that every replica process opens) and PostgreSQL (a fresh database on
+  the session's `postgres` cluster, see pg.py).
 - `replicas`: make(n=2, **opts) -> a Cluster of n wharf-server processes with
   their own data dirs, one catalog, one bucket, one token key, auth on, behind
   a round-robin nginx (`cluster.proxy`).
@@ -405,10 +405,14 @@ def moto(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def catalog_url(request, tmp_path):
     """The catalog every replica of a test shares. SQLite: one file, opened by
-    each replica process (WAL mode; fine on one machine)."""
+    each replica process (WAL mode; fine on one machine). PostgreSQL: a fresh
+    database on the session's cluster (conftest.py's `postgres`, pg.py), the
+    shape of a real scale-out deployment."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres").create_database()
     return f"sqlite://{tmp_path / 'shared-catalog.db'}"
 
 

@@ -1,19 +1,20 @@
 //! The catalog's side of garbage collection (`crate::gc`): the claim a push
 //! takes on a digest before placing its bytes, the lease that lets one
 //! process collect at a time, the listings the mark phase reads, and the
-//! conditional deletes of the sweep.
-//!
-//! Every delete here re-checks, in its own statement, the facts the mark
-//! phase relied on (no tag, no reference, `used_at` older than the cutoff),
-//! so a push that commits between mark and sweep is never undone. The SQL is
-//! portable (`$n` placeholders, `ON CONFLICT` upserts, no SQLite functions):
-//! on PostgreSQL the conditional UPDATE/DELETE of a row that a concurrent
-//! push updates waits for it and re-evaluates its WHERE on the new version,
-//! which is the same guarantee SQLite's single writer gives.
+//! conditional deletes of the sweep. The SQL is `gc_queries.rs`, compiled
+//! for each dialect; every method here dispatches to it.
 
-use sqlx::Row;
+use super::{Catalog, Db, Result, postgres, sqlite};
 
-use super::{Catalog, Result, now_ms};
+/// Calls the function of `gc_queries.rs` of the catalog's dialect.
+macro_rules! gc_dispatch {
+    ($self:ident, $f:ident($($arg:expr),* $(,)?)) => {
+        match &$self.db {
+            Db::Sqlite(h) => sqlite::gc_queries::$f(h, $($arg),*).await,
+            Db::Postgres(h) => postgres::gc_queries::$f(h, $($arg),*).await,
+        }
+    };
+}
 
 /// A blob row as the collector sees it.
 #[derive(Debug, Clone)]
@@ -80,38 +81,13 @@ impl Catalog {
     /// used within its grace period, so the bytes placed after this call
     /// stay until [`Catalog::link_blob`] makes them live.
     pub async fn claim_blob(&self, digest: &str, size: u64) -> Result<Claim> {
-        let now = now_ms();
-        let fresh = uuid::Uuid::new_v4().simple().to_string();
-        let incarnation: Option<String> = sqlx::query_scalar(
-            "INSERT INTO blobs (digest, size, created_at, used_at, state, incarnation)
-             VALUES ($1, $2, $3, $3, 'pending', $4)
-             ON CONFLICT (digest) DO UPDATE SET used_at = excluded.used_at
-              WHERE blobs.state <> 'deleting'
-             RETURNING incarnation",
-        )
-        .bind(digest)
-        .bind(size as i64)
-        .bind(now)
-        .bind(&fresh)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match incarnation {
-            Some(i) => Claim::Claimed(i),
-            None => Claim::Deleting,
-        })
+        gc_dispatch!(self, claim_blob(digest, size))
     }
 
     /// Live blobs and their bytes: what the store holds under `blobs/` once
     /// no push is in flight.
     pub async fn stored_blobs(&self) -> Result<(u64, u64)> {
-        let row =
-            sqlx::query("SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM blobs WHERE state = 'live'")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok((
-            row.try_get::<i64, _>(0)? as u64,
-            row.try_get::<i64, _>(1)? as u64,
-        ))
+        gc_dispatch!(self, stored_blobs())
     }
 
     // ---- the lease ------------------------------------------------------------------
@@ -119,124 +95,50 @@ impl Catalog {
     /// Takes (or renews) the lease `name` for `holder` until `expires_at`,
     /// if it is free, expired, or already `holder`'s. True when taken.
     pub async fn take_lease(&self, name: &str, holder: &str, expires_at: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-              WHERE leases.expires_at < $4 OR leases.holder = excluded.holder",
-        )
-        .bind(name)
-        .bind(holder)
-        .bind(expires_at)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        gc_dispatch!(self, take_lease(name, holder, expires_at))
     }
 
     /// Gives the lease back (only if `holder` still has it).
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
-        sqlx::query("UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2")
-            .bind(name)
-            .bind(holder)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        gc_dispatch!(self, release_lease(name, holder))
     }
 
     pub async fn lease(&self, name: &str) -> Result<Option<LeaseHolder>> {
-        let row = sqlx::query("SELECT holder, expires_at FROM leases WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(LeaseHolder {
-                holder: r.try_get(0)?,
-                expires_at: r.try_get(1)?,
-            })
-        })
-        .transpose()
+        gc_dispatch!(self, lease(name))
     }
 
     // ---- what the mark phase reads ----------------------------------------------------
 
     pub async fn gc_manifests(&self) -> Result<Vec<GcManifest>> {
-        let rows = sqlx::query(
-            "SELECT m.repository_id, r.name, m.digest, m.subject, m.size, m.used_at
-               FROM manifests m JOIN repositories r ON r.id = m.repository_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(GcManifest {
-                    repository_id: r.try_get(0)?,
-                    repository: r.try_get(1)?,
-                    digest: r.try_get(2)?,
-                    subject: r.try_get(3)?,
-                    size: r.try_get::<i64, _>(4)? as u64,
-                    used_at: r.try_get(5)?,
-                })
-            })
-            .collect()
+        gc_dispatch!(self, gc_manifests())
     }
 
     /// (repository id, manifest digest) of every tag.
     pub async fn gc_tagged(&self) -> Result<Vec<(i64, String)>> {
-        let rows = sqlx::query("SELECT repository_id, manifest_digest FROM tags")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+        gc_dispatch!(self, gc_tagged())
     }
 
     pub async fn gc_references(&self) -> Result<Vec<GcReference>> {
-        let rows = sqlx::query(
-            "SELECT repository_id, manifest_digest, child_digest, kind FROM manifest_references",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(GcReference {
-                    repository_id: r.try_get(0)?,
-                    manifest: r.try_get(1)?,
-                    child: r.try_get(2)?,
-                    kind: r.try_get(3)?,
-                })
-            })
-            .collect()
+        gc_dispatch!(self, gc_references())
     }
 
     pub async fn gc_blobs(&self) -> Result<Vec<GcBlob>> {
-        let rows = sqlx::query("SELECT digest, size, state, used_at FROM blobs")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(GcBlob {
-                    digest: r.try_get(0)?,
-                    size: r.try_get::<i64, _>(1)? as u64,
-                    state: r.try_get(2)?,
-                    used_at: r.try_get(3)?,
-                })
-            })
-            .collect()
+        gc_dispatch!(self, gc_blobs())
     }
 
     pub async fn gc_uploads(&self) -> Result<Vec<GcUpload>> {
-        let rows = sqlx::query("SELECT id, size, updated_at FROM uploads")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(GcUpload {
-                    id: r.try_get(0)?,
-                    size: r.try_get::<i64, _>(1)? as u64,
-                    updated_at: r.try_get(2)?,
-                })
-            })
-            .collect()
+        gc_dispatch!(self, gc_uploads())
+    }
+
+    /// Digests whose rows a collection left `deleting` (it died between
+    /// taking the row and forgetting it), at most `limit`.
+    pub async fn gc_interrupted(&self, limit: u32) -> Result<Vec<String>> {
+        gc_dispatch!(self, gc_interrupted(limit))
+    }
+
+    /// Is there an upload session `id`?
+    pub async fn upload_exists(&self, id: &str) -> Result<bool> {
+        gc_dispatch!(self, upload_exists(id))
     }
 
     // ---- the sweep ---------------------------------------------------------------------
@@ -249,21 +151,7 @@ impl Catalog {
         digest: &str,
         cutoff: i64,
     ) -> Result<bool> {
-        let done = sqlx::query(
-            "DELETE FROM manifests
-              WHERE repository_id = $1 AND digest = $2 AND used_at < $3
-                AND NOT EXISTS (SELECT 1 FROM tags t
-                                 WHERE t.repository_id = $1 AND t.manifest_digest = $2)
-                AND NOT EXISTS (SELECT 1 FROM manifest_references mr
-                                 WHERE mr.repository_id = $1 AND mr.child_digest = $2
-                                   AND mr.kind = 'manifest')",
-        )
-        .bind(repository_id)
-        .bind(digest)
-        .bind(cutoff)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        gc_dispatch!(self, gc_delete_manifest(repository_id, digest, cutoff))
     }
 
     /// Step one of deleting a blob: if no manifest refers to it and nobody
@@ -272,26 +160,7 @@ impl Catalog {
     /// repository links go, in one transaction. True when the collector now
     /// owns the row and may delete the object.
     pub async fn gc_mark_blob_deleting(&self, digest: &str, cutoff: i64) -> Result<bool> {
-        let mut tx = self.write_tx().await?;
-        let done = sqlx::query(
-            "UPDATE blobs SET state = 'deleting'
-              WHERE digest = $1 AND state <> 'deleting' AND used_at < $2
-                AND NOT EXISTS (SELECT 1 FROM manifest_references mr
-                                 WHERE mr.child_digest = $1 AND mr.kind = 'blob')",
-        )
-        .bind(digest)
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        sqlx::query("DELETE FROM repository_blobs WHERE digest = $1")
-            .bind(digest)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(true)
+        gc_dispatch!(self, gc_mark_blob_deleting(digest, cutoff))
     }
 
     /// Step one of deleting an object no row knows (`blobs/` bytes left by a
@@ -299,16 +168,7 @@ impl Catalog {
     /// so a push that claims the digest first wins, and one that comes later
     /// waits for step three.
     pub async fn gc_claim_orphan(&self, digest: &str, size: u64) -> Result<bool> {
-        let done = sqlx::query(
-            "INSERT INTO blobs (digest, size, created_at, used_at, state) VALUES ($1, $2, $3, 0, 'deleting')
-             ON CONFLICT (digest) DO NOTHING",
-        )
-        .bind(digest)
-        .bind(size as i64)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        gc_dispatch!(self, gc_claim_orphan(digest, size))
     }
 
     /// When the object could not be deleted (a store error): the row goes
@@ -316,61 +176,20 @@ impl Catalog {
     /// waiting; a push that claims it finds (or places) the bytes and makes
     /// it live, otherwise the next run collects it again.
     pub async fn gc_abandon_delete(&self, digest: &str) -> Result<()> {
-        sqlx::query("UPDATE blobs SET state = 'pending' WHERE digest = $1 AND state = 'deleting'")
-            .bind(digest)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        gc_dispatch!(self, gc_abandon_delete(digest))
     }
 
-    /// Step three (after the object is gone): the `deleting` row goes, and
-    /// pushes of the digest may claim it anew.
+    /// Step three (after the object is gone): the `deleting` row goes (with
+    /// any repository link, which can only be a leftover), and pushes of the
+    /// digest may claim it anew.
     pub async fn gc_forget_blob(&self, digest: &str) -> Result<()> {
-        let mut tx = self.write_tx().await?;
-        // Links were removed with the mark; a link can only be added to a
-        // live row, so none came back. Deleted again for rows left
-        // `deleting` by an older version or a manual edit.
-        sqlx::query("DELETE FROM repository_blobs WHERE digest = $1")
-            .bind(digest)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM blobs WHERE digest = $1 AND state = 'deleting'")
-            .bind(digest)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        gc_dispatch!(self, gc_forget_blob(digest))
     }
 
     /// Deletes an upload session not touched since `cutoff` (its parts go
     /// with it). True when it was deleted; the caller then removes its
     /// objects under `uploads/<id>/`.
     pub async fn gc_delete_upload(&self, id: &str, cutoff: i64) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM uploads WHERE id = $1 AND updated_at < $2")
-            .bind(id)
-            .bind(cutoff)
-            .execute(&self.sessions)
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    /// Digests whose rows a collection left `deleting` (it died between
-    /// taking the row and forgetting it), at most `limit`.
-    pub async fn gc_interrupted(&self, limit: u32) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT digest FROM blobs WHERE state = 'deleting' ORDER BY digest LIMIT $1",
-        )
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// Is there an upload session `id`?
-    pub async fn upload_exists(&self, id: &str) -> Result<bool> {
-        let row = sqlx::query("SELECT 1 FROM uploads WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some())
+        gc_dispatch!(self, gc_delete_upload(id, cutoff))
     }
 }

@@ -114,6 +114,17 @@ fn subject_of(subject: Option<&Descriptor>) -> Result<Option<Digest>> {
         .transpose()
 }
 
+/// A media type is printable text (RFC 6838); a control character (NUL
+/// above all, which PostgreSQL text cannot hold) makes the manifest invalid.
+fn check_artifact_type(t: Option<&str>) -> Result<()> {
+    match t {
+        Some(t) if t.chars().any(char::is_control) => Err(invalid(format!(
+            "artifact type {t:?} has a control character"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn annotations_json(
     subject: &Option<Digest>,
     annotations: Option<&std::collections::HashMap<String, String>>,
@@ -144,6 +155,7 @@ fn parse_image(media_type: String, bytes: &[u8]) -> Result<ParsedManifest> {
         .as_ref()
         .map(|t| t.to_string())
         .or_else(|| Some(m.config().media_type().to_string()));
+    check_artifact_type(artifact_type.as_deref())?;
     Ok(ParsedManifest {
         annotations: annotations_json(&subject, m.annotations().as_ref()),
         media_type,
@@ -158,9 +170,11 @@ fn parse_index(media_type: String, bytes: &[u8]) -> Result<ParsedManifest> {
     let i: ImageIndex =
         serde_json::from_slice(bytes).map_err(|e| invalid(format!("invalid image index: {e}")))?;
     let subject = subject_of(i.subject().as_ref())?;
+    let artifact_type = i.artifact_type().as_ref().map(|t| t.to_string());
+    check_artifact_type(artifact_type.as_deref())?;
     Ok(ParsedManifest {
         annotations: annotations_json(&subject, i.annotations().as_ref()),
-        artifact_type: i.artifact_type().as_ref().map(|t| t.to_string()),
+        artifact_type,
         media_type,
         subject,
         blobs: Vec::new(),

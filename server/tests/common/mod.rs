@@ -6,6 +6,12 @@
 //! `Docker-Distribution-API-Version` header, so each test also checks that
 //! rule for every request it makes.
 //!
+//! The catalog is SQLite in the data directory, or, when the environment
+//! names a PostgreSQL server in `WHARF_TEST_POSTGRES_URL`
+//! (`postgres://postgres@127.0.0.1:PORT/postgres`, as `scripts/test` starts
+//! one), a database of its own per server, created for it and dropped after
+//! ([`TestDb`]).
+//!
 //! Scale-out runs (scripts/test runs `distribution_spec` again with them):
 //! - `WHARF_TEST_S3_ENDPOINT=http://127.0.0.1:PORT`: blobs on that
 //!   S3-compatible server (moto in scripts/test), a fresh bucket per server;
@@ -245,6 +251,95 @@ pub fn with_query(url: &str, key: &str, value: &str) -> String {
     format!("{url}{sep}{key}={value}")
 }
 
+// ---- the catalog database --------------------------------------------------------
+
+/// The variable naming the PostgreSQL server the tests use instead of SQLite.
+pub const POSTGRES_URL_VAR: &str = "WHARF_TEST_POSTGRES_URL";
+
+/// A fresh PostgreSQL database (`wharf_test_<pid>_<n>_<nanos>`), dropped
+/// (with its connections) when this is dropped. Its default collation is
+/// ICU en-US when the server has ICU, so the catalog's byte-order rules are
+/// tested against a locale that does not sort by bytes.
+pub struct TestDb {
+    admin_url: String,
+    name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// A new database when `WHARF_TEST_POSTGRES_URL` is set, else `None`.
+    pub async fn create() -> Option<TestDb> {
+        use sqlx::Connection as _;
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let admin_url = std::env::var(POSTGRES_URL_VAR)
+            .ok()
+            .filter(|u| !u.is_empty())?;
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!("wharf_test_{}_{n}_{nanos}", std::process::id());
+        let mut conn = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {POSTGRES_URL_VAR}: {e}"));
+        let icu = format!(
+            "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' \
+             LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+        );
+        if sqlx::raw_sql(sqlx::AssertSqlSafe(icu))
+            .execute(&mut conn)
+            .await
+            .is_err()
+        {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        }
+        let _ = conn.close().await;
+        let base = admin_url.split('?').next().unwrap_or(&admin_url);
+        let (server, _) = base.rsplit_once('/').expect("a database in the URL");
+        let url = format!("{server}/{name}");
+        Some(TestDb {
+            admin_url,
+            name,
+            url,
+        })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        use sqlx::Connection as _;
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // On a thread of its own: drop may run inside a tokio runtime.
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        });
+        let _ = done.join();
+    }
+}
+
+/// Points `settings` at a fresh PostgreSQL database when the tests run on
+/// PostgreSQL; keep the returned handle as long as the database is used.
+pub async fn use_test_catalog(settings: &mut Settings) -> Option<Arc<TestDb>> {
+    let db = TestDb::create().await?;
+    settings.catalog.url = Some(db.url.clone());
+    Some(Arc::new(db))
+}
+
 // ---- the server ------------------------------------------------------------------
 
 pub struct Server {
@@ -253,6 +348,9 @@ pub struct Server {
     client: reqwest::Client,
     settings: Settings,
     dir: Arc<TempDir>,
+    /// The PostgreSQL database of these servers, if any; dropped after the
+    /// tasks are aborted (fields drop after `Drop::drop`).
+    db: Option<Arc<TestDb>>,
     replicas: Replicas,
 }
 
@@ -402,6 +500,7 @@ impl Server {
         let dir = tempfile::tempdir().expect("temporary data directory");
         let mut settings = Settings::with_data_dir(dir.path());
         settings.storage.fsync = false;
+        let db = use_test_catalog(&mut settings).await;
         tweak(&mut settings);
         use_test_s3(&mut settings).await;
         let replicas = Replicas::launch(&settings).await;
@@ -411,6 +510,7 @@ impl Server {
             settings,
             dir: Arc::new(dir),
             replicas,
+            db,
         }
     }
 
@@ -430,6 +530,26 @@ impl Server {
     /// `WHARF_TEST_REPLICAS` asks for more on S3).
     pub fn replica_bases(&self) -> &[String] {
         &self.replicas.bases
+    }
+
+    /// A second server on the same settings — the same data directory and
+    /// catalog (SQLite file or PostgreSQL database) — as a replica would be.
+    /// (Unlike `WHARF_TEST_REPLICAS`, it does not take turns with this one:
+    /// the test says which server each request goes to.)
+    pub async fn start_sibling(&self) -> Server {
+        let (addr, task) = launch(&self.settings).await;
+        Server {
+            addr,
+            client: client(),
+            settings: self.settings.clone(),
+            dir: self.dir.clone(),
+            replicas: Replicas {
+                bases: vec![format!("http://{addr}")],
+                tasks: vec![task],
+                next: Default::default(),
+            },
+            db: self.db.clone(),
+        }
     }
 
     pub fn data_dir(&self) -> &std::path::Path {
@@ -730,6 +850,7 @@ impl Server {
         let mut settings = Settings::with_data_dir(dir.path());
         settings.storage.fsync = false;
         settings.auth.enabled = true;
+        let db = use_test_catalog(&mut settings).await;
         tweak(&mut settings);
         use_test_s3(&mut settings).await;
         std::fs::create_dir_all(&settings.data_dir).expect("create the data directory");
@@ -745,6 +866,7 @@ impl Server {
             settings,
             dir: Arc::new(dir),
             replicas,
+            db,
         };
         (srv, out)
     }
@@ -753,8 +875,9 @@ impl Server {
         &self.settings
     }
 
-    /// A second handle on the running server's catalog (SQLite, WAL), as the
-    /// admin CLI opens it beside a live server.
+    /// A second handle on the running server's catalog (SQLite in WAL mode,
+    /// or its PostgreSQL database), as the admin CLI opens it beside a live
+    /// server.
     pub async fn catalog(&self) -> wharf_server::catalog::Catalog {
         wharf_server::catalog::Catalog::open(&self.settings.catalog_url())
             .await
