@@ -1,7 +1,8 @@
 """Garbage collection with the real docker: two images sharing a base layer,
 one tag deleted through the API, `wharf-server gc --dry-run` reports and
 removes nothing, `wharf-server gc` removes exactly the layers and config only
-the deleted image had, and the other image still pulls and runs."""
+the deleted image had, and the other image still pulls and runs; with the
+catalog on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+
+import pytest
 
 GC_CONFIG = """
 [gc]
@@ -61,8 +64,25 @@ def gc(server, *flags) -> dict:
     return json.loads(out)
 
 
-def test_gc_removes_exactly_the_unshared_layers(wharf_factory, docker, images, docker_refs, tmp_path):
-    server = wharf_factory("gc", config=GC_CONFIG)
+@pytest.mark.parametrize("catalog", ["sqlite", "postgres"])
+def test_gc_removes_exactly_the_unshared_layers(
+    request, catalog, wharf_factory, docker, images, docker_refs, tmp_path
+):
+    config = GC_CONFIG
+    if catalog == "postgres":
+        postgres = request.getfixturevalue("postgres")
+        url = postgres.create_database()
+        config += f'\n[catalog]\nurl = "{url}"\n'
+
+        def catalog_sql(text: str) -> None:
+            postgres.sql(text, url)
+    else:
+
+        def catalog_sql(text: str) -> None:
+            with sqlite3.connect(server.data_dir / "catalog.db") as db:
+                db.execute(text)
+
+    server = wharf_factory("gc", config=config)
     server.start()
     api = server.api()
     base = images.ensure(images.busybox)
@@ -121,9 +141,8 @@ def test_gc_removes_exactly_the_unshared_layers(wharf_factory, docker, images, d
 
     # Another replica's collection holds the lease: a run is refused with a
     # clear message, a dry run (which takes no lease) still works.
-    with sqlite3.connect(server.data_dir / "catalog.db") as db:
-        until = int(time.time() * 1000) + 60_000
-        db.execute("UPDATE leases SET holder = 'replica-2', expires_at = ? WHERE name = 'gc'", (until,))
+    until = int(time.time() * 1000) + 60_000
+    catalog_sql(f"UPDATE leases SET holder = 'replica-2', expires_at = {until} WHERE name = 'gc'")
     busy = server.cli("gc", check=False)
     assert busy.returncode != 0
     assert "another garbage collection holds the lease (replica-2" in busy.stderr, busy.stderr
