@@ -2,8 +2,11 @@
 //! while the registry keeps serving pushes and pulls.
 //!
 //! Called by the server's schedule ([`spawn_schedule`]) and by
-//! `wharf-server gc`; calls the catalog (its GC queries live in
-//! `catalog/gc.rs`) and the blob store. Knows nothing of HTTP.
+//! `wharf-server gc`; calls the catalog (its GC API is `catalog/gc.rs`, the
+//! SQL `catalog/gc_queries.rs`) and the blob store. Knows nothing of HTTP.
+//! The mark phase reads the rows of every manifest (not their content),
+//! reference, tag and blob into memory: fine for hundreds of thousands of
+//! manifests, not designed for hundreds of millions.
 //!
 //! # Mark
 //! Per repository, a manifest is kept when it is
@@ -24,16 +27,19 @@
 //! # Sweep, and why it cannot race a push
 //! Every delete re-checks its conditions in the statement that deletes, so
 //! anything a push did after the mark wins. Manifests go first (an index
-//! before its children), then blobs, in three steps each: the row becomes
-//! `deleting` (and its repository links go) in one transaction that
-//! re-checks that no manifest refers to it and nothing used it since the
-//! cutoff; then the object is deleted; then the row. A push claims the
-//! digest in the catalog *before* it places bytes (`Catalog::claim_blob`):
-//! if the row is `deleting` the push waits for step three and writes the
-//! bytes again, otherwise the claim moves `used_at` and step one, which
-//! comes later, leaves the blob alone. A manifest put marks its blobs used
-//! in its own transaction and fails with MANIFEST_BLOB_UNKNOWN if one is
-//! `deleting` or gone, so no manifest ever points at a collected blob.
+//! before its children; one conditional DELETE each), then blobs, in three
+//! steps: the row becomes `deleting` (and its repository links go) in one
+//! transaction that re-checks that no manifest refers to it and nothing used
+//! it since the cutoff; then the object is deleted; then the row. A push
+//! claims the digest in the catalog *before* it places bytes
+//! (`Catalog::claim_blob`): if the row is `deleting` the push waits for step
+//! three and writes the bytes again, otherwise the claim moves `used_at` and
+//! step one, which comes later, leaves the blob alone. The push then makes
+//! the row live only if it is still the incarnation it claimed, so a push
+//! that stalled past the grace period cannot revive a row (or a new one)
+//! whose bytes were collected; it is told to retry. A manifest put marks its
+//! blobs used in its own transaction and fails with MANIFEST_BLOB_UNKNOWN if
+//! one is `deleting` or gone, so no manifest ever points at a collected blob.
 //!
 //! Objects no row knows (bytes left by a crash between the store write and
 //! the row) are removed once older than the grace period, through the same
