@@ -510,6 +510,9 @@ impl Catalog {
 }
 
 #[cfg(test)]
+pub(crate) use tests::Backends;
+
+#[cfg(test)]
 mod tests {
     //! The catalog's own rules, on SQLite always and on PostgreSQL too when
     //! `WHARF_TEST_POSTGRES_URL` names a server (as `scripts/test` does).
@@ -520,14 +523,17 @@ mod tests {
     /// A fresh catalog of each dialect available; the PostgreSQL one gets a
     /// database of its own with an ICU en-US default collation (one that
     /// does not sort by bytes), dropped by `Backends::drop_all`.
-    struct Backends {
+    /// The catalogs a test runs on: SQLite in a temporary directory, and a
+    /// fresh PostgreSQL database when `WHARF_TEST_POSTGRES_URL` is set (also
+    /// used by the garbage collector's tests).
+    pub(crate) struct Backends {
         _dir: tempfile::TempDir,
-        urls: Vec<String>,
+        pub(crate) urls: Vec<String>,
         pg: Option<(String, String)>,
     }
 
     impl Backends {
-        async fn new() -> Backends {
+        pub(crate) async fn new() -> Backends {
             let dir = tempfile::tempdir().expect("tempdir");
             let mut urls = vec![format!(
                 "sqlite://{}",
@@ -570,7 +576,7 @@ mod tests {
             }
         }
 
-        async fn drop_all(self) {
+        pub(crate) async fn drop_all(self) {
             if let Some((admin, name)) = &self.pg {
                 let mut conn = sqlx::PgConnection::connect(admin).await.expect("connect");
                 let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");

@@ -1,5 +1,6 @@
-//! The mark rules on hand-made rows, and whole runs against a real SQLite
-//! catalog in a temporary directory with an in-memory object store.
+//! The mark rules on hand-made rows, and whole runs against a real catalog
+//! (SQLite in a temporary directory, and PostgreSQL when
+//! `WHARF_TEST_POSTGRES_URL` names a server) with an in-memory object store.
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::*;
-use crate::catalog::Claim;
+use crate::catalog::{Backends, Claim};
 use crate::digest::Algorithm;
 use crate::names::{Reference, RepoName};
 use crate::registry::{ByteStream, Limits, Registry, RegistryError};
@@ -214,10 +215,9 @@ struct Fixture {
     registry: Registry,
 }
 
-async fn fixture() -> Fixture {
+async fn fixture(url: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
-    let catalog = Catalog::open(&url).await.unwrap();
+    let catalog = Catalog::open(url).await.unwrap();
     let store = BlobStore::in_memory();
     let registry = Registry::new(catalog.clone(), store.clone(), Limits::default());
     Fixture {
@@ -323,293 +323,325 @@ async fn tick() {
 
 #[tokio::test]
 async fn deleting_a_tag_frees_exactly_the_unshared_blobs() {
-    let f = fixture().await;
-    f.push_image("app", Some("a"), b"config-a", &[b"base", b"only-a"])
-        .await;
-    f.push_image("app", Some("b"), b"config-b", &[b"base", b"only-b"])
-        .await;
-    tick().await;
-    let before = f.store_bytes().await;
+    let backends = Backends::new().await;
+    for url in &backends.urls {
+        let f = fixture(url).await;
+        f.push_image("app", Some("a"), b"config-a", &[b"base", b"only-a"])
+            .await;
+        f.push_image("app", Some("b"), b"config-b", &[b"base", b"only-b"])
+            .await;
+        tick().await;
+        let before = f.store_bytes().await;
 
-    // Under "keep", an untagged manifest still holds its blobs.
-    f.registry
-        .delete_manifest(&repo("app"), &Reference::Tag("a".into()))
-        .await
-        .unwrap();
-    let r = collect(&f.catalog, &f.store, &opts(UntaggedPolicy::Keep, false))
-        .await
-        .unwrap();
-    assert_eq!((r.manifests_removed, r.blobs_removed), (0, 0), "{r}");
-    assert_eq!(f.store_bytes().await, before);
+        // Under "keep", an untagged manifest still holds its blobs.
+        f.registry
+            .delete_manifest(&repo("app"), &Reference::Tag("a".into()))
+            .await
+            .unwrap();
+        let r = collect(&f.catalog, &f.store, &opts(UntaggedPolicy::Keep, false))
+            .await
+            .unwrap();
+        assert_eq!((r.manifests_removed, r.blobs_removed), (0, 0), "{r}");
+        assert_eq!(f.store_bytes().await, before);
 
-    // A dry run under "delete" reports and removes nothing.
-    let dry = collect(&f.catalog, &f.store, &opts(UntaggedPolicy::Delete, true))
-        .await
-        .unwrap();
-    assert_eq!((dry.manifests_removed, dry.blobs_removed), (1, 2), "{dry}");
-    assert_eq!(
-        dry.blob_bytes_removed,
-        (b"config-a".len() + b"only-a".len()) as u64
-    );
-    assert_eq!(f.store_bytes().await, before);
+        // A dry run under "delete" reports and removes nothing.
+        let dry = collect(&f.catalog, &f.store, &opts(UntaggedPolicy::Delete, true))
+            .await
+            .unwrap();
+        assert_eq!((dry.manifests_removed, dry.blobs_removed), (1, 2), "{dry}");
+        assert_eq!(
+            dry.blob_bytes_removed,
+            (b"config-a".len() + b"only-a".len()) as u64
+        );
+        assert_eq!(f.store_bytes().await, before);
 
-    let r = collect(&f.catalog, &f.store, &opts(UntaggedPolicy::Delete, false))
-        .await
-        .unwrap();
-    assert_eq!(
-        (r.manifests_removed, r.blobs_removed, r.blob_bytes_removed),
-        (
-            dry.manifests_removed,
-            dry.blobs_removed,
-            dry.blob_bytes_removed
-        ),
-        "{r}"
-    );
-    assert!(!f.has_object(b"config-a").await);
-    assert!(!f.has_object(b"only-a").await);
-    for kept in [&b"base"[..], b"config-b", b"only-b"] {
-        assert!(f.has_object(kept).await);
+        let r = collect(&f.catalog, &f.store, &opts(UntaggedPolicy::Delete, false))
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.manifests_removed, r.blobs_removed, r.blob_bytes_removed),
+            (
+                dry.manifests_removed,
+                dry.blobs_removed,
+                dry.blob_bytes_removed
+            ),
+            "{r}"
+        );
+        assert!(!f.has_object(b"config-a").await);
+        assert!(!f.has_object(b"only-a").await);
+        for kept in [&b"base"[..], b"config-b", b"only-b"] {
+            assert!(f.has_object(kept).await);
+        }
+        let (_, bytes) = f.catalog.stored_blobs().await.unwrap();
+        assert_eq!(bytes, f.store_bytes().await);
+        // Nothing left to do.
+        let again = collect(&f.catalog, &f.store, &opts(UntaggedPolicy::Delete, false))
+            .await
+            .unwrap();
+        assert_eq!(again.bytes_freed() + again.manifests_removed, 0, "{again}");
     }
-    let (_, bytes) = f.catalog.stored_blobs().await.unwrap();
-    assert_eq!(bytes, f.store_bytes().await);
-    // Nothing left to do.
-    let again = collect(&f.catalog, &f.store, &opts(UntaggedPolicy::Delete, false))
-        .await
-        .unwrap();
-    assert_eq!(again.bytes_freed() + again.manifests_removed, 0, "{again}");
+    backends.drop_all().await;
 }
 
 #[tokio::test]
 async fn the_grace_period_protects_young_manifests_and_blobs() {
-    let f = fixture().await;
-    f.push_image("app", None, b"cfg", &[b"layer"]).await;
-    f.push_blob("app", b"loose").await;
-    let mut o = opts(UntaggedPolicy::Delete, false);
-    o.grace = Duration::from_secs(3600);
-    let r = collect(&f.catalog, &f.store, &o).await.unwrap();
-    assert_eq!(r.manifests_removed + r.blobs_removed, 0, "{r}");
-    tick().await;
-    o.grace = Duration::ZERO;
-    let r = collect(&f.catalog, &f.store, &o).await.unwrap();
-    assert_eq!((r.manifests_removed, r.blobs_removed), (1, 3), "{r}");
+    let backends = Backends::new().await;
+    for url in &backends.urls {
+        let f = fixture(url).await;
+        f.push_image("app", None, b"cfg", &[b"layer"]).await;
+        f.push_blob("app", b"loose").await;
+        let mut o = opts(UntaggedPolicy::Delete, false);
+        o.grace = Duration::from_secs(3600);
+        let r = collect(&f.catalog, &f.store, &o).await.unwrap();
+        assert_eq!(r.manifests_removed + r.blobs_removed, 0, "{r}");
+        tick().await;
+        o.grace = Duration::ZERO;
+        let r = collect(&f.catalog, &f.store, &o).await.unwrap();
+        assert_eq!((r.manifests_removed, r.blobs_removed), (1, 3), "{r}");
+    }
+    backends.drop_all().await;
 }
 
 #[tokio::test]
 async fn a_push_waits_for_a_delete_in_progress_and_then_stores_its_bytes() {
-    let f = fixture().await;
-    let d = f.push_blob("app", b"bytes").await;
-    tick().await;
-    // Step one of a collection: the row is the collector's.
-    assert!(
-        f.catalog
-            .gc_mark_blob_deleting(d.as_str(), now_ms())
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        f.catalog.claim_blob(d.as_str(), 5).await.unwrap(),
-        Claim::Deleting
-    );
-    // Mounts and manifest puts refuse it meanwhile.
-    assert!(
-        f.catalog
-            .mount_blob("other", d.as_str())
-            .await
-            .unwrap()
-            .is_none()
-    );
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": d.as_str(), "size": 5},
-        "layers": [],
-    }))
-    .unwrap();
-    let put = f
-        .registry
-        .put_manifest(
-            &repo("app"),
-            &Reference::Tag("t".into()),
-            Some("application/vnd.oci.image.manifest.v1+json"),
-            &manifest,
-        )
-        .await;
-    assert!(
-        matches!(put, Err(RegistryError::ManifestBlobUnknown(_))),
-        "{:?}",
-        put.err()
-    );
-    // A push of the same bytes now waits until the collector is done...
-    let push = {
-        let registry = &f.registry;
-        let d = d.clone();
-        async move {
-            registry
-                .upload_monolithic(&repo("app"), &d, body(b"bytes"))
+    let backends = Backends::new().await;
+    for url in &backends.urls {
+        let f = fixture(url).await;
+        let d = f.push_blob("app", b"bytes").await;
+        tick().await;
+        // Step one of a collection: the row is the collector's.
+        assert!(
+            f.catalog
+                .gc_mark_blob_deleting(d.as_str(), now_ms())
                 .await
-        }
-    };
-    let collector = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        f.store.delete(&BlobStore::blob_key(&d)).await.unwrap();
-        f.catalog.gc_forget_blob(d.as_str()).await.unwrap();
-    };
-    let (pushed, ()) = tokio::join!(push, collector);
-    pushed.unwrap();
-    // ...and its bytes are there, behind a live row.
-    assert!(f.has_object(b"bytes").await);
-    assert_eq!(f.registry.blob_size(&repo("app"), &d).await.unwrap(), 5);
+                .unwrap()
+        );
+        assert_eq!(
+            f.catalog.claim_blob(d.as_str(), 5).await.unwrap(),
+            Claim::Deleting
+        );
+        // Mounts and manifest puts refuse it meanwhile.
+        assert!(
+            f.catalog
+                .mount_blob("other", d.as_str())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": d.as_str(), "size": 5},
+            "layers": [],
+        }))
+        .unwrap();
+        let put = f
+            .registry
+            .put_manifest(
+                &repo("app"),
+                &Reference::Tag("t".into()),
+                Some("application/vnd.oci.image.manifest.v1+json"),
+                &manifest,
+            )
+            .await;
+        assert!(
+            matches!(put, Err(RegistryError::ManifestBlobUnknown(_))),
+            "{:?}",
+            put.err()
+        );
+        // A push of the same bytes now waits until the collector is done...
+        let push = {
+            let registry = &f.registry;
+            let d = d.clone();
+            async move {
+                registry
+                    .upload_monolithic(&repo("app"), &d, body(b"bytes"))
+                    .await
+            }
+        };
+        let collector = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            f.store.delete(&BlobStore::blob_key(&d)).await.unwrap();
+            f.catalog.gc_forget_blob(d.as_str()).await.unwrap();
+        };
+        let (pushed, ()) = tokio::join!(push, collector);
+        pushed.unwrap();
+        // ...and its bytes are there, behind a live row.
+        assert!(f.has_object(b"bytes").await);
+        assert_eq!(f.registry.blob_size(&repo("app"), &d).await.unwrap(), 5);
+    }
+    backends.drop_all().await;
 }
 
 #[tokio::test]
 async fn a_claimed_digest_is_not_collected_even_as_an_orphan() {
-    let f = fixture().await;
-    // Bytes with no row (a crash between the store write and the row).
-    let d = Digest::of(Algorithm::Sha256, b"orphan");
-    let mut w = f.store.writer(BlobStore::blob_key(&d)).await;
-    w.write(Bytes::from_static(b"orphan")).await.unwrap();
-    w.finish().await.unwrap();
-    // A push claims it before the collector looks.
-    assert!(matches!(
-        f.catalog.claim_blob(d.as_str(), 6).await.unwrap(),
-        Claim::Claimed(_)
-    ));
-    let mut o = opts(UntaggedPolicy::Delete, false);
-    o.grace = Duration::from_millis(300);
-    // The pending row is young: kept; the object is known: not an orphan.
-    let r = collect(&f.catalog, &f.store, &o).await.unwrap();
-    assert_eq!(r.orphans_removed + r.blobs_removed, 0, "{r}");
-    assert!(f.has_object(b"orphan").await);
+    let backends = Backends::new().await;
+    for url in &backends.urls {
+        let f = fixture(url).await;
+        // Bytes with no row (a crash between the store write and the row).
+        let d = Digest::of(Algorithm::Sha256, b"orphan");
+        let mut w = f.store.writer(BlobStore::blob_key(&d)).await;
+        w.write(Bytes::from_static(b"orphan")).await.unwrap();
+        w.finish().await.unwrap();
+        // A push claims it before the collector looks.
+        assert!(matches!(
+            f.catalog.claim_blob(d.as_str(), 6).await.unwrap(),
+            Claim::Claimed(_)
+        ));
+        let mut o = opts(UntaggedPolicy::Delete, false);
+        o.grace = Duration::from_millis(300);
+        // The pending row is young: kept; the object is known: not an orphan.
+        let r = collect(&f.catalog, &f.store, &o).await.unwrap();
+        assert_eq!(r.orphans_removed + r.blobs_removed, 0, "{r}");
+        assert!(f.has_object(b"orphan").await);
 
-    // Without the claim it is an orphan, removed once past the grace.
-    let d2 = Digest::of(Algorithm::Sha256, b"orphan2");
-    let mut w = f.store.writer(BlobStore::blob_key(&d2)).await;
-    w.write(Bytes::from_static(b"orphan2")).await.unwrap();
-    w.finish().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let r = collect(&f.catalog, &f.store, &o).await.unwrap();
-    // The claimed digest's row is past the grace by now too: its (pending)
-    // row and bytes go as an ordinary blob, the other as an orphan.
-    assert_eq!(r.blobs_removed, 1, "{r}");
-    assert_eq!((r.orphans_removed, r.orphan_bytes_removed), (1, 7), "{r}");
-    assert!(!f.has_object(b"orphan2").await);
-    // Both digests can be pushed again afterwards.
-    f.push_blob("app", b"orphan2").await;
-    f.push_blob("app", b"orphan").await;
-    assert!(f.has_object(b"orphan2").await);
-    assert!(f.has_object(b"orphan").await);
+        // Without the claim it is an orphan, removed once past the grace.
+        let d2 = Digest::of(Algorithm::Sha256, b"orphan2");
+        let mut w = f.store.writer(BlobStore::blob_key(&d2)).await;
+        w.write(Bytes::from_static(b"orphan2")).await.unwrap();
+        w.finish().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let r = collect(&f.catalog, &f.store, &o).await.unwrap();
+        // The claimed digest's row is past the grace by now too: its (pending)
+        // row and bytes go as an ordinary blob, the other as an orphan.
+        assert_eq!(r.blobs_removed, 1, "{r}");
+        assert_eq!((r.orphans_removed, r.orphan_bytes_removed), (1, 7), "{r}");
+        assert!(!f.has_object(b"orphan2").await);
+        // Both digests can be pushed again afterwards.
+        f.push_blob("app", b"orphan2").await;
+        f.push_blob("app", b"orphan").await;
+        assert!(f.has_object(b"orphan2").await);
+        assert!(f.has_object(b"orphan").await);
+    }
+    backends.drop_all().await;
 }
 
 #[tokio::test]
 async fn stale_upload_sessions_go_with_their_bytes() {
-    let f = fixture().await;
-    let s = f.registry.start_upload(&repo("app")).await.unwrap();
-    f.registry
-        .upload_chunk(&repo("app"), &s.id, Some(0), None, body(b"half a blob"))
-        .await
-        .unwrap();
-    let mut o = opts(UntaggedPolicy::Keep, false);
-    o.upload_max_age = Duration::from_secs(3600);
-    let r = collect(&f.catalog, &f.store, &o).await.unwrap();
-    assert_eq!(r.uploads_removed, 0, "{r}");
-    tick().await;
-    o.upload_max_age = Duration::ZERO;
-    let r = collect(&f.catalog, &f.store, &o).await.unwrap();
-    assert_eq!((r.uploads_removed, r.upload_bytes_removed), (1, 11), "{r}");
-    assert!(f.catalog.upload(&s.id).await.unwrap().is_none());
-    let mut left = f.store.list("uploads");
-    assert!(left.next().await.is_none(), "upload objects left behind");
+    let backends = Backends::new().await;
+    for url in &backends.urls {
+        let f = fixture(url).await;
+        let s = f.registry.start_upload(&repo("app")).await.unwrap();
+        f.registry
+            .upload_chunk(&repo("app"), &s.id, Some(0), None, body(b"half a blob"))
+            .await
+            .unwrap();
+        let mut o = opts(UntaggedPolicy::Keep, false);
+        o.upload_max_age = Duration::from_secs(3600);
+        let r = collect(&f.catalog, &f.store, &o).await.unwrap();
+        assert_eq!(r.uploads_removed, 0, "{r}");
+        tick().await;
+        o.upload_max_age = Duration::ZERO;
+        let r = collect(&f.catalog, &f.store, &o).await.unwrap();
+        assert_eq!((r.uploads_removed, r.upload_bytes_removed), (1, 11), "{r}");
+        assert!(f.catalog.upload(&s.id).await.unwrap().is_none());
+        let mut left = f.store.list("uploads");
+        assert!(left.next().await.is_none(), "upload objects left behind");
+    }
+    backends.drop_all().await;
 }
 
 #[tokio::test]
 async fn one_collector_at_a_time_through_the_lease() {
-    let f = fixture().await;
-    let far = now_ms() + 60_000;
-    assert!(f.catalog.take_lease("gc", "replica-a", far).await.unwrap());
-    assert!(!f.catalog.take_lease("gc", "replica-b", far).await.unwrap());
-    let err = collect(&f.catalog, &f.store, &opts(UntaggedPolicy::Keep, false))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, GcError::Busy { ref holder, .. } if holder == "replica-a"),
-        "{err}"
-    );
-    // A dry run needs no lease.
-    collect(&f.catalog, &f.store, &opts(UntaggedPolicy::Keep, true))
-        .await
-        .unwrap();
-    // Renewal by the holder works; an expired lease can be taken over.
-    assert!(
-        f.catalog
-            .take_lease("gc", "replica-a", now_ms() - 1)
+    let backends = Backends::new().await;
+    for url in &backends.urls {
+        let f = fixture(url).await;
+        let far = now_ms() + 60_000;
+        assert!(f.catalog.take_lease("gc", "replica-a", far).await.unwrap());
+        assert!(!f.catalog.take_lease("gc", "replica-b", far).await.unwrap());
+        let err = collect(&f.catalog, &f.store, &opts(UntaggedPolicy::Keep, false))
             .await
-            .unwrap()
-    );
-    assert!(f.catalog.take_lease("gc", "replica-b", far).await.unwrap());
-    f.catalog.release_lease("gc", "replica-b").await.unwrap();
-    collect(&f.catalog, &f.store, &opts(UntaggedPolicy::Keep, false))
-        .await
-        .unwrap();
+            .unwrap_err();
+        assert!(
+            matches!(err, GcError::Busy { ref holder, .. } if holder == "replica-a"),
+            "{err}"
+        );
+        // A dry run needs no lease.
+        collect(&f.catalog, &f.store, &opts(UntaggedPolicy::Keep, true))
+            .await
+            .unwrap();
+        // Renewal by the holder works; an expired lease can be taken over.
+        assert!(
+            f.catalog
+                .take_lease("gc", "replica-a", now_ms() - 1)
+                .await
+                .unwrap()
+        );
+        assert!(f.catalog.take_lease("gc", "replica-b", far).await.unwrap());
+        f.catalog.release_lease("gc", "replica-b").await.unwrap();
+        collect(&f.catalog, &f.store, &opts(UntaggedPolicy::Keep, false))
+            .await
+            .unwrap();
+    }
+    backends.drop_all().await;
 }
 
 #[tokio::test]
 async fn a_claim_that_outlived_the_grace_period_cannot_make_a_row_live() {
-    let f = fixture().await;
-    let d = Digest::of(Algorithm::Sha256, b"slow");
-    let d = d.as_str();
-    let Claim::Claimed(first) = f.catalog.claim_blob(d, 4).await.unwrap() else {
-        panic!("not claimed")
-    };
-    tick().await;
-    // The collector takes the row: the claim is older than its cutoff. The
-    // bytes the slow push placed are deleted with it.
-    assert!(f.catalog.gc_mark_blob_deleting(d, now_ms()).await.unwrap());
-    f.catalog.gc_forget_blob(d).await.unwrap();
-    // The slow push's link comes too late: nothing is made live, not even
-    // after another push claimed the digest anew.
-    assert!(!f.catalog.link_blob("app", d, &first).await.unwrap());
-    assert!(f.catalog.blob_size(d).await.unwrap().is_none());
-    let Claim::Claimed(second) = f.catalog.claim_blob(d, 4).await.unwrap() else {
-        panic!("not claimed")
-    };
-    assert_ne!(first, second);
-    assert!(!f.catalog.link_blob("app", d, &first).await.unwrap());
-    assert!(f.catalog.blob_size(d).await.unwrap().is_none());
-    assert!(f.catalog.link_blob("app", d, &second).await.unwrap());
-    assert_eq!(f.catalog.blob_size(d).await.unwrap(), Some(4));
+    let backends = Backends::new().await;
+    for url in &backends.urls {
+        let f = fixture(url).await;
+        let d = Digest::of(Algorithm::Sha256, b"slow");
+        let d = d.as_str();
+        let Claim::Claimed(first) = f.catalog.claim_blob(d, 4).await.unwrap() else {
+            panic!("not claimed")
+        };
+        tick().await;
+        // The collector takes the row: the claim is older than its cutoff. The
+        // bytes the slow push placed are deleted with it.
+        assert!(f.catalog.gc_mark_blob_deleting(d, now_ms()).await.unwrap());
+        f.catalog.gc_forget_blob(d).await.unwrap();
+        // The slow push's link comes too late: nothing is made live, not even
+        // after another push claimed the digest anew.
+        assert!(!f.catalog.link_blob("app", d, &first).await.unwrap());
+        assert!(f.catalog.blob_size(d).await.unwrap().is_none());
+        let Claim::Claimed(second) = f.catalog.claim_blob(d, 4).await.unwrap() else {
+            panic!("not claimed")
+        };
+        assert_ne!(first, second);
+        assert!(!f.catalog.link_blob("app", d, &first).await.unwrap());
+        assert!(f.catalog.blob_size(d).await.unwrap().is_none());
+        assert!(f.catalog.link_blob("app", d, &second).await.unwrap());
+        assert_eq!(f.catalog.blob_size(d).await.unwrap(), Some(4));
+    }
+    backends.drop_all().await;
 }
 
 #[tokio::test]
 async fn deletions_a_dead_collection_left_are_finished_by_recover() {
-    let f = fixture().await;
-    let d = f.push_blob("app", b"stuck").await;
-    tick().await;
-    // A collection took the row and died before deleting the object.
-    assert!(
-        f.catalog
-            .gc_mark_blob_deleting(d.as_str(), now_ms())
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        f.catalog.claim_blob(d.as_str(), 5).await.unwrap(),
-        Claim::Deleting
-    );
-    // While another collection runs, recover leaves it to that one.
-    assert!(
-        f.catalog
-            .take_lease("gc", "other", now_ms() + 60_000)
-            .await
-            .unwrap()
-    );
-    assert_eq!(recover(&f.catalog, &f.store).await.unwrap(), 0);
-    f.catalog.release_lease("gc", "other").await.unwrap();
-    assert_eq!(recover(&f.catalog, &f.store).await.unwrap(), 1);
-    assert!(!f.has_object(b"stuck").await);
-    assert!(matches!(
-        f.catalog.claim_blob(d.as_str(), 5).await.unwrap(),
-        Claim::Claimed(_)
-    ));
-    assert_eq!(recover(&f.catalog, &f.store).await.unwrap(), 0);
+    let backends = Backends::new().await;
+    for url in &backends.urls {
+        let f = fixture(url).await;
+        let d = f.push_blob("app", b"stuck").await;
+        tick().await;
+        // A collection took the row and died before deleting the object.
+        assert!(
+            f.catalog
+                .gc_mark_blob_deleting(d.as_str(), now_ms())
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            f.catalog.claim_blob(d.as_str(), 5).await.unwrap(),
+            Claim::Deleting
+        );
+        // While another collection runs, recover leaves it to that one.
+        assert!(
+            f.catalog
+                .take_lease("gc", "other", now_ms() + 60_000)
+                .await
+                .unwrap()
+        );
+        assert_eq!(recover(&f.catalog, &f.store).await.unwrap(), 0);
+        f.catalog.release_lease("gc", "other").await.unwrap();
+        assert_eq!(recover(&f.catalog, &f.store).await.unwrap(), 1);
+        assert!(!f.has_object(b"stuck").await);
+        assert!(matches!(
+            f.catalog.claim_blob(d.as_str(), 5).await.unwrap(),
+            Claim::Claimed(_)
+        ));
+        assert_eq!(recover(&f.catalog, &f.store).await.unwrap(), 0);
+    }
+    backends.drop_all().await;
 }
