@@ -35,6 +35,7 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
+    pub gc: GcSettings,
     /// `[[webhooks]]`: where events are sent (see `events`). File only: an
     /// array of tables has no `WHARF_*` form.
     pub webhooks: Vec<WebhookSettings>,
@@ -182,6 +183,40 @@ fn default_webhook_retries() -> u32 {
 
 fn default_webhook_backoff() -> u64 {
     1000
+}
+
+/// `[gc]`: the online garbage collector (see `crate::gc`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcSettings {
+    /// Seconds between scheduled runs in the server; 0 turns the schedule
+    /// off (`wharf-server gc` still works).
+    pub interval_secs: u64,
+    /// Manifests and blobs used (pushed, mounted, referenced) more recently
+    /// than this are never collected.
+    pub grace_secs: u64,
+    /// What happens to manifests no tag reaches: `keep` or `delete`.
+    pub untagged: UntaggedPolicy,
+    /// Upload sessions untouched for this long are removed.
+    pub upload_max_age_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UntaggedPolicy {
+    Keep,
+    Delete,
+}
+
+impl Default for GcSettings {
+    fn default() -> Self {
+        GcSettings {
+            interval_secs: 24 * 3600,
+            grace_secs: 3600,
+            untagged: UntaggedPolicy::Keep,
+            upload_max_age_secs: 24 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -338,6 +373,7 @@ impl Default for Settings {
             tls: TlsSettings::default(),
             log: LogSettings::default(),
             metrics: MetricsSettings::default(),
+            gc: GcSettings::default(),
             webhooks: Vec::new(),
         }
     }
@@ -415,6 +451,10 @@ const KEYS: &[&str] = &[
     "log.format",
     "log.access",
     "metrics.catalog_refresh_secs",
+    "gc.interval_secs",
+    "gc.grace_secs",
+    "gc.untagged",
+    "gc.upload_max_age_secs",
 ];
 
 impl Settings {
@@ -508,6 +548,16 @@ impl Settings {
                 .unwrap_or_else(|| self.data_dir.join("token-key.pem")),
             max_failures: a.max_failed_logins,
             failure_window_secs: a.failed_login_window_secs,
+        }
+    }
+
+    pub fn gc_options(&self) -> crate::gc::GcOptions {
+        use std::time::Duration;
+        crate::gc::GcOptions {
+            grace: Duration::from_secs(self.gc.grace_secs),
+            untagged: self.gc.untagged,
+            upload_max_age: Duration::from_secs(self.gc.upload_max_age_secs),
+            dry_run: false,
         }
     }
 

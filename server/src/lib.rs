@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod config;
 pub mod digest;
 pub mod events;
+pub mod gc;
 pub mod metrics;
 pub mod names;
 pub mod registry;
@@ -176,13 +177,31 @@ pub async fn serve(settings: &Settings) -> Result<(), StartError> {
         catalog = %catalog::redact_url(&settings.catalog_url()),
         "wharf-server is serving the registry"
     );
-    serve_on_with(
+    let gc = (settings.gc.interval_secs > 0).then(|| {
+        let metrics = state.metrics.clone();
+        let hook: gc::ReportHook = std::sync::Arc::new(move |run| match run {
+            Ok(report) => metrics.gc_run(report.bytes_freed()),
+            Err(_) => metrics.gc_failed(),
+        });
+        gc::spawn_schedule(
+            state.registry.catalog().clone(),
+            state.registry.store().clone(),
+            settings.gc_options(),
+            std::time::Duration::from_secs(settings.gc.interval_secs),
+            Some(hook),
+        )
+    });
+    let served = serve_on_with(
         listener,
         app(state),
         tls.map(|t| t.config),
         shutdown_signal(),
     )
-    .await
+    .await;
+    if let Some(gc) = gc {
+        gc.abort();
+    }
+    served
 }
 
 async fn shutdown_signal() {

@@ -52,6 +52,17 @@ enum Command {
     /// Manage robot accounts (credentials for machines).
     #[command(subcommand)]
     Robot(RobotCommand),
+    /// Collect garbage now: untagged manifests (by [gc] untagged policy),
+    /// unreferenced blobs, stale uploads and stray store objects, while the
+    /// registry keeps serving. Settings come from [gc] in the config.
+    Gc {
+        /// Report what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -257,9 +268,22 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         wharf_server::serve(&settings).await?;
         return Ok(());
     }
+    if let Command::Gc { dry_run, json } = command {
+        let catalog = open_catalog(&settings).await?;
+        let store = wharf_server::store::BlobStore::open(&settings).await?;
+        let mut opts = settings.gc_options();
+        opts.dry_run = dry_run;
+        let report = wharf_server::gc::collect(&catalog, &store, &opts).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{report}");
+        }
+        return Ok(());
+    }
     let catalog = open_catalog(&settings).await?;
     match command {
-        Command::Serve(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Gc { .. } => unreachable!("handled above"),
         Command::User(UserCommand::Add { name, admin, .. }) => {
             admin::add_user(&catalog, &name, &read_password()?, admin).await?;
             println!("created user {name}{}", if admin { " (admin)" } else { "" });

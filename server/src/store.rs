@@ -702,3 +702,31 @@ pub fn install_tls_provider() {
 pub fn default_local_root(data_dir: &FsPath) -> PathBuf {
     data_dir.join("blobs")
 }
+
+/// An object found by [`BlobStore::list`].
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub key: Path,
+    pub size: u64,
+    pub last_modified: std::time::SystemTime,
+}
+
+impl BlobStore {
+    /// Every object under `prefix` (`blobs/` or `uploads/`), as a stream:
+    /// the garbage collector compares them with the catalog's rows.
+    pub fn list(&self, prefix: &str) -> BoxStream<'static, Result<ObjectInfo>> {
+        let prefix = Path::from(prefix);
+        let inner = self.inner.clone();
+        futures::stream::once(async move { inner.list(Some(&prefix)) })
+            .flatten()
+            .map(|meta| {
+                let meta = meta.map_err(map_err)?;
+                Ok(ObjectInfo {
+                    key: meta.location,
+                    size: meta.size,
+                    last_modified: meta.last_modified.into(),
+                })
+            })
+            .boxed()
+    }
+}

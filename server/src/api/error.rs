@@ -93,6 +93,7 @@ impl From<RegistryError> for ApiError {
             E::ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
             E::ManifestTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID"),
             E::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            E::BlobBusy(_) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             E::Catalog(_) | E::Store(_) => {
                 tracing::error!(error = %e, "internal error");
                 return ApiError::new(
@@ -108,6 +109,11 @@ impl From<RegistryError> for ApiError {
                 err = err.with_detail(json!({ "digest": d }))
             }
             E::NameInvalid(n) | E::NameUnknown(n) => err = err.with_detail(json!({ "name": n })),
+            E::BlobBusy(d) => {
+                err = err
+                    .with_detail(json!({ "digest": d }))
+                    .with_header(header::RETRY_AFTER, "1")
+            }
             // The handler adds Location, which needs the repository name.
             E::UploadOutOfOrder { size, .. } => {
                 err = err.with_header(header::RANGE, &super::upload_range(size))

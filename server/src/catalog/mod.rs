@@ -157,6 +157,9 @@ enum Db {
 
 /// Calls the function of `queries.rs` of the catalog's dialect with the
 /// dialect's handle first: `dispatch!(self, blob_size(digest))`.
+mod gc;
+pub use gc::{Claim, GcBlob, GcManifest, GcReference, GcUpload, LeaseHolder};
+
 macro_rules! dispatch {
     ($self:ident, $f:ident($($arg:expr),* $(,)?)) => {
         match &$self.db {
@@ -268,10 +271,26 @@ impl Catalog {
         dispatch!(self, blob_size(digest))
     }
 
-    /// Records that the blob is stored (its bytes must already be in place)
-    /// and that `repository` may serve it.
-    pub async fn link_blob(&self, repository: &str, digest: &str, size: u64) -> Result<()> {
-        dispatch!(self, link_blob(repository, digest, size))
+    /// Records that the blob is stored (its bytes must already be in place,
+    /// placed after a [`Catalog::claim_blob`] that returned `incarnation`)
+    /// and that `repository` may serve it. False when that claim is no more
+    /// (the garbage collector took the row because the claim outlived its
+    /// grace period, and may have deleted the bytes): nothing was written.
+    pub async fn link_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        incarnation: &str,
+    ) -> Result<bool> {
+        dispatch!(self, link_blob(repository, digest, incarnation))
+    }
+
+    /// Cross-repository mount of a blob that is already stored: links it
+    /// into `repository` only if its row is live (not pending, not being
+    /// collected), in the same transaction that marks it used. Returns its
+    /// size, or `None` when there is nothing to mount.
+    pub async fn mount_blob(&self, repository: &str, digest: &str) -> Result<Option<u64>> {
+        dispatch!(self, mount_blob(repository, digest))
     }
 
     pub async fn repositories_with_blob(&self, digest: &str) -> Result<Vec<String>> {
@@ -314,12 +333,20 @@ impl Catalog {
 
     /// Stores a manifest and, when `tag` is given, points the tag at it, in
     /// one transaction.
+    ///
+    /// In the same transaction every blob it names is marked used (it must
+    /// be live: not being collected) and every child manifest too (it must
+    /// still be in the repository), so the garbage collector, whose deletes
+    /// re-check `used_at`, can never remove what this manifest points at.
+    /// Returns `Some(digest)` of a blob or child that is gone (nothing is
+    /// written then): the caller answers MANIFEST_BLOB_UNKNOWN and the client
+    /// uploads it again.
     pub async fn put_manifest(
         &self,
         repository: &str,
         m: &NewManifest<'_>,
         tag: Option<&str>,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         dispatch!(self, put_manifest(repository, m, tag))
     }
 
@@ -411,9 +438,9 @@ impl Catalog {
         id: &str,
         repository: &str,
         digest: &str,
-        size: u64,
-    ) -> Result<()> {
-        dispatch!(self, finish_upload(id, repository, digest, size))
+        incarnation: &str,
+    ) -> Result<bool> {
+        dispatch!(self, finish_upload(id, repository, digest, incarnation))
     }
 }
 
@@ -489,6 +516,9 @@ impl Catalog {
 }
 
 #[cfg(test)]
+pub(crate) use tests::Backends;
+
+#[cfg(test)]
 mod tests {
     //! The catalog's own rules, on SQLite always and on PostgreSQL too when
     //! `WHARF_TEST_POSTGRES_URL` names a server (as `scripts/test` does).
@@ -499,14 +529,17 @@ mod tests {
     /// A fresh catalog of each dialect available; the PostgreSQL one gets a
     /// database of its own with an ICU en-US default collation (one that
     /// does not sort by bytes), dropped by `Backends::drop_all`.
-    struct Backends {
+    /// The catalogs a test runs on: SQLite in a temporary directory, and a
+    /// fresh PostgreSQL database when `WHARF_TEST_POSTGRES_URL` is set (also
+    /// used by the garbage collector's tests).
+    pub(crate) struct Backends {
         _dir: tempfile::TempDir,
-        urls: Vec<String>,
+        pub(crate) urls: Vec<String>,
         pg: Option<(String, String)>,
     }
 
     impl Backends {
-        async fn new() -> Backends {
+        pub(crate) async fn new() -> Backends {
             let dir = tempfile::tempdir().expect("tempdir");
             let mut urls = vec![format!(
                 "sqlite://{}",
@@ -549,7 +582,7 @@ mod tests {
             }
         }
 
-        async fn drop_all(self) {
+        pub(crate) async fn drop_all(self) {
             if let Some((admin, name)) = &self.pg {
                 let mut conn = sqlx::PgConnection::connect(admin).await.expect("connect");
                 let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
@@ -665,6 +698,15 @@ mod tests {
         }
     }
 
+    /// Claims the digest, then links it, as a push does once its bytes are
+    /// placed (see `Catalog::claim_blob`).
+    async fn link(cat: &Catalog, repository: &str, digest: &str, size: u64) -> Result<bool> {
+        match cat.claim_blob(digest, size).await? {
+            Claim::Claimed(incarnation) => cat.link_blob(repository, digest, &incarnation).await,
+            Claim::Deleting => Ok(false),
+        }
+    }
+
     fn digest(n: u32) -> String {
         format!("sha256:{n:064x}")
     }
@@ -678,7 +720,7 @@ mod tests {
             // collation would ignore the punctuation.
             let repos = ["a-c", "a.b", "a/a", "a0", "ab"];
             for r in repos.iter().rev() {
-                cat.link_blob(r, &digest(1), 1).await.expect("link");
+                assert!(link(&cat, r, &digest(1), 1).await.expect("link"));
             }
             assert_eq!(cat.repositories("", 100).await.unwrap(), repos, "{url}");
             assert_eq!(cat.repositories("a.b", 2).await.unwrap(), ["a/a", "a0"]);
@@ -729,14 +771,14 @@ mod tests {
                 let cat = if i % 2 == 0 { a.clone() } else { b.clone() };
                 tasks.push(tokio::spawn(async move {
                     let repo = format!("team/app{}", i % 3);
-                    cat.link_blob(&repo, &digest(7), 70).await?;
+                    assert!(link(&cat, &repo, &digest(7), 70).await?);
                     let blobs = [digest(7)];
                     cat.put_manifest(&repo, &manifest(&digest(8), &blobs), Some("latest"))
                         .await?;
                     let m = digest(100 + i);
                     cat.put_manifest("team/shared", &manifest(&m, &blobs), None)
                         .await?;
-                    cat.link_blob("team/shared", &digest(7), 70).await?;
+                    assert!(link(&cat, "team/shared", &digest(7), 70).await?);
                     cat.put_manifest("team/shared", &manifest(&m, &blobs), Some("moving"))
                         .await?;
                     Ok::<_, CatalogError>(())
@@ -780,12 +822,14 @@ mod tests {
             assert_eq!((u.size, u.parts.len()), (50, 5), "{url}");
 
             let d9 = digest(9);
+            let Claim::Claimed(incarnation) = a.claim_blob(&d9, 50).await.unwrap() else {
+                panic!("{url}: not claimed")
+            };
             let (x, y) = tokio::join!(
-                a.finish_upload("u1", "team/app0", &d9, 50),
-                b.finish_upload("u1", "team/app0", &d9, 50)
+                a.finish_upload("u1", "team/app0", &d9, &incarnation),
+                b.finish_upload("u1", "team/app0", &d9, &incarnation)
             );
-            x.unwrap();
-            y.unwrap();
+            assert!(x.unwrap() && y.unwrap(), "{url}: a finish was refused");
             assert!(a.upload("u1").await.unwrap().is_none());
             assert_eq!(
                 a.repository_blob_size("team/app0", &digest(9))

@@ -117,35 +117,67 @@ pub async fn repository_blob_size(
 }
 
 pub async fn blob_size(db: &Handle, digest: &str) -> Result<Option<u64>> {
-    let size: Option<i64> = sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1")
-        .bind(digest)
-        .fetch_optional(&db.pool)
-        .await?;
+    let size: Option<i64> =
+        sqlx::query_scalar("SELECT size FROM blobs WHERE digest = $1 AND state = 'live'")
+            .bind(digest)
+            .fetch_optional(&db.pool)
+            .await?;
     Ok(size.map(|s| s as u64))
 }
 
-pub async fn link_blob(db: &Handle, repository: &str, digest: &str, size: u64) -> Result<()> {
+/// Makes a claimed row live (see `Catalog::link_blob`); false, with nothing
+/// written, when the claim `incarnation` is no more.
+pub async fn link_blob(
+    db: &Handle,
+    repository: &str,
+    digest: &str,
+    incarnation: &str,
+) -> Result<bool> {
     retry(|| async move {
         let mut tx = db.write_tx().await?;
-        link_blob_tx(&mut tx, repository, digest, size).await?;
+        if !link_blob_tx(&mut tx, repository, digest, incarnation).await? {
+            return Ok(false);
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     })
     .await
 }
 
-async fn link_blob_tx(conn: &mut Conn, repository: &str, digest: &str, size: u64) -> Result<()> {
-    let repo_id = ensure_repository(conn, repository).await?;
+async fn link_blob_tx(
+    conn: &mut Conn,
+    repository: &str,
+    digest: &str,
+    incarnation: &str,
+) -> Result<bool> {
     let now = now_ms();
-    sqlx::query(
-        "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3)
-         ON CONFLICT (digest) DO NOTHING",
+    // The claimed row becomes (or stays) live unless GC took it; a row is
+    // never made here, so one that GC removed (with its bytes) is not
+    // brought back without them. `used_at` keeps it out of GC's reach for a
+    // grace period (see gc.rs).
+    let done = sqlx::query(
+        "UPDATE blobs SET used_at = $1, state = 'live'
+          WHERE digest = $2 AND incarnation = $3 AND state <> 'deleting'",
     )
-    .bind(digest)
-    .bind(size as i64)
     .bind(now)
+    .bind(digest)
+    .bind(incarnation)
     .execute(&mut *conn)
     .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let repo_id = ensure_repository(conn, repository).await?;
+    insert_repository_blob(conn, repo_id, digest, now).await?;
+    Ok(true)
+}
+
+async fn insert_repository_blob(
+    conn: &mut Conn,
+    repo_id: i64,
+    digest: &str,
+    now: i64,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3)
          ON CONFLICT DO NOTHING",
@@ -156,6 +188,29 @@ async fn link_blob_tx(conn: &mut Conn, repository: &str, digest: &str, size: u64
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Cross-repository mount of a live blob (see `Catalog::mount_blob`).
+pub async fn mount_blob(db: &Handle, repository: &str, digest: &str) -> Result<Option<u64>> {
+    retry(|| async move {
+        let mut tx = db.write_tx().await?;
+        let now = now_ms();
+        let size: Option<i64> = sqlx::query_scalar(
+            "UPDATE blobs SET used_at = $1 WHERE digest = $2 AND state = 'live' RETURNING size",
+        )
+        .bind(now)
+        .bind(digest)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(size) = size else {
+            return Ok(None);
+        };
+        let repo_id = ensure_repository(&mut tx, repository).await?;
+        insert_repository_blob(&mut tx, repo_id, digest, now).await?;
+        tx.commit().await?;
+        Ok(Some(size as u64))
+    })
+    .await
 }
 
 pub async fn repositories_with_blob(db: &Handle, digest: &str) -> Result<Vec<String>> {
@@ -199,16 +254,46 @@ pub async fn put_manifest(
     repository: &str,
     m: &NewManifest<'_>,
     tag: Option<&str>,
-) -> Result<()> {
+) -> Result<Option<String>> {
     retry(|| async move {
         let mut tx = db.write_tx().await?;
         let repo_id = ensure_repository(&mut tx, repository).await?;
         let now = now_ms();
+        // Every blob it names must be live, and is marked used; every child
+        // manifest must still be there, and is marked used: in this
+        // transaction, so GC's deletes (which re-check `used_at`) cannot
+        // remove them under it. In one order, so two puts naming the same
+        // blobs lock their rows in the same order.
+        let blobs: std::collections::BTreeSet<&String> = m.blobs.iter().collect();
+        for blob in blobs {
+            let done =
+                sqlx::query("UPDATE blobs SET used_at = $1 WHERE digest = $2 AND state = 'live'")
+                    .bind(now)
+                    .bind(blob)
+                    .execute(&mut *tx)
+                    .await?;
+            if done.rows_affected() == 0 {
+                return Ok(Some(blob.clone()));
+            }
+        }
+        for child in m.manifests {
+            let done = sqlx::query(
+                "UPDATE manifests SET used_at = $1 WHERE repository_id = $2 AND digest = $3",
+            )
+            .bind(now)
+            .bind(repo_id)
+            .bind(child)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Ok(Some(child.clone()));
+            }
+        }
         sqlx::query(
             "INSERT INTO manifests
-               (repository_id, digest, media_type, artifact_type, subject, annotations, size, content, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (repository_id, digest) DO NOTHING",
+               (repository_id, digest, media_type, artifact_type, subject, annotations, size, content, created_at, used_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+             ON CONFLICT (repository_id, digest) DO UPDATE SET used_at = excluded.used_at",
         )
         .bind(repo_id)
         .bind(m.digest)
@@ -252,7 +337,7 @@ pub async fn put_manifest(
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(None)
     })
     .await
 }
@@ -489,17 +574,19 @@ pub async fn finish_upload(
     id: &str,
     repository: &str,
     digest: &str,
-    size: u64,
-) -> Result<()> {
+    incarnation: &str,
+) -> Result<bool> {
     retry(|| async move {
         let mut tx = db.write_tx().await?;
-        link_blob_tx(&mut tx, repository, digest, size).await?;
+        if !link_blob_tx(&mut tx, repository, digest, incarnation).await? {
+            return Ok(false);
+        }
         sqlx::query("DELETE FROM uploads WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     })
     .await
 }

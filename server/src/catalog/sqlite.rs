@@ -24,6 +24,11 @@ pub const PG: bool = false;
 #[path = "queries.rs"]
 pub mod queries;
 
+// The garbage collector's queries, likewise (see `catalog/gc.rs`).
+#[allow(clippy::duplicate_mod)]
+#[path = "gc_queries.rs"]
+pub mod gc_queries;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 #[derive(Clone, Debug)]

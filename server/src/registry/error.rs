@@ -34,6 +34,10 @@ pub enum RegistryError {
     ManifestTooLarge { limit: u64 },
     #[error("{0}")]
     Unsupported(String),
+    /// The garbage collector is deleting this digest's bytes and did not
+    /// finish in time; the client should push it again shortly.
+    #[error("blob {0} is being garbage-collected; retry the upload")]
+    BlobBusy(String),
     #[error("reading the request body failed: {0}")]
     BodyRead(std::io::Error),
     #[error(transparent)]

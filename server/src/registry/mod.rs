@@ -15,6 +15,18 @@
 //! match. Upload sessions follow the same order: a chunk's bytes are written
 //! whole, and durable, before the catalog row that appends it to the session.
 //!
+//! # Garbage collection
+//! The collector (`crate::gc`) runs while pushes and pulls go on, so a push
+//! takes a claim on the digest in the catalog (`Catalog::claim_blob`) before
+//! it places bytes under `blobs/<digest>` (a rename, or nothing when the
+//! bytes are already there), and the row that makes them live moves the
+//! blob's `used_at`. The collector deletes a blob's row (marks it
+//! `deleting`, in a statement that re-checks `used_at` and references)
+//! before it deletes the object, so either it saw the claim and keeps the
+//! blob, or the claim waits until the object is gone and the push places
+//! the bytes again. A manifest put marks each blob it names used, in its
+//! own transaction, and fails with MANIFEST_BLOB_UNKNOWN if one is gone.
+//!
 //! On the local filesystem a session's chunks share one file (see
 //! `BlobStore::session_writer`); a catalog part then names a range of it, and
 //! completing the session links that file under the blob's key instead of
@@ -62,6 +74,10 @@ use crate::store::{BlobStore, ObjectRead, ObjectWriter};
 
 /// A request or response body as the service sees it.
 pub type ByteStream = BoxStream<'static, Result<Bytes, io::Error>>;
+
+/// How long a push waits for the garbage collector to finish deleting an
+/// object of the digest it is placing before it gives up with a retry answer.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Upper bound on one page of tags, repositories or referrers.
 pub const MAX_PAGE: u32 = 100_000;
@@ -235,6 +251,10 @@ impl Registry {
         Ok(())
     }
 
+    pub fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
     // ---- blobs ------------------------------------------------------------
 
     /// Size of a blob the repository may serve.
@@ -329,11 +349,49 @@ impl Registry {
             }
             None => self.catalog.blob_size(digest.as_str()).await?,
         };
-        let Some(size) = size else { return Ok(None) };
-        self.catalog
-            .link_blob(repo.as_str(), digest.as_str(), size)
-            .await?;
-        Ok(Some(size))
+        if size.is_none() {
+            return Ok(None);
+        }
+        // Linked only if the blob is still live at that moment (the garbage
+        // collector may have taken it since): otherwise a normal upload.
+        Ok(self
+            .catalog
+            .mount_blob(repo.as_str(), digest.as_str())
+            .await?)
+    }
+
+    /// Reserves `digest` in the catalog before its bytes are placed under
+    /// `blobs/` (see "Garbage collection" above). Waits while the collector
+    /// is deleting the digest's old object, which takes one store delete.
+    /// Returns the incarnation of the claimed row, for `link_blob`.
+    async fn claim_blob(&self, digest: &Digest, size: u64) -> Result<String> {
+        use crate::catalog::Claim;
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        loop {
+            match self.catalog.claim_blob(digest.as_str(), size).await? {
+                Claim::Claimed(incarnation) => return Ok(incarnation),
+                Claim::Deleting if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Claim::Deleting => return Err(RegistryError::BlobBusy(digest.to_string())),
+            }
+        }
+    }
+
+    /// Makes placed bytes visible: the row becomes live and `repo` may serve
+    /// them.
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest, incarnation: &str) -> Result<()> {
+        if self
+            .catalog
+            .link_blob(repo.as_str(), digest.as_str(), incarnation)
+            .await?
+        {
+            Ok(())
+        } else {
+            // The claim outlived the collector's grace period (a push that
+            // stalled for longer than it) and the digest is being deleted.
+            Err(RegistryError::BlobBusy(digest.to_string()))
+        }
     }
 
     /// Repositories that may serve a blob (at most 1000).
@@ -369,6 +427,13 @@ impl Registry {
             self.store.delete(&staging).await?;
             return Err(digest_mismatch(digest));
         }
+        let incarnation = match self.claim_blob(digest, size).await {
+            Ok(i) => i,
+            Err(e) => {
+                self.store.delete(&staging).await?;
+                return Err(e);
+            }
+        };
         let key = BlobStore::blob_key(digest);
         if self.store.size(&key).await? == Some(size) {
             self.store.delete(&staging).await?;
@@ -376,9 +441,7 @@ impl Registry {
             self.store.rename(&staging, &key).await?;
         }
         // The bytes are in place under their digest: now the row.
-        self.catalog
-            .link_blob(repo.as_str(), digest.as_str(), size)
-            .await?;
+        self.link_blob(repo, digest, &incarnation).await?;
         Ok(size)
     }
 
@@ -400,10 +463,17 @@ impl Registry {
             writer.abort().await;
             return Err(digest_mismatch(digest));
         }
+        // Claimed before the write completes, which is when the object
+        // appears under `blobs/`.
+        let incarnation = match self.claim_blob(digest, writer.written()).await {
+            Ok(i) => i,
+            Err(e) => {
+                writer.abort().await;
+                return Err(e);
+            }
+        };
         let size = writer.finish().await?;
-        self.catalog
-            .link_blob(repo.as_str(), digest.as_str(), size)
-            .await?;
+        self.link_blob(repo, digest, &incarnation).await?;
         Ok(size)
     }
 
@@ -614,7 +684,9 @@ impl Registry {
             Some(h) if h.algorithm() == digest.algorithm() => Some(h.finish()),
             _ => None,
         };
-        if self.store.is_local() {
+        // The digest is claimed in the catalog before the bytes are placed
+        // under `blobs/` (see "Garbage collection" above).
+        let incarnation = if self.store.is_local() {
             let computed = match known {
                 Some(d) => d,
                 None => self.rehash(id, &upload, digest.algorithm()).await?,
@@ -623,17 +695,27 @@ impl Registry {
                 self.discard_upload(id).await?;
                 return Err(digest_mismatch(digest));
             }
+            let incarnation = self.claim_blob(digest, upload.size).await?;
             self.commit_local(&upload, digest).await?;
-        } else if let Err(e) = self.commit_object(id, &upload, digest, known).await {
-            if matches!(e, RegistryError::DigestInvalid(_)) {
-                self.discard_upload(id).await?;
+            incarnation
+        } else {
+            let incarnation = self.claim_blob(digest, upload.size).await?;
+            if let Err(e) = self.commit_object(id, &upload, digest, known).await {
+                if matches!(e, RegistryError::DigestInvalid(_)) {
+                    self.discard_upload(id).await?;
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+            incarnation
+        };
         // Bytes verified and in place: now the row, and the session ends.
-        self.catalog
-            .finish_upload(id, repo.as_str(), digest.as_str(), upload.size)
-            .await?;
+        if !self
+            .catalog
+            .finish_upload(id, repo.as_str(), digest.as_str(), &incarnation)
+            .await?
+        {
+            return Err(RegistryError::BlobBusy(digest.to_string()));
+        }
         self.remove_upload_objects(id).await;
         Ok(upload.size)
     }
@@ -901,7 +983,10 @@ impl Registry {
             Reference::Tag(t) => Some(t.as_str()),
             Reference::Digest(_) => None,
         };
-        self.catalog.put_manifest(repo.as_str(), &new, tag).await?;
+        if let Some(gone) = self.catalog.put_manifest(repo.as_str(), &new, tag).await? {
+            // Collected between the check above and the transaction.
+            return Err(RegistryError::ManifestBlobUnknown(gone));
+        }
         Ok(PutManifest {
             digest,
             subject: parsed.subject,
