@@ -631,9 +631,10 @@ mod tests {
 
     #[test]
     fn s3_example_parses_and_secrets_stay_out_of_debug() {
-        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/server-s3.toml");
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/server-scaled.toml");
         let s = Settings::load(Some(&example), Vec::new(), &[]).unwrap();
         assert_eq!(s.storage.backend, StorageBackend::S3);
+        assert!(s.catalog_url().starts_with("postgres://"));
         assert_eq!(s.storage.bucket.as_deref(), Some("wharf"));
         assert!(!s.storage.virtual_hosted_style);
         let env = vec![
