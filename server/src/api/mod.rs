@@ -140,6 +140,9 @@ struct Req {
     body: Body,
 }
 
+/// Bodies up to this many bytes are read before the registry sees them.
+const READ_AHEAD: usize = 64 * 1024;
+
 impl Req {
     fn param(&self, key: &str) -> Option<&str> {
         self.query
@@ -161,7 +164,26 @@ impl Req {
             .transpose()
     }
 
-    fn into_stream(self) -> ByteStream {
+    /// The body as a stream. A small body (a declared length of at most
+    /// [`READ_AHEAD`]) is read whole first: when the registry then refuses
+    /// the request before reading it (a chunk at the wrong offset, an
+    /// unknown session), the bytes are not left unread in the socket, where
+    /// closing the connection would send a TCP reset that can reach the
+    /// client before the error response does.
+    async fn into_stream(self) -> ByteStream {
+        let small = self
+            .content_length()
+            .ok()
+            .flatten()
+            .is_some_and(|n| n <= READ_AHEAD as u64);
+        if small {
+            let read = axum::body::to_bytes(self.body, READ_AHEAD)
+                .await
+                .map_err(std::io::Error::other);
+            return Box::pin(futures::stream::iter(
+                read.map(|b| (!b.is_empty()).then_some(b)).transpose(),
+            ));
+        }
         Box::pin(self.body.into_data_stream().map_err(std::io::Error::other))
     }
 }
@@ -759,7 +781,7 @@ async fn start_upload(
         // Not mountable: fall back to a new upload session (202).
     } else if let Some(d) = req.param("digest") {
         let digest = registry::parse_digest(d)?;
-        reg.upload_monolithic(repo, &digest, req.into_stream())
+        reg.upload_monolithic(repo, &digest, req.into_stream().await)
             .await?;
         return Ok(blob_created(repo, digest.as_str()));
     }
@@ -815,7 +837,7 @@ fn chunk_bounds(req: &Req) -> Result<(Option<u64>, Option<u64>), ApiError> {
 async fn patch_upload(reg: &Registry, repo: &RepoName, id: &str, req: Req) -> ApiResult {
     let (start, len) = chunk_bounds(&req)?;
     let status = reg
-        .upload_chunk(repo, id, start, len, req.into_stream())
+        .upload_chunk(repo, id, start, len, req.into_stream().await)
         .await?;
     Ok(upload_accepted(repo, &status, StatusCode::ACCEPTED))
 }
@@ -828,7 +850,7 @@ async fn put_upload(reg: &Registry, repo: &RepoName, id: &str, req: Req) -> ApiR
         })
         .and_then(|d| registry::parse_digest(d).map_err(ApiError::from))?;
     let (start, len) = chunk_bounds(&req)?;
-    reg.complete_upload(repo, id, &digest, start, len, req.into_stream())
+    reg.complete_upload(repo, id, &digest, start, len, req.into_stream().await)
         .await?;
     Ok(blob_created(repo, digest.as_str()))
 }
