@@ -165,3 +165,18 @@ stop_moto() {
   wait "$MOTO_PID" 2>/dev/null || true
   MOTO_PID=""
 }
+
+# Installs Azurite (Microsoft's Azure Storage emulator, from npm, run by
+# tests/e2e/test_azure.py) under $WHARF_TOOLS_DIR (default
+# /opt/wharf-test-tools) unless it is there; exports WHARF_AZURITE_BIN.
+ensure_azurite() {
+  local dir=${WHARF_TOOLS_DIR:-/opt/wharf-test-tools}/azurite
+  if [[ ! -x $dir/node_modules/.bin/azurite-blob ]]; then
+    command -v npm >/dev/null || ensure_installed "nodejs npm" "" ""
+    step "installing Azurite (npm) into $dir"
+    mkdir -p "$dir"
+    quietly npm-azurite npm install --prefix "$dir" --no-audit --no-fund --loglevel=error azurite@3
+  fi
+  export WHARF_AZURITE_BIN=$dir/node_modules/.bin/azurite-blob
+  [[ -x $WHARF_AZURITE_BIN ]] || die "azurite-blob missing after npm install"
+}

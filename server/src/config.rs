@@ -284,17 +284,19 @@ impl std::fmt::Debug for CatalogSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
-    /// `filesystem` (the default), `s3` (any S3-compatible store), or
-    /// `memory` (tests; nothing persists).
+    /// `filesystem` (the default), `s3` (any S3-compatible store), `gcs`,
+    /// `azure` (`bucket` names the container), or `memory` (tests; nothing
+    /// persists).
     pub backend: StorageBackend,
     /// Root of the filesystem backend; defaults to `<data_dir>/blobs`.
     pub path: Option<PathBuf>,
     /// fsync blobs before they become visible (survives power loss).
     pub fsync: bool,
-    /// S3: the bucket (must exist). Also `AWS_BUCKET`.
+    /// S3, GCS: the bucket; Azure: the container (must exist). Also
+    /// `AWS_BUCKET` / `GOOGLE_BUCKET` / `AZURE_CONTAINER_NAME`.
     pub bucket: Option<String>,
     /// S3: the endpoint URL, e.g. `http://minio.lan:9000`; AWS itself when
-    /// unset. Also `AWS_ENDPOINT_URL` / `AWS_ENDPOINT`.
+    /// unset. GCS: the API's base URL; Azure: the account's blob endpoint. Also `AWS_ENDPOINT_URL` / `AWS_ENDPOINT`.
     pub endpoint: Option<String>,
     /// S3: the region (`us-east-1` when unset). Also `AWS_REGION` /
     /// `AWS_DEFAULT_REGION`.
@@ -349,6 +351,10 @@ impl Secret {
 pub enum StorageBackend {
     Filesystem,
     S3,
+    /// Google Cloud Storage (`GOOGLE_*` environment for credentials).
+    Gcs,
+    /// Azure Blob Storage (`AZURE_*` environment; `bucket` is the container).
+    Azure,
     Memory,
 }
 
@@ -505,9 +511,13 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.storage;
-        if s.backend == StorageBackend::S3 && s.part_size_mib < 5 {
+        let multipart = matches!(
+            s.backend,
+            StorageBackend::S3 | StorageBackend::Gcs | StorageBackend::Azure
+        );
+        if multipart && s.part_size_mib < 5 {
             return Err(ConfigError::Invalid(format!(
-                "storage.part_size_mib = {} is below S3's minimum part size of 5 MiB",
+                "storage.part_size_mib = {} is below the minimum part size of 5 MiB (S3, GCS)",
                 s.part_size_mib
             )));
         }
