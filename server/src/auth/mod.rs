@@ -240,10 +240,17 @@ impl Auth {
         }
         match admin_password.filter(|p| !p.is_empty()) {
             Some(pw) => {
-                self.catalog
+                // Replicas starting together on one new catalog race here; the
+                // insert is ON CONFLICT DO NOTHING, so one makes the user.
+                if self
+                    .catalog
                     .create_user("admin", &hash_password(pw)?, true, false)
-                    .await?;
-                tracing::info!("created the first admin user \"admin\" from WHARF_ADMIN_PASSWORD");
+                    .await?
+                {
+                    tracing::info!(
+                        "created the first admin user \"admin\" from WHARF_ADMIN_PASSWORD"
+                    );
+                }
                 Ok(())
             }
             None => Err(AuthError::NoAdmin),
