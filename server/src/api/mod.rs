@@ -45,6 +45,8 @@ type ApiResult = Result<Response, ApiError>;
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Arc<Registry>,
+    /// The web catalog's service (`/api/v1` and the HTML UI).
+    pub browse: crate::browse::Browse,
     /// None when auth is off: every request is allowed.
     pub auth: Option<Arc<crate::auth::Auth>>,
     /// Webhooks; `Events::disabled()` when none is configured.

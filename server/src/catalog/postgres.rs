@@ -29,6 +29,11 @@ pub mod queries;
 #[path = "gc_queries.rs"]
 pub mod gc_queries;
 
+// The web catalog's queries, likewise (see `catalog/browse.rs`).
+#[allow(clippy::duplicate_mod)]
+#[path = "browse_queries.rs"]
+pub mod browse_queries;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 /// How long the first connection may take before the start fails.
