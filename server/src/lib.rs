@@ -25,6 +25,7 @@ pub mod names;
 pub mod registry;
 pub mod store;
 pub mod tls;
+pub mod web;
 
 use std::sync::Arc;
 

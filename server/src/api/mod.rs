@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", axum::routing::get(observe::metrics))
         .route("/healthz", axum::routing::get(observe::healthz))
         .route("/readyz", axum::routing::get(observe::readyz))
+        .merge(crate::web::router())
         .fallback(|| async { ApiError::unsupported_route() })
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -18,7 +18,8 @@ use axum::http::{HeaderMap, HeaderValue, header};
 
 use super::WebError;
 use crate::api::AppState;
-use crate::auth::{Permissions, Principal};
+use crate::auth::Principal;
+use crate::browse::Viewer;
 
 pub const SESSION_COOKIE: &str = "wharf_session";
 pub const CSRF_COOKIE: &str = "wharf_csrf";
@@ -35,8 +36,8 @@ pub struct Ctx {
     pub auth_on: bool,
     /// The signed-in user, if any.
     pub user: Option<String>,
-    /// What the viewer may do; `None` when auth is off (everything).
-    pub perms: Option<Permissions>,
+    /// What the viewer may see and do (everything when auth is off).
+    pub viewer: Viewer,
     /// The CSRF token forms carry.
     pub csrf: String,
     /// Whether the request came over TLS (cookies get `Secure`).
@@ -45,6 +46,8 @@ pub struct Ctx {
     pub host: String,
     /// `Set-Cookie` values every response of this request must carry.
     pub set_cookies: Vec<HeaderValue>,
+    /// The client's address (the failed-login limiter counts by it).
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// The value of cookie `name`, if the header is sane and has it.
@@ -119,11 +122,12 @@ impl Ctx {
             return Ok(Ctx {
                 auth_on: false,
                 user: None,
-                perms: None,
+                viewer: Viewer::all(),
                 csrf,
                 secure,
                 host,
                 set_cookies,
+                client: None,
             });
         };
         if let Some(token) = cookie(headers, SESSION_COOKIE).filter(|t| !t.is_empty()) {
@@ -135,12 +139,13 @@ impl Ctx {
                         .map_err(WebError::internal)?;
                     return Ok(Ctx {
                         auth_on: true,
+                        viewer: Viewer::new(Some(claims.sub.clone()), perms),
                         user: Some(claims.sub),
-                        perms: Some(perms),
                         csrf: claims.csrf,
                         secure,
                         host,
                         set_cookies,
+                        client: None,
                     });
                 }
                 Err(crate::auth::AuthError::Catalog(e)) => return Err(WebError::internal(e)),
@@ -158,11 +163,12 @@ impl Ctx {
         Ok(Ctx {
             auth_on: true,
             user: None,
-            perms: Some(perms),
+            viewer: Viewer::new(None, perms),
             csrf,
             secure,
             host,
             set_cookies,
+            client: None,
         })
     }
 
