@@ -445,7 +445,11 @@ pub struct SessionClaims {
 impl Auth {
     /// A session token for the web UI, valid `ttl_secs`, with a fresh CSRF
     /// token of its own.
-    pub fn issue_session(&self, user: &UserRecord, ttl_secs: u64) -> Result<(String, SessionClaims)> {
+    pub fn issue_session(
+        &self,
+        user: &UserRecord,
+        ttl_secs: u64,
+    ) -> Result<(String, SessionClaims)> {
         let now = now_secs();
         let claims = SessionClaims {
             iss: self.config.issuer.clone(),

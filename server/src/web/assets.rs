@@ -59,7 +59,10 @@ pub async fn serve(Path((version, name)): Path<(String, String)>) -> Response {
     match found {
         Some(a) if version == *VERSION => (
             [
-                (header::CONTENT_TYPE, HeaderValue::from_static(a.content_type)),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(a.content_type),
+                ),
                 (
                     header::CACHE_CONTROL,
                     HeaderValue::from_static("public, max-age=31536000, immutable"),
@@ -86,7 +89,10 @@ pub async fn serve(Path((version, name)): Path<(String, String)>) -> Response {
 pub async fn favicon() -> Response {
     (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("image/svg+xml")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("image/svg+xml"),
+            ),
             (
                 header::CACHE_CONTROL,
                 HeaderValue::from_static("public, max-age=86400"),

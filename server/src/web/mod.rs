@@ -98,10 +98,7 @@ impl WebError {
                 "The server could not show this page. The error is in its log.".to_owned(),
             ),
         };
-        let mut resp = html(
-            status,
-            pages::error(ctx, status.as_u16(), title, &message),
-        );
+        let mut resp = html(status, pages::error(ctx, status.as_u16(), title, &message));
         if let WebError::TooManyRequests(after) = self
             && let Ok(v) = HeaderValue::from_str(&after.to_string())
         {
@@ -383,7 +380,11 @@ fn sign_in_disabled() -> WebError {
 }
 
 /// `GET /login`.
-async fn login_form(State(state): State<AppState>, Page(ctx): Page, RawQuery(q): RawQuery) -> Response {
+async fn login_form(
+    State(state): State<AppState>,
+    Page(ctx): Page,
+    RawQuery(q): RawQuery,
+) -> Response {
     let result = async {
         if state.auth.is_none() {
             return Err(sign_in_disabled());
@@ -401,11 +402,7 @@ async fn login_form(State(state): State<AppState>, Page(ctx): Page, RawQuery(q):
 
 /// `POST /login`: checks the password (rate-limited like `/token`), then
 /// sets the session cookie and goes on to `next`.
-async fn login(
-    State(state): State<AppState>,
-    Page(ctx): Page,
-    body: Body,
-) -> Response {
+async fn login(State(state): State<AppState>, Page(ctx): Page, body: Body) -> Response {
     let result = async {
         let Some(auth) = &state.auth else {
             return Err(sign_in_disabled());
@@ -415,11 +412,19 @@ async fn login(
         let next = safe_next(param(&form, "next"));
         let username = param(&form, "username").unwrap_or("").trim();
         let password = param(&form, "password").unwrap_or("");
-        if username.is_empty() || password.is_empty() || username.len() > 255 || password.len() > 1024
+        if username.is_empty()
+            || password.is_empty()
+            || username.len() > 255
+            || password.len() > 1024
         {
             return Ok(html(
                 StatusCode::BAD_REQUEST,
-                pages::login(&ctx, username, &next, Some("Enter a username and a password.")),
+                pages::login(
+                    &ctx,
+                    username,
+                    &next,
+                    Some("Enter a username and a password."),
+                ),
             ));
         }
         match auth.login(username, password, ctx.client).await {
@@ -476,7 +481,10 @@ mod tests {
 
     #[test]
     fn repo_paths() {
-        assert!(matches!(parse_repo_path("team/app"), Some(RepoPath::Repo("team/app"))));
+        assert!(matches!(
+            parse_repo_path("team/app"),
+            Some(RepoPath::Repo("team/app"))
+        ));
         assert!(matches!(
             parse_repo_path("team/app/-/manifest/latest"),
             Some(RepoPath::Manifest("team/app", "latest"))

@@ -140,6 +140,10 @@ use crate::browse::{
     TagSummary,
 };
 
+fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 { one } else { many }
+}
+
 fn sort_name(sort: Sort) -> &'static str {
     match sort {
         Sort::Name => "name",
@@ -226,10 +230,10 @@ pub fn repositories(ctx: &Ctx, q: &RepoQuery, page: &Page<RepoSummary>, stats: &
         html! {
             h1 { "Repositories" }
             p.stats #stats {
-                b { (stats.repositories) } " repositories · "
-                b { (stats.tags) } " tags · "
-                b { (stats.manifests) } " manifests · "
-                b { (stats.blobs) } " blobs · "
+                b { (stats.repositories) } (plural(stats.repositories, " repository", " repositories")) " · "
+                b { (stats.tags) } (plural(stats.tags, " tag", " tags")) " · "
+                b { (stats.manifests) } (plural(stats.manifests, " manifest", " manifests")) " · "
+                b { (stats.blobs) } (plural(stats.blobs, " blob", " blobs")) " · "
                 b { (format::size(stats.bytes_stored)) } " stored"
             }
             (search_form("/", q, "Search repositories"))
@@ -243,7 +247,7 @@ pub fn repositories(ctx: &Ctx, q: &RepoQuery, page: &Page<RepoSummary>, stats: &
                     @else { "No repositories yet. Push one with docker push." }
                 }
             } @else {
-                div.table-wrap.card style="padding:0" {
+                div.table-wrap.card.flush {
                     table #repositories {
                         thead { tr {
                             th { a href=(listing_url("/", q, Sort::Name, 0)) { "Name" } }
@@ -291,7 +295,7 @@ pub fn repository(
             @if let Some(t) = deleted {
                 div.notice role="status" { "Tag " b { (t) } " was deleted." }
             }
-            p.muted { (repo.tag_count) " tags · last push " (time_ago(repo.pushed_at)) }
+            p.muted { (repo.tag_count) (plural(repo.tag_count, " tag", " tags")) " · last push " (time_ago(repo.pushed_at)) }
             @if let Some(t) = shown {
                 div.card {
                     (commands(ctx, &repo.name, &format!(":{}", t.name)))
@@ -302,7 +306,7 @@ pub fn repository(
             @if tags.items.is_empty() {
                 div.card.empty { "No tags." }
             } @else {
-                div.table-wrap.card style="padding:0" {
+                div.table-wrap.card.flush {
                     table #tags {
                         thead { tr {
                             th { "Tag" }
@@ -390,7 +394,7 @@ fn config_section(c: &ImageConfigView) -> Markup {
         }
         @if !c.history.is_empty() {
             h2 { "History" }
-            div.table-wrap.card style="padding:0" {
+            div.table-wrap.card.flush {
                 table #history {
                     thead { tr { th { "Step" } th { "Command" } th.num.hide-narrow { "Created" } } }
                     tbody {
@@ -419,7 +423,10 @@ fn shell_words(words: &[String]) -> String {
     words
         .iter()
         .map(|w| {
-            if !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b)) {
+            if !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b))
+            {
                 w.clone()
             } else {
                 format!("\"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""))
@@ -468,7 +475,7 @@ pub fn manifest(
             div.card { (commands(ctx, repo, &suffix)) }
             @if !m.platforms.is_empty() {
                 h2 { "Platforms" }
-                div.table-wrap.card style="padding:0" {
+                div.table-wrap.card.flush {
                     table #platforms {
                         thead { tr { th { "Platform" } th { "Digest" } th.num { "Manifest size" } } }
                         tbody {
@@ -485,14 +492,14 @@ pub fn manifest(
             }
             @if !m.layers.is_empty() || m.config_blob.is_some() {
                 h2 { "Layers" }
-                div.table-wrap.card style="padding:0" {
+                div.table-wrap.card.flush {
                     table #layers {
                         thead { tr { th { "#" } th { "Digest" } th.hide-narrow { "Media type" } th.num { "Size" } } }
                         tbody {
                             @for (i, l) in m.layers.iter().enumerate() {
                                 tr.layer data-digest=(l.digest) {
                                     td.num { (i + 1) }
-                                    td { code.digest style="word-break:break-all" { (l.digest) } }
+                                    td { code.digest { (l.digest) } }
                                     td.hide-narrow { code { (l.media_type) } }
                                     td.num { (format::size(l.size)) }
                                 }
@@ -514,7 +521,7 @@ pub fn manifest(
             @if referrers.is_empty() {
                 div.card.empty #referrers { "No signatures, SBOMs or attestations refer to this manifest." }
             } @else {
-                div.table-wrap.card style="padding:0" {
+                div.table-wrap.card.flush {
                     table #referrers {
                         thead { tr { th { "Artifact type" } th { "Digest" } th.num { "Size" } th.num { "Pushed" } } }
                         tbody {

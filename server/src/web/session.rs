@@ -79,8 +79,7 @@ pub fn set_cookie(name: &str, value: &str, max_age: Option<u64>, secure: bool) -
 
 fn sane_csrf(v: &str) -> bool {
     v.len() == CSRF_LEN
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
@@ -114,7 +113,11 @@ impl Ctx {
     /// Reads the cookies of a request: a valid session signs the user in;
     /// a missing, expired, forged or revoked one leaves an anonymous viewer
     /// (and the stale cookie is cleared).
-    pub async fn load(state: &AppState, headers: &HeaderMap, secure: bool) -> Result<Ctx, WebError> {
+    pub async fn load(
+        state: &AppState,
+        headers: &HeaderMap,
+        secure: bool,
+    ) -> Result<Ctx, WebError> {
         let host = host_of(headers);
         let mut set_cookies = Vec::new();
         let Some(auth) = &state.auth else {
@@ -201,7 +204,10 @@ mod tests {
     #[test]
     fn cookies_are_found_and_bounded() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; wharf_session=xyz; b=2"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; wharf_session=xyz; b=2"),
+        );
         assert_eq!(cookie(&h, "wharf_session"), Some("xyz"));
         assert_eq!(cookie(&h, "b"), Some("2"));
         assert_eq!(cookie(&h, "c"), None);
@@ -218,7 +224,10 @@ mod tests {
             "n=v; Path=/; HttpOnly; SameSite=Strict; Max-Age=10; Secure"
         );
         let v = set_cookie("n", "v", None, false);
-        assert_eq!(v.to_str().unwrap(), "n=v; Path=/; HttpOnly; SameSite=Strict");
+        assert_eq!(
+            v.to_str().unwrap(),
+            "n=v; Path=/; HttpOnly; SameSite=Strict"
+        );
     }
 
     #[test]
