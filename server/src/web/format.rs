@@ -56,7 +56,7 @@ pub fn relative(then_ms: i64, now_ms: i64) -> String {
     }
     let (n, unit) = match secs {
         s if s < 90 => (1, "minute"),
-        s if s < 45 * 60 => (s.div_ceil(60).max(2).min(44), "minute"),
+        s if s < 45 * 60 => (s.div_ceil(60).clamp(2, 44), "minute"),
         s if s < 90 * 60 => (1, "hour"),
         s if s < 22 * 3600 => ((s + 1800) / 3600, "hour"),
         s if s < 36 * 3600 => (1, "day"),
