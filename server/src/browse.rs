@@ -422,6 +422,21 @@ impl Browse {
         Ok(name)
     }
 
+    /// What to answer when something in a visible repository is missing:
+    /// `err`, or "repository not found" when the repository itself is.
+    async fn missing(&self, name: &RepoName, err: BrowseError) -> BrowseError {
+        match self
+            .registry
+            .catalog()
+            .browse_repository(name.as_str())
+            .await
+        {
+            Ok(Some(_)) => err,
+            Ok(None) => not_found(format!("repository {name}")),
+            Err(e) => e.into(),
+        }
+    }
+
     /// A page of the repositories the viewer may pull.
     pub async fn repositories(&self, viewer: &Viewer, q: &RepoQuery) -> Result<Page<RepoSummary>> {
         let p = paging(q)?;
@@ -513,7 +528,10 @@ impl Browse {
         let name = self.visible(viewer, repo)?;
         let catalog = self.registry.catalog();
         let unknown = || not_found(format!("manifest {reference} in {repo}"));
-        let row = match parse_reference(reference).ok_or_else(unknown)? {
+        let Some(parsed) = parse_reference(reference) else {
+            return Err(self.missing(&name, unknown()).await);
+        };
+        let row = match parsed {
             Reference::Digest(d) => {
                 catalog
                     .browse_manifest_by_digest(name.as_str(), d.as_str())
@@ -521,7 +539,9 @@ impl Browse {
             }
             Reference::Tag(t) => catalog.browse_manifest_by_tag(name.as_str(), &t).await?,
         };
-        let row = row.ok_or_else(unknown)?;
+        let Some(row) = row else {
+            return Err(self.missing(&name, unknown()).await);
+        };
         let tags = catalog
             .browse_tags_of(name.as_str(), &row.digest, MAX_TAGS_OF_MANIFEST)
             .await?;
@@ -598,12 +618,17 @@ impl Browse {
         }
         let name = self.visible(viewer, repo)?;
         let unknown = || not_found(format!("manifest {digest} in {repo}"));
-        let d: Digest = digest.parse().map_err(|_| unknown())?;
+        let Ok(d) = digest.parse::<Digest>() else {
+            return Err(self.missing(&name, unknown()).await);
+        };
         let catalog = self.registry.catalog();
-        catalog
+        if catalog
             .browse_manifest_by_digest(name.as_str(), d.as_str())
             .await?
-            .ok_or_else(unknown)?;
+            .is_none()
+        {
+            return Err(self.missing(&name, unknown()).await);
+        }
         let rows = catalog
             .browse_referrers(name.as_str(), d.as_str(), artifact_type, MAX_REFERRERS)
             .await?;
@@ -646,7 +671,9 @@ impl Browse {
             return Err(BrowseError::Denied);
         }
         if !valid_tag(tag) {
-            return Err(not_found(format!("tag {tag} in {repo}")));
+            return Err(self
+                .missing(&name, not_found(format!("tag {tag} in {repo}")))
+                .await);
         }
         match self
             .registry
@@ -657,9 +684,9 @@ impl Browse {
                 tracing::info!(repository = %name, tag, user = viewer.subject().unwrap_or(""), "tag deleted from the web catalog");
                 Ok(())
             }
-            Err(RegistryError::ManifestUnknown(_)) => {
-                Err(not_found(format!("tag {tag} in {repo}")))
-            }
+            Err(RegistryError::ManifestUnknown(_)) => Err(self
+                .missing(&name, not_found(format!("tag {tag} in {repo}")))
+                .await),
             Err(RegistryError::Unsupported(msg)) => Err(BrowseError::Unsupported(msg)),
             Err(e) => Err(e.into()),
         }

@@ -8,9 +8,11 @@
 //! tells `events` (webhooks), which alone knows whether anyone listens.
 //! `observe.rs` is the middleware in front of every route (request id,
 //! metrics, access log); `/metrics`, `/healthz` and `/readyz` are served
-//! here too.
+//! here too. `browse.rs` is the web catalog's JSON API (`/api/v1/`), which
+//! calls the browse service (`crate::browse`) rather than the registry.
 
 pub mod auth;
+pub mod browse;
 pub mod error;
 pub mod observe;
 
@@ -72,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", axum::routing::get(observe::metrics))
         .route("/healthz", axum::routing::get(observe::healthz))
         .route("/readyz", axum::routing::get(observe::readyz))
+        .merge(browse::routes())
         .merge(crate::web::router())
         .fallback(|| async { ApiError::unsupported_route() })
         .layer(middleware::from_fn_with_state(
