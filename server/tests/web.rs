@@ -587,3 +587,52 @@ async fn signed_out_viewers_never_see_private_names() {
         .await;
     assert_eq!(r.status, 404, "{r}");
 }
+
+/// Over TLS (the TLS listener), the UI's cookies are `Secure`.
+#[tokio::test]
+async fn cookies_are_secure_over_tls() {
+    install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = wharf_server::Settings::with_data_dir(dir.path());
+    settings.storage.fsync = false;
+    settings.tls.self_signed = true;
+    let _db = use_test_catalog(&mut settings).await;
+    let tls = wharf_server::tls::server_config(&settings)
+        .expect("TLS config")
+        .expect("TLS is on");
+    let made = tls.self_signed.expect("self-signed files");
+    let state = wharf_server::build_state(&settings).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(wharf_server::serve_on_with(
+        listener,
+        wharf_server::app(state),
+        Some(tls.config),
+        std::future::pending(),
+    ));
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&made.ca_cert).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_backend_rustls()
+        .tls_certs_only([ca])
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("https://localhost:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("wharf_csrf="))
+        .expect("a CSRF cookie")
+        .to_owned();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Secure"] {
+        assert!(cookie.contains(attr), "{attr} in {cookie}");
+    }
+    task.abort();
+}
