@@ -636,3 +636,85 @@ async fn cookies_are_secure_over_tls() {
     }
     task.abort();
 }
+
+async fn manifest_size(srv: &Server, repo: &str, digest: &str) -> u64 {
+    srv.head(&format!("/v2/{repo}/manifests/{digest}"))
+        .await
+        .must_header("content-length")
+        .parse()
+        .unwrap()
+}
+
+/// An index's page lists its images (platform, link to each); a manifest's
+/// page lists the artifacts that refer to it.
+#[tokio::test]
+async fn index_platforms_and_referrers_are_shown() {
+    let srv = Server::start().await;
+    let (amd, _) = push_as(&srv, None, "team/multi", "amd", 1).await;
+    let (arm, _) = push_as(&srv, None, "team/multi", "arm", 2).await;
+    let amd_size = manifest_size(&srv, "team/multi", &amd).await;
+    let arm_size = manifest_size(&srv, "team/multi", &arm).await;
+    let index = to_bytes(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            { "mediaType": OCI_MANIFEST, "digest": amd, "size": amd_size,
+              "platform": { "os": "linux", "architecture": "amd64" } },
+            { "mediaType": OCI_MANIFEST, "digest": arm, "size": arm_size,
+              "platform": { "os": "linux", "architecture": "arm64", "variant": "v8" } },
+        ],
+    }));
+    srv.push_manifest_ok("team/multi", "latest", OCI_INDEX, &index)
+        .await;
+    // A signature-like artifact whose subject is the amd64 image.
+    let empty = b"{}".to_vec();
+    srv.push_blob("team/multi", &empty).await;
+    let artifact = to_bytes(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.signature",
+        "config": Desc::of(OCI_EMPTY, &empty).json(),
+        "layers": [Desc::of(OCI_EMPTY, &empty).json()],
+        "subject": { "mediaType": OCI_MANIFEST, "digest": amd, "size": amd_size },
+    }));
+    let sig = srv
+        .push_manifest_ok("team/multi", &sha256(&artifact), OCI_MANIFEST, &artifact)
+        .await;
+
+    let mut b = Browser::default();
+    let page = body(
+        &b.get(&srv, "/r/team/multi/-/manifest/latest")
+            .await
+            .expect(200),
+    );
+    assert!(page.contains("id=\"platforms\""), "{page}");
+    assert!(
+        page.contains("linux/amd64") && page.contains("linux/arm64/v8"),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("href=\"/r/team/multi/-/manifest/{amd}\"")),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("href=\"/r/team/multi/-/manifest/{arm}\"")),
+        "{page}"
+    );
+    let page = body(
+        &b.get(&srv, &format!("/r/team/multi/-/manifest/{amd}"))
+            .await
+            .expect(200),
+    );
+    assert!(page.contains("application/vnd.example.signature"), "{page}");
+    assert!(
+        page.contains(&format!("href=\"/r/team/multi/-/manifest/{sig}\"")),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("docker pull {}/team/multi@{amd}", srv.addr)),
+        "{page}"
+    );
+    // The repository page shows the index's platforms on its tag.
+    let page = body(&b.get(&srv, "/r/team/multi").await.expect(200));
+    assert!(page.contains("linux/arm64/v8"), "{page}");
+}
