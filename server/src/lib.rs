@@ -9,7 +9,9 @@
 //! is a leaf the api and garbage collection write to; `tls` (rustls
 //! listener, self-signed CA) serves only this file's `serve` path.
 //! `browse` (the web catalog's service) sits between `api` and the
-//! registry: `api` -> `browse` -> (`registry`, `catalog`).
+//! registry: `api` -> `browse` -> (`registry`, `catalog`). `web` (the HTML
+//! UI at `/`, merged into the api router) calls `browse` and `auth` only:
+//! `web` -> (`browse`, `auth`).
 
 pub mod admin;
 pub mod api;
