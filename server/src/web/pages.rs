@@ -396,7 +396,7 @@ fn config_section(c: &ImageConfigView) -> Markup {
             h2 { "History" }
             div.table-wrap.card.flush {
                 table #history {
-                    thead { tr { th { "Step" } th { "Command" } th.num.hide-narrow { "Created" } } }
+                    thead { tr { th.num { "Step" } th { "Command" } th.num.hide-narrow { "Created" } } }
                     tbody {
                         @for (i, h) in c.history.iter().enumerate() {
                             tr {
