@@ -442,6 +442,12 @@ async fn sign_in_sets_a_strict_signed_session_cookie() {
     }
     let page = body(&b.get(&srv, "/").await.expect(200));
     assert!(page.contains("Signed in as"), "{page}");
+    // Signed in, /login goes straight on to `next` (a path of this site).
+    let r = b
+        .get(&srv, "/login?next=%2Fr%2Fteam%2Fapp")
+        .await
+        .expect(303);
+    assert_eq!(r.header("location"), Some("/r/team/app"));
 
     // The session is no registry token, and a registry token is no session.
     let jwt = cookie_value(&session);
@@ -519,18 +525,33 @@ async fn signed_out_viewers_never_see_private_names() {
         "counts only what is visible: {page}"
     );
     // An invisible repository is answered exactly like an unknown one.
-    let hidden = anon.get(&srv, "/r/team/secret").await.expect(404);
-    let unknown = anon.get(&srv, "/r/team/nothing").await.expect(404);
-    assert_eq!(hidden.body, unknown.body);
-    let hidden = anon
-        .get(&srv, "/r/team/secret/-/manifest/v1")
-        .await
-        .expect(404);
-    let unknown = anon
-        .get(&srv, "/r/team/nothing/-/manifest/v1")
-        .await
-        .expect(404);
-    assert_eq!(hidden.body, unknown.body);
+    // (The pages differ only by the path, in the sign-in link's `next`.)
+    let hidden = body(&anon.get(&srv, "/r/team/secret").await.expect(404));
+    let unknown = body(&anon.get(&srv, "/r/team/nothing").await.expect(404));
+    assert!(
+        hidden.contains("href=\"/login?next=%2Fr%2Fteam%2Fsecret\""),
+        "{hidden}"
+    );
+    assert_eq!(
+        hidden.replace("secret", "X"),
+        unknown.replace("nothing", "X")
+    );
+    let hidden = body(
+        &anon
+            .get(&srv, "/r/team/secret/-/manifest/v1")
+            .await
+            .expect(404),
+    );
+    let unknown = body(
+        &anon
+            .get(&srv, "/r/team/nothing/-/manifest/v1")
+            .await
+            .expect(404),
+    );
+    assert_eq!(
+        hidden.replace("secret", "X"),
+        unknown.replace("nothing", "X")
+    );
     let page = body(&anon.get(&srv, "/r/pub/open").await.expect(200));
     assert!(!page.contains(">Delete<"), "{page}");
 

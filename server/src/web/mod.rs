@@ -192,6 +192,11 @@ impl FromRequestParts<AppState> for Page {
             .await
             .map_err(|e| e.page(None))?;
         ctx.client = client;
+        ctx.here = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
         Ok(Page(ctx))
     }
 }

@@ -42,7 +42,7 @@ pub fn layout(ctx: &Ctx, title: &str, content: Markup) -> Markup {
                                         button.linklike type="submit" { "Sign out" }
                                     }
                                 } @else {
-                                    a href="/login" { "Sign in" }
+                                    a href=(login_url(&ctx.here)) { "Sign in" }
                                 }
                             }
                         }
@@ -56,6 +56,18 @@ pub fn layout(ctx: &Ctx, title: &str, content: Markup) -> Markup {
             }
         }
     }
+}
+
+/// `/login?next=<here>` (back to this page after signing in; not from the
+/// sign-in page itself).
+fn login_url(here: &str) -> String {
+    if here.is_empty() || here == "/" || here.starts_with("/login") || here.len() > 1024 {
+        return "/login".to_owned();
+    }
+    format!(
+        "/login?{}",
+        serde_urlencoded::to_string([("next", here)]).unwrap_or_default()
+    )
 }
 
 /// A time as "3 hours ago" with the exact UTC time on hover; the script

@@ -48,6 +48,8 @@ pub struct Ctx {
     pub set_cookies: Vec<HeaderValue>,
     /// The client's address (the failed-login limiter counts by it).
     pub client: Option<std::net::IpAddr>,
+    /// The path and query of this page (where sign-in comes back to).
+    pub here: String,
 }
 
 /// The value of cookie `name`, if the header is sane and has it.
@@ -131,6 +133,7 @@ impl Ctx {
                 host,
                 set_cookies,
                 client: None,
+                here: String::new(),
             });
         };
         if let Some(token) = cookie(headers, SESSION_COOKIE).filter(|t| !t.is_empty()) {
@@ -149,6 +152,7 @@ impl Ctx {
                         host,
                         set_cookies,
                         client: None,
+                        here: String::new(),
                     });
                 }
                 Err(crate::auth::AuthError::Catalog(e)) => return Err(WebError::internal(e)),
@@ -172,6 +176,7 @@ impl Ctx {
             host,
             set_cookies,
             client: None,
+            here: String::new(),
         })
     }
 
