@@ -5,11 +5,13 @@
 -- takes its lock, so concurrent writers of one repository count exactly.
 ALTER TABLE repositories ADD COLUMN pushed_at BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE repositories ADD COLUMN tag_count BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE repositories ADD COLUMN manifest_count BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE manifests ADD COLUMN total_size BIGINT;
 ALTER TABLE manifests ADD COLUMN platforms TEXT COLLATE "C";
 
 UPDATE repositories SET
     tag_count = (SELECT COUNT(*) FROM tags t WHERE t.repository_id = repositories.id),
+    manifest_count = (SELECT COUNT(*) FROM manifests m WHERE m.repository_id = repositories.id),
     pushed_at = GREATEST(
         created_at,
         COALESCE((SELECT MAX(updated_at) FROM tags t WHERE t.repository_id = repositories.id), 0),
@@ -35,11 +37,16 @@ END $$;
 CREATE TRIGGER tags_counted AFTER INSERT OR UPDATE OF manifest_digest, updated_at OR DELETE ON tags
     FOR EACH ROW EXECUTE FUNCTION wharf_tags_counted();
 
-CREATE FUNCTION wharf_manifests_pushed() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION wharf_manifests_counted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE repositories SET pushed_at = GREATEST(pushed_at, NEW.created_at)
-     WHERE id = NEW.repository_id;
+    IF TG_OP = 'INSERT' THEN
+        UPDATE repositories SET manifest_count = manifest_count + 1,
+                                pushed_at = GREATEST(pushed_at, NEW.created_at)
+         WHERE id = NEW.repository_id;
+    ELSE
+        UPDATE repositories SET manifest_count = manifest_count - 1 WHERE id = OLD.repository_id;
+    END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER manifests_insert_pushed AFTER INSERT ON manifests
-    FOR EACH ROW EXECUTE FUNCTION wharf_manifests_pushed();
+CREATE TRIGGER manifests_counted AFTER INSERT OR DELETE ON manifests
+    FOR EACH ROW EXECUTE FUNCTION wharf_manifests_counted();

@@ -3,11 +3,13 @@
 -- manifests or of the blob store.
 --
 -- repositories.pushed_at: the last time a manifest or a tag was written in
--- the repository (unix ms); repositories.tag_count: its number of tags. Both
--- are kept by the triggers below on every path that writes tags (a push, a
--- tag moved, a tag or manifest deleted, garbage collection's cascades).
+-- the repository (unix ms); repositories.tag_count and manifest_count: its
+-- numbers of tags and manifests. They are kept by the triggers below on
+-- every path that writes tags or manifests (a push, a tag moved, a tag or
+-- manifest deleted, garbage collection's deletes and cascades).
 ALTER TABLE repositories ADD COLUMN pushed_at INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE repositories ADD COLUMN tag_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE repositories ADD COLUMN manifest_count INTEGER NOT NULL DEFAULT 0;
 -- manifests.total_size: compressed bytes of an image (config + layers); for
 -- an index the sum over its children; NULL when it cannot be told.
 -- manifests.platforms: JSON array of "os/arch[/variant]" (an image's from its
@@ -21,6 +23,7 @@ ALTER TABLE manifests ADD COLUMN platforms TEXT;
 -- Backfill what SQL alone can tell.
 UPDATE repositories SET
     tag_count = (SELECT COUNT(*) FROM tags t WHERE t.repository_id = repositories.id),
+    manifest_count = (SELECT COUNT(*) FROM manifests m WHERE m.repository_id = repositories.id),
     pushed_at = max(
         created_at,
         COALESCE((SELECT MAX(updated_at) FROM tags t WHERE t.repository_id = repositories.id), 0),
@@ -42,6 +45,10 @@ CREATE TRIGGER tags_delete_counted AFTER DELETE ON tags BEGIN
     UPDATE repositories SET tag_count = tag_count - 1 WHERE id = OLD.repository_id;
 END;
 CREATE TRIGGER manifests_insert_pushed AFTER INSERT ON manifests BEGIN
-    UPDATE repositories SET pushed_at = max(pushed_at, NEW.created_at)
+    UPDATE repositories SET manifest_count = manifest_count + 1,
+                            pushed_at = max(pushed_at, NEW.created_at)
      WHERE id = NEW.repository_id;
+END;
+CREATE TRIGGER manifests_delete_counted AFTER DELETE ON manifests BEGIN
+    UPDATE repositories SET manifest_count = manifest_count - 1 WHERE id = OLD.repository_id;
 END;

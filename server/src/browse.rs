@@ -114,6 +114,10 @@ impl Viewer {
             .map(|(p, _)| cb::like_pattern(p))
             .chain(perms.public.iter().map(|p| cb::like_pattern(p)))
             .collect();
+        // `*` lets them pull everything: no filter at all.
+        if patterns.iter().any(|p| p == "%") {
+            return None;
+        }
         patterns.sort();
         patterns.dedup();
         Some(serde_json::to_string(&patterns).unwrap_or_else(|_| "[]".into()))

@@ -25,6 +25,7 @@ pub mod gc;
 pub mod metrics;
 pub mod names;
 pub mod registry;
+pub mod seed;
 pub mod store;
 pub mod tls;
 pub mod web;

@@ -992,13 +992,15 @@ async fn downgrade(url: &str) {
         DROP INDEX manifests_unsummarized; \
         ALTER TABLE repositories DROP COLUMN pushed_at; \
         ALTER TABLE repositories DROP COLUMN tag_count; \
+        ALTER TABLE repositories DROP COLUMN manifest_count; \
         ALTER TABLE manifests DROP COLUMN total_size; \
         ALTER TABLE manifests DROP COLUMN platforms; \
         DELETE FROM _sqlx_migrations WHERE version = 20261128000002;";
     if url.starts_with("sqlite:") {
         let sql = format!(
             "DROP TRIGGER tags_insert_counted; DROP TRIGGER tags_update_pushed; \
-             DROP TRIGGER tags_delete_counted; DROP TRIGGER manifests_insert_pushed; {common}"
+             DROP TRIGGER tags_delete_counted; DROP TRIGGER manifests_insert_pushed; \
+             DROP TRIGGER manifests_delete_counted; {common}"
         );
         let mut conn = sqlx::SqliteConnection::connect(url).await.expect("connect");
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
@@ -1007,8 +1009,8 @@ async fn downgrade(url: &str) {
             .expect("downgrade");
     } else {
         let sql = format!(
-            "DROP TRIGGER tags_counted ON tags; DROP TRIGGER manifests_insert_pushed ON manifests; \
-             DROP FUNCTION wharf_tags_counted(); DROP FUNCTION wharf_manifests_pushed(); {common}"
+            "DROP TRIGGER tags_counted ON tags; DROP TRIGGER manifests_counted ON manifests; \
+             DROP FUNCTION wharf_tags_counted(); DROP FUNCTION wharf_manifests_counted(); {common}"
         );
         let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))

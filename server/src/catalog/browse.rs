@@ -136,7 +136,47 @@ pub fn like_substring(q: &str) -> String {
     format!("%{}%", like_escape(q))
 }
 
+/// Rows written at once by the seeding tool (`crate::seed`): a few hundred
+/// repositories with everything in them. Blob bytes must already be in the
+/// store.
+#[derive(Debug, Default)]
+pub struct SeedRows {
+    /// (name, created_at)
+    pub repositories: Vec<(String, i64)>,
+    /// (digest, size)
+    pub blobs: Vec<(String, i64)>,
+    /// (repository, digest)
+    pub repository_blobs: Vec<(String, String)>,
+    pub manifests: Vec<SeedManifest>,
+    /// (repository, manifest digest, child digest, "blob" | "manifest")
+    pub references: Vec<(String, String, String, &'static str)>,
+    /// (repository, tag, manifest digest, updated_at)
+    pub tags: Vec<(String, String, String, i64)>,
+}
+
+#[derive(Debug)]
+pub struct SeedManifest {
+    pub repository: String,
+    pub digest: String,
+    pub media_type: &'static str,
+    pub content: Vec<u8>,
+    pub total_size: Option<i64>,
+    pub platforms: String,
+    pub created_at: i64,
+}
+
 impl Catalog {
+    /// Writes a batch of seeded rows in one transaction (multi-row inserts;
+    /// existing rows are left as they are). For benchmarks and scale tests.
+    pub async fn seed(&self, rows: &SeedRows) -> Result<()> {
+        browse_dispatch!(self, seed(rows))
+    }
+
+    /// Refreshes the planner's statistics after a bulk load (PostgreSQL).
+    pub async fn analyze(&self) -> Result<()> {
+        browse_dispatch!(self, analyze())
+    }
+
     /// One page of repositories, and how many there are in all, filtered
     /// and sorted in SQL.
     pub async fn browse_repositories(&self, l: Listing<'_>) -> Result<(i64, Vec<RepoRow>)> {

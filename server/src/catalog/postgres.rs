@@ -16,6 +16,8 @@ use sqlx::{ConnectOptions, Postgres, Transaction};
 use super::{CatalogError, Result, redact_url};
 
 pub type Conn = sqlx::PgConnection;
+/// The sqlx driver (for `QueryBuilder`s).
+pub type Driver = sqlx::Postgres;
 /// Which dialect `queries.rs` is compiled for.
 pub const PG: bool = true;
 

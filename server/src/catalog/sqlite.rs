@@ -16,6 +16,8 @@ use sqlx::{Sqlite, Transaction};
 use super::{CatalogError, Result};
 
 pub type Conn = sqlx::SqliteConnection;
+/// The sqlx driver (for `QueryBuilder`s).
+pub type Driver = sqlx::Sqlite;
 /// Which dialect `queries.rs` is compiled for.
 pub const PG: bool = false;
 
