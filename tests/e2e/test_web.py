@@ -39,6 +39,8 @@ def chromium(javascript: bool = True):
     for path in (CHROMIUM, CHROMEDRIVER):
         if not os.access(path, os.X_OK):
             pytest.fail(f"{path} missing: apt-get install chromium chromium-driver (scripts/test does)")
+    # Belt and braces: selenium-manager must never fetch a driver or browser.
+    os.environ["SE_OFFLINE"] = "true"
     profile = tempfile.mkdtemp(prefix="wharf-chromium-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
