@@ -666,6 +666,19 @@ async fn delete_a_tag() {
     api(&srv, "/api/v1/repositories/team/app/tags/v2")
         .await
         .expect_error(405, "UNSUPPORTED");
+    // Deleting the manifest through /v2 takes its tags along: counts follow.
+    srv.delete(&format!("/v2/team/app/manifests/{}", img.digest))
+        .await
+        .expect(202);
+    assert_eq!(
+        api_ok(&srv, "/api/v1/repositories/team/app").await["tag_count"],
+        0
+    );
+    let s = api_ok(&srv, "/api/v1/stats").await;
+    assert_eq!(
+        (s["tags"].as_u64(), s["manifests"].as_u64()),
+        (Some(0), Some(0))
+    );
 
     let off = Server::start_with(|s| s.registry.delete_enabled = false).await;
     push_image(&off, None, "x", "v1", "amd64", None, 1).await;

@@ -450,4 +450,74 @@ mod tests {
         }
         backends.drop_all().await;
     }
+
+    /// Two catalogs on one database (replicas) tagging, moving and deleting
+    /// tags of one repository at once: the counts the triggers keep match
+    /// the rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn counts_stay_exact_under_concurrent_writers() {
+        let backends = crate::catalog::Backends::new().await;
+        for url in &backends.urls {
+            let a = Catalog::open(url).await.expect("open a");
+            let b = Catalog::open(url).await.expect("open b");
+            let blob = digest(1);
+            let crate::catalog::Claim::Claimed(inc) = a.claim_blob(&blob, 10).await.unwrap() else {
+                panic!("claim")
+            };
+            assert!(a.link_blob("team/app", &blob, &inc).await.unwrap());
+            let mut tasks = Vec::new();
+            for i in 0..24u32 {
+                let cat = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let blob = blob.clone();
+                tasks.push(tokio::spawn(async move {
+                    let blobs = [blob];
+                    let d = digest(100 + i % 4);
+                    let m = crate::catalog::NewManifest {
+                        digest: &d,
+                        media_type: "application/vnd.oci.image.manifest.v1+json",
+                        artifact_type: None,
+                        subject: None,
+                        annotations: None,
+                        content: b"{}",
+                        blobs: &blobs,
+                        manifests: &[],
+                        total_size: Some(1),
+                        platforms: Some("[]"),
+                    };
+                    // Each task: its own tag, a shared one moved, and one
+                    // tag deleted by every third task.
+                    cat.put_manifest("team/app", &m, Some(&format!("t{i}")))
+                        .await?;
+                    cat.put_manifest("team/app", &m, Some("moving")).await?;
+                    if i % 3 == 0 {
+                        cat.delete_tag("team/app", &format!("t{i}")).await?;
+                    }
+                    Ok::<_, crate::catalog::CatalogError>(())
+                }));
+            }
+            for t in tasks {
+                t.await
+                    .expect("task")
+                    .unwrap_or_else(|e| panic!("{url}: {e}"));
+            }
+            let repo = a.browse_repository("team/app").await.unwrap().unwrap();
+            let all = Listing {
+                patterns: None,
+                like: None,
+                order: Order::Name,
+                limit: 100,
+                offset: 0,
+            };
+            let (tags, _) = a.browse_tags("team/app", all).await.unwrap();
+            assert_eq!(tags, 24 - 8 + 1, "{url}");
+            assert_eq!(repo.tag_count, tags, "{url}: tag_count drifted");
+            let t = a.browse_totals(None).await.unwrap();
+            assert_eq!((t.tags, t.manifests), (tags, 4), "{url}");
+            a.delete_manifest("team/app", &digest(100)).await.unwrap();
+            let (tags, _) = a.browse_tags("team/app", all).await.unwrap();
+            let t = b.browse_totals(None).await.unwrap();
+            assert_eq!((t.tags, t.manifests), (tags, 3), "{url}: after a cascade");
+        }
+        backends.drop_all().await;
+    }
 }
