@@ -186,9 +186,11 @@ def test_web_catalog_in_chromium(
     assert cookies["wharf_session"]["httpOnly"] and cookies["wharf_session"]["sameSite"] == "Strict"
 
     # Search, then the list: both repositories now.
+    before = d.find_element(By.ID, "repositories")
     box = d.find_element(By.NAME, "q")
     box.send_keys("app")
     box.submit()
+    WebDriverWait(d, 20).until(EC.staleness_of(before))  # the results page, not the old one
     wait_for(d, "#repositories")
     names = [a.text for a in d.find_elements(By.CSS_SELECTOR, "#repositories a.repo")]
     assert names == ["team/app"], names
