@@ -166,11 +166,16 @@ def test_web_catalog_in_chromium(
     assert "team/app" not in d.page_source.replace('value="team"', "")
 
     # A search string with HTML or SQL is shown as text and matches nothing.
+    evil = "<img src=x onerror=alert(1)>' OR 1=1 --"
+    before = d.find_element(By.TAG_NAME, "main")
     box = d.find_element(By.NAME, "q")
     box.clear()
-    box.send_keys("<img src=x onerror=alert(1)>' OR 1=1 --")
+    box.send_keys(evil)
     box.submit()
+    WebDriverWait(d, 20).until(EC.staleness_of(before))
     wait_for(d, ".empty")
+    assert d.find_element(By.NAME, "q").get_attribute("value") == evil
+    assert evil in d.find_element(By.CSS_SELECTOR, "main q").text
     assert not d.find_elements(By.CSS_SELECTOR, "main img"), "the search string became markup"
     assert "No repository matches" in d.page_source
 
