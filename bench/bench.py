@@ -18,6 +18,7 @@ e2e helpers) are used.
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
 import hashlib
 import http.client
@@ -67,14 +68,38 @@ WHARF, DIST = "wharf", "distribution"
 QUICK = dict(
     rounds=1, small_dur=1, conns=[1, 16, 64], big=16 * MiB, chunk=2 * MiB, conc_n=64, conc_size=256 * KiB,
     dl_dur=1, mixed_sizes=[1, 10], mixed_ops={1: 32, 10: 16}, mixed_file=32 * MiB, runs=5, pull_runs=1,
-    pull_layer=4 * MiB, repos=10, tags=10,
+    pull_layer=4 * MiB, repos=10, tags=10, catalog_repos=10_000, catalog_tags=100_000, catalog_n=10,
 )  # fmt: skip
 FULL = dict(
     rounds=3, small_dur=4, conns=[1, 16, 64], big=256 * MiB, chunk=8 * MiB, conc_n=64, conc_size=4 * MiB,
     dl_dur=3, mixed_sizes=[1, 10, 100], mixed_ops={1: 400, 10: 160, 100: 48}, mixed_file=256 * MiB, runs=50,
-    pull_runs=5, pull_layer=40 * MiB, repos=50, tags=50,
+    pull_runs=5, pull_layer=40 * MiB, repos=50, tags=50, catalog_repos=10_000, catalog_tags=100_000, catalog_n=50,
 )  # fmt: skip
-GROUPS = ("small", "upload", "download", "mixed", "run", "pull")
+GROUPS = ("small", "upload", "download", "mixed", "run", "pull", "catalog")
+
+# The web catalog at scale: each (label, path, who) is requested `catalog_n` times on one keep-alive
+# connection of a wharf-server whose catalog `wharf-server seed` filled (10,000 repositories, 100,000 tags,
+# `library/big` with 10,000 of them; `team-a/*` public). who: "admin" (a bearer token) or "anonymous" (sees
+# team-a/* only: the listing filtered in SQL). Add the UI's pages here (`/`, `/?q=...`, ...) as they come.
+CATALOG_URLS = [
+    ("stats", "/api/v1/stats", "admin"),
+    ("stats, anonymous", "/api/v1/stats", "anonymous"),
+    ("repositories, first page", "/api/v1/repositories", "admin"),
+    ("repositories, last page", "/api/v1/repositories?offset=9990&limit=25", "admin"),
+    ("repositories by push time", "/api/v1/repositories?sort=pushed", "admin"),
+    ("repositories, search", "/api/v1/repositories?q=api-00", "admin"),
+    ("repositories, search, no match", "/api/v1/repositories?q=%27%3B%20drop%20table", "admin"),
+    ("repositories, anonymous", "/api/v1/repositories?sort=pushed", "anonymous"),
+    ("repository", "/api/v1/repositories/library/big", "admin"),
+    ("tags (10,000), first page", "/api/v1/repositories/library/big/tags", "admin"),
+    ("tags (10,000), last page", "/api/v1/repositories/library/big/tags?offset=9975", "admin"),
+    ("tags (10,000), by push time", "/api/v1/repositories/library/big/tags?sort=pushed&offset=5000", "admin"),
+    ("tags (10,000), search", "/api/v1/repositories/library/big/tags?q=1.5", "admin"),
+    ("tags (10)", "/api/v1/repositories/team-a/api-00001/tags", "admin"),
+    ("manifest by tag (config read)", "/api/v1/repositories/library/big/manifests/latest", "admin"),
+    ("index by tag", "/api/v1/repositories/data/api-00005/manifests/latest", "admin"),
+    ("referrers", "/api/v1/repositories/library/big/manifests/{big_latest}/referrers", "admin"),
+]
 
 
 class BenchError(Exception):
@@ -481,6 +506,8 @@ class Bench:
                     self.guarded("mixed", self.mixed, rnd)
             for reg in self.regs.values():
                 reg.check_alive()
+            if "catalog" in self.only:
+                self.guarded("web catalog at scale", self.catalog)
             if "run" in self.only or "pull" in self.only:
                 self.guarded("runner", self.runner)
         except BenchError as e:
@@ -494,6 +521,83 @@ class Bench:
             return 1
         log(f"report written to {self.args.out}")
         return 0
+
+    # --- the web catalog at scale
+    def catalog(self):
+        """Seeds a wharf-server of its own (auth on, team-a/* public) with `wharf-server seed`, then times each of
+        CATALOG_URLS; the server's log is catalog.log."""
+        data = self.tmp / "catalog-data"
+        data.mkdir()
+        binary = str(self.bin_dir / "wharf-server")
+        password = "bench-" + os.urandom(8).hex()
+        env = {**os.environ, "NO_COLOR": "1", "WHARF_AUTH_ENABLED": "true", "WHARF_ADMIN_PASSWORD": password,
+               "WHARF_LOG_ACCESS": "false"}  # fmt: skip
+        log(f"web catalog: seeding {self.p['catalog_repos']} repositories, {self.p['catalog_tags']} tags")
+        t = time.monotonic()
+        out = sh([binary, "--data-dir", str(data), "seed", "--repositories", str(self.p["catalog_repos"]),
+                  "--tags", str(self.p["catalog_tags"]), "--json"], env=env, timeout=1200).stdout  # fmt: skip
+        report = json.loads(out.strip().splitlines()[-1])
+        self.catalog_seed = dict(report, wall=time.monotonic() - t)
+        sh([binary, "--data-dir", str(data), "public", "team-a/*", "on"], env=env)
+        port = free_port()
+        host = f"127.0.0.1:{port}"
+        with open(self.logdir / "catalog.log", "ab") as logf:
+            proc = subprocess.Popen([binary, "serve", "--listen", host, "--data-dir", str(data)], env=env,
+                                    stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                if proc.poll() is not None:
+                    raise BenchError(f"catalog server exited with {proc.returncode}; log {self.logdir}/catalog.log")
+                try:
+                    c = conn(host)
+                    c.request("GET", "/healthz")
+                    r = c.getresponse()
+                    r.read()
+                    c.close()
+                    if r.status == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise BenchError("catalog server did not come up in 60 s")
+                time.sleep(0.1)
+            c = conn(host)
+            basic = base64.b64encode(f"admin:{password}".encode()).decode()
+            c.request("GET", "/token?service=wharf-registry", headers={"Authorization": f"Basic {basic}"})
+            r = c.getresponse()
+            token = json.loads(r.read())["token"]
+            c.request("GET", "/api/v1/repositories/library/big/manifests/latest",
+                      headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+            r = c.getresponse()
+            big_latest = json.loads(r.read())["digest"]
+            for label, path, who in CATALOG_URLS:
+                path = path.format(big_latest=big_latest)
+                headers = {"Authorization": f"Bearer {token}"} if who == "admin" else {}
+                times = []
+                for i in range(self.p["catalog_n"] + 1):
+                    t = time.perf_counter()
+                    c.request("GET", path, headers=headers)
+                    r = c.getresponse()
+                    body = r.read()
+                    ms = (time.perf_counter() - t) * 1000
+                    if r.status != 200:
+                        raise BenchError(f"GET {path} ({who}) -> {r.status}: {body[:300]!r}")
+                    if i:  # the first is a warm-up
+                        times.append(ms)
+                self.results[("catalog", label, "wharf")] = times
+                self.catalog_paths = getattr(self, "catalog_paths", {})
+                self.catalog_paths[label] = (path, who)
+                log(f"  {label}: median {median(times):.1f} ms, p95 {p95(times):.1f} ms")
+            c.close()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            shutil.rmtree(data, ignore_errors=True)
 
     def setup_registries(self):
         self.regs[WHARF] = WharfServer(self.bin_dir / "wharf-server", self.tmp, self.logdir)
@@ -1035,7 +1139,8 @@ class Report:
         ]
         if b.errors:
             parts += ["## Errors", "", *(f"- {e.splitlines()[0]}" for e in b.errors), ""]
-        for section in (self.small, self.upload, self.download, self.mixed, self.memory, self.run, self.pull):
+        for section in (self.small, self.upload, self.download, self.mixed, self.memory, self.web_catalog, self.run,
+                        self.pull):  # fmt: skip
             try:
                 text = section()
             except Exception as e:  # noqa: BLE001
@@ -1191,6 +1296,26 @@ class Report:
             return ""
         return ("## Server resident memory (VmRSS sampled every 25 ms; max over rounds)\n\n"
                 + table(["", "wharf MB", "distribution MB", "wharf/distribution (lower is better)"], rows))
+
+    def web_catalog(self):
+        b = self.b
+        paths = getattr(b, "catalog_paths", {})
+        if not paths:
+            return ""
+        rows, worst = [], None
+        for label, (path, who) in paths.items():
+            v = b.results.get(("catalog", label, "wharf"), [])
+            m, p = median(v), p95(v)
+            worst = p if worst is None or (p is not None and p > worst) else worst
+            rows.append([label, f"`{path}`", who, len(v), fmt(m, 1), fmt(p, 1)])
+        self.target("web catalog at scale: every /api/v1 call < 100 ms (p95, 10,000 repositories / 100,000 tags)",
+                    f"slowest p95 {fmt(worst, 1)} ms", None if worst is None else worst < 100)  # fmt: skip
+        seed = b.catalog_seed
+        return (f"## Web catalog at scale\n\n`wharf-server seed` filled a catalog with {seed['repositories']:,} "
+                f"repositories, {seed['tags']:,} tags, {seed['manifests']:,} manifests and {seed['blobs']:,} blobs "
+                f"in {seed['seconds']:.1f} s; then each call was made {b.p['catalog_n']} times (after a warm-up) on "
+                "one keep-alive connection, auth on (admin: a bearer token; anonymous: only `team-a/*` is "
+                "public).\n\n" + table(["call", "path", "as", "n", "median ms", "p95 ms"], rows))
 
     def run(self):
         b = self.b

@@ -8,10 +8,15 @@
 //! layer calls it after a request succeeded. `metrics` (Prometheus counters)
 //! is a leaf the api and garbage collection write to; `tls` (rustls
 //! listener, self-signed CA) serves only this file's `serve` path.
+//! `browse` (the web catalog's service) sits between `api` and the
+//! registry: `api` -> `browse` -> (`registry`, `catalog`). `web` (the HTML
+//! UI at `/`, merged into the api router) calls `browse` and `auth` only:
+//! `web` -> (`browse`, `auth`).
 
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod browse;
 pub mod catalog;
 pub mod config;
 pub mod digest;
@@ -20,8 +25,10 @@ pub mod gc;
 pub mod metrics;
 pub mod names;
 pub mod registry;
+pub mod seed;
 pub mod store;
 pub mod tls;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -54,6 +61,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Events(#[from] events::EventsError),
+    #[error("filling in the browse summaries of older manifests: {0}")]
+    Summaries(String),
 }
 
 /// Opens the catalog and the blob store the settings name.
@@ -73,12 +82,19 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
         None
     };
     let events = events::Events::start(&settings.webhooks, settings.listen)?;
-    let registry = registry::Registry::new(catalog, store, settings.limits());
+    let registry = Arc::new(registry::Registry::new(catalog, store, settings.limits()));
+    // Manifests of an older catalog get their browse summaries (sizes,
+    // platforms) once; a catalog made by this version has none missing.
+    registry
+        .summarize_missing()
+        .await
+        .map_err(|e| StartError::Summaries(e.to_string()))?;
     let metrics = metrics::Metrics::new(std::time::Duration::from_secs(
         settings.metrics.catalog_refresh_secs,
     ));
     Ok(AppState {
-        registry: Arc::new(registry),
+        browse: browse::Browse::new(registry.clone()),
+        registry,
         auth,
         metrics: Arc::new(metrics),
         access_log: settings.log.access,

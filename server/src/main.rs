@@ -63,6 +63,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fill the catalog with a large synthetic one (benchmarks and scale
+    /// tests of the web catalog; see server/src/seed.rs). Not for a real
+    /// registry.
+    #[command(hide = true)]
+    Seed {
+        #[arg(long, default_value_t = 10_000)]
+        repositories: u32,
+        #[arg(long, default_value_t = 100_000)]
+        tags: u32,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -281,9 +294,28 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Command::Seed {
+        repositories,
+        tags,
+        json,
+    } = command
+    {
+        let catalog = open_catalog(&settings).await?;
+        let store = wharf_server::store::BlobStore::open(&settings).await?;
+        let opts = wharf_server::seed::SeedOptions { repositories, tags };
+        let report = wharf_server::seed::seed(&catalog, &store, opts).await?;
+        if json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{report}");
+        }
+        return Ok(());
+    }
     let catalog = open_catalog(&settings).await?;
     match command {
-        Command::Serve(_) | Command::Gc { .. } => unreachable!("handled above"),
+        Command::Serve(_) | Command::Gc { .. } | Command::Seed { .. } => {
+            unreachable!("handled above")
+        }
         Command::User(UserCommand::Add { name, admin, .. }) => {
             admin::add_user(&catalog, &name, &read_password()?, admin).await?;
             println!("created user {name}{}", if admin { " (admin)" } else { "" });

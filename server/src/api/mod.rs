@@ -8,9 +8,11 @@
 //! tells `events` (webhooks), which alone knows whether anyone listens.
 //! `observe.rs` is the middleware in front of every route (request id,
 //! metrics, access log); `/metrics`, `/healthz` and `/readyz` are served
-//! here too.
+//! here too. `browse.rs` is the web catalog's JSON API (`/api/v1/`), which
+//! calls the browse service (`crate::browse`) rather than the registry.
 
 pub mod auth;
+pub mod browse;
 pub mod error;
 pub mod observe;
 
@@ -45,6 +47,8 @@ type ApiResult = Result<Response, ApiError>;
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Arc<Registry>,
+    /// The web catalog's service (`/api/v1` and the HTML UI).
+    pub browse: crate::browse::Browse,
     /// None when auth is off: every request is allowed.
     pub auth: Option<Arc<crate::auth::Auth>>,
     /// Webhooks; `Events::disabled()` when none is configured.
@@ -70,6 +74,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", axum::routing::get(observe::metrics))
         .route("/healthz", axum::routing::get(observe::healthz))
         .route("/readyz", axum::routing::get(observe::readyz))
+        .merge(browse::routes())
+        .merge(crate::web::router())
         .fallback(|| async { ApiError::unsupported_route() })
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -428,6 +428,64 @@ impl Auth {
     }
 }
 
+/// The audience of the web UI's session tokens: no registry client accepts
+/// them, and no registry token is accepted as a session.
+pub const WEB_AUDIENCE: &str = "wharf-web";
+
+/// A signed-in browser session (the web UI's cookie holds it signed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    pub nbf: u64,
+    pub iat: u64,
+    pub jti: String,
+    /// The CSRF token of this session: forms carry it, POSTs must match it.
+    pub csrf: String,
+    /// The user's password version when signed in: a password change ends
+    /// the session.
+    pub pwv: i64,
+}
+
+impl Auth {
+    /// A session token for the web UI, valid `ttl_secs`, with a fresh CSRF
+    /// token of its own.
+    pub fn issue_session(
+        &self,
+        user: &UserRecord,
+        ttl_secs: u64,
+    ) -> Result<(String, SessionClaims)> {
+        let now = now_secs();
+        let claims = SessionClaims {
+            iss: self.config.issuer.clone(),
+            sub: user.name.clone(),
+            aud: WEB_AUDIENCE.to_owned(),
+            exp: now + ttl_secs,
+            nbf: now,
+            iat: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            csrf: random_secret(),
+            pwv: user.password_changed_at,
+        };
+        Ok((self.keys.sign(&claims)?, claims))
+    }
+
+    /// The user and claims of a web session token: signed by us (ES256
+    /// only), audience `wharf-web`, unexpired with no leeway, and the user
+    /// still exists with the password it had when it signed in.
+    pub async fn verify_session(&self, token: &str) -> Result<(UserRecord, SessionClaims)> {
+        let claims: SessionClaims =
+            self.keys
+                .verify(token, &self.config.issuer, WEB_AUDIENCE, 0)?;
+        match self.catalog.user(&claims.sub).await? {
+            Some(u) if u.password_changed_at == claims.pwv => Ok((u, claims)),
+            _ => Err(AuthError::InvalidToken("session revoked".into())),
+        }
+    }
+}
+
 fn limiter_keys(username: &str, client: Option<IpAddr>) -> Vec<String> {
     let mut keys = vec![format!("user:{username}")];
     if let Some(ip) = client {

@@ -157,6 +157,7 @@ enum Db {
 
 /// Calls the function of `queries.rs` of the catalog's dialect with the
 /// dialect's handle first: `dispatch!(self, blob_size(digest))`.
+pub mod browse;
 mod gc;
 pub use gc::{Claim, GcBlob, GcManifest, GcReference, GcUpload, LeaseHolder};
 
@@ -189,6 +190,11 @@ pub struct NewManifest<'a> {
     pub content: &'a [u8],
     pub blobs: &'a [String],
     pub manifests: &'a [String],
+    /// Compressed bytes of an image (config + layers), for an index the sum
+    /// over its children; None when unknown (see `crate::browse`).
+    pub total_size: Option<i64>,
+    /// JSON array text of "os/arch[/variant]".
+    pub platforms: Option<&'a str>,
 }
 
 #[derive(Debug, Clone)]
@@ -695,6 +701,8 @@ mod tests {
             content: b"{}",
             blobs,
             manifests: &[],
+            total_size: None,
+            platforms: None,
         }
     }
 

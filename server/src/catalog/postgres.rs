@@ -16,6 +16,8 @@ use sqlx::{ConnectOptions, Postgres, Transaction};
 use super::{CatalogError, Result, redact_url};
 
 pub type Conn = sqlx::PgConnection;
+/// The sqlx driver (for `QueryBuilder`s).
+pub type Driver = sqlx::Postgres;
 /// Which dialect `queries.rs` is compiled for.
 pub const PG: bool = true;
 
@@ -28,6 +30,11 @@ pub mod queries;
 #[allow(clippy::duplicate_mod)]
 #[path = "gc_queries.rs"]
 pub mod gc_queries;
+
+// The web catalog's queries, likewise (see `catalog/browse.rs`).
+#[allow(clippy::duplicate_mod)]
+#[path = "browse_queries.rs"]
+pub mod browse_queries;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 

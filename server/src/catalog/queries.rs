@@ -291,9 +291,12 @@ pub async fn put_manifest(
         }
         sqlx::query(
             "INSERT INTO manifests
-               (repository_id, digest, media_type, artifact_type, subject, annotations, size, content, created_at, used_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
-             ON CONFLICT (repository_id, digest) DO UPDATE SET used_at = excluded.used_at",
+               (repository_id, digest, media_type, artifact_type, subject, annotations, size, content,
+                created_at, used_at, total_size, platforms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11)
+             ON CONFLICT (repository_id, digest) DO UPDATE SET used_at = excluded.used_at,
+               total_size = COALESCE(manifests.total_size, excluded.total_size),
+               platforms = COALESCE(manifests.platforms, excluded.platforms)",
         )
         .bind(repo_id)
         .bind(m.digest)
@@ -304,6 +307,8 @@ pub async fn put_manifest(
         .bind(m.content.len() as i64)
         .bind(m.content)
         .bind(now)
+        .bind(m.total_size)
+        .bind(m.platforms)
         .execute(&mut *tx)
         .await?;
         let children = m

@@ -16,6 +16,8 @@ use sqlx::{Sqlite, Transaction};
 use super::{CatalogError, Result};
 
 pub type Conn = sqlx::SqliteConnection;
+/// The sqlx driver (for `QueryBuilder`s).
+pub type Driver = sqlx::Sqlite;
 /// Which dialect `queries.rs` is compiled for.
 pub const PG: bool = false;
 
@@ -28,6 +30,11 @@ pub mod queries;
 #[allow(clippy::duplicate_mod)]
 #[path = "gc_queries.rs"]
 pub mod gc_queries;
+
+// The web catalog's queries, likewise (see `catalog/browse.rs`).
+#[allow(clippy::duplicate_mod)]
+#[path = "browse_queries.rs"]
+pub mod browse_queries;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 

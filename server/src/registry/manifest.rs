@@ -186,6 +186,102 @@ fn parse_index(media_type: String, bytes: &[u8]) -> Result<ParsedManifest> {
     })
 }
 
+/// Config media types whose blob is an image config (os, architecture, ...).
+pub const IMAGE_CONFIG_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
+/// What the browse summary of a manifest is made of, read from its bytes
+/// alone (see `Registry::summarize`).
+#[derive(Debug, Default, PartialEq)]
+pub struct SummaryParts {
+    /// An image: config + layers (foreign layers included: their size is
+    /// what a client downloads).
+    pub image_size: Option<i64>,
+    /// An image whose config is an image config: (digest, size).
+    pub config: Option<(String, i64)>,
+    /// An index: its children and their platforms ("os/arch[/variant]";
+    /// attestation entries, `unknown/unknown`, left out).
+    pub children: Vec<String>,
+    pub platforms: Vec<String>,
+}
+
+/// "os/arch[/variant]", or None when os or arch is missing or unknown.
+pub fn platform_string(os: &str, arch: &str, variant: Option<&str>) -> Option<String> {
+    if os.is_empty() || arch.is_empty() || os == "unknown" || arch == "unknown" {
+        return None;
+    }
+    Some(match variant.filter(|v| !v.is_empty()) {
+        Some(v) => format!("{os}/{arch}/{v}"),
+        None => format!("{os}/{arch}"),
+    })
+}
+
+/// The summary parts of a stored manifest; a manifest that does not parse
+/// (none should: they were validated when pushed) has none.
+pub fn summary_parts(media_type: &str, bytes: &[u8]) -> SummaryParts {
+    match media_type {
+        OCI_INDEX | DOCKER_LIST => {
+            let Ok(i) = serde_json::from_slice::<ImageIndex>(bytes) else {
+                return SummaryParts::default();
+            };
+            let mut platforms = Vec::new();
+            for d in i.manifests() {
+                if let Some(p) = d.platform().as_ref().and_then(|p| {
+                    platform_string(
+                        &p.os().to_string(),
+                        &p.architecture().to_string(),
+                        p.variant().as_deref(),
+                    )
+                }) && !platforms.contains(&p)
+                {
+                    platforms.push(p);
+                }
+            }
+            SummaryParts {
+                children: i
+                    .manifests()
+                    .iter()
+                    .map(|d| d.digest().to_string())
+                    .collect(),
+                platforms,
+                ..SummaryParts::default()
+            }
+        }
+        _ => {
+            let Ok(m) = serde_json::from_slice::<ImageManifest>(bytes) else {
+                return SummaryParts::default();
+            };
+            let size =
+                m.config().size() as i64 + m.layers().iter().map(|l| l.size() as i64).sum::<i64>();
+            let config_type = m.config().media_type().to_string();
+            SummaryParts {
+                image_size: Some(size),
+                config: IMAGE_CONFIG_TYPES
+                    .contains(&config_type.as_str())
+                    .then(|| (m.config().digest().to_string(), m.config().size() as i64)),
+                ..SummaryParts::default()
+            }
+        }
+    }
+}
+
+/// The platform an image config names ("os/arch[/variant]").
+pub fn config_platform(bytes: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Platform {
+        #[serde(default)]
+        os: String,
+        #[serde(default)]
+        architecture: String,
+        #[serde(default)]
+        variant: Option<String>,
+    }
+    let p: Platform = serde_json::from_slice(bytes).ok()?;
+    platform_string(&p.os, &p.architecture, p.variant.as_deref())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,9 @@ pub type ByteStream = BoxStream<'static, Result<Bytes, io::Error>>;
 /// object of the digest it is placing before it gives up with a retry answer.
 const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The largest image config read (for platforms and the browse view).
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Upper bound on one page of tags, repositories or referrers.
 pub const MAX_PAGE: u32 = 100_000;
 
@@ -969,6 +972,9 @@ impl Registry {
             return Err(RegistryError::ManifestBlobUnknown(missing));
         }
         let subject = parsed.subject.as_ref().map(|s| s.to_string());
+        let (total_size, platforms) = self
+            .summarize(repo.as_str(), &parsed.media_type, bytes)
+            .await;
         let new = NewManifest {
             digest: digest.as_str(),
             media_type: &parsed.media_type,
@@ -978,6 +984,8 @@ impl Registry {
             content: bytes,
             blobs: &parsed.blobs,
             manifests: &parsed.manifests,
+            total_size,
+            platforms: Some(&platforms),
         };
         let tag = match reference {
             Reference::Tag(t) => Some(t.as_str()),
@@ -992,6 +1000,108 @@ impl Registry {
             subject: parsed.subject,
             media_type: parsed.media_type,
         })
+    }
+
+    /// The browse summary of a manifest (see `crate::browse`): its total
+    /// compressed size and its platforms as JSON array text. An image's
+    /// size is its config + layers, its platform is read from its config
+    /// blob (bounded by [`MAX_CONFIG_BYTES`]); an index's size is the sum of
+    /// its children's (None if one is unknown), its platforms its
+    /// descriptors'. Never fails: what cannot be told is left out.
+    pub async fn summarize(
+        &self,
+        repo: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> (Option<i64>, String) {
+        let parts = manifest::summary_parts(media_type, bytes);
+        let mut platforms = parts.platforms;
+        let mut total = parts.image_size;
+        if let Some((config, size)) = &parts.config
+            && (*size as u64) <= MAX_CONFIG_BYTES
+            && let Ok(digest) = config.parse::<Digest>()
+        {
+            match self.read_blob_bounded(&digest, MAX_CONFIG_BYTES).await {
+                Ok(bytes) => platforms.extend(manifest::config_platform(&bytes)),
+                Err(e) => tracing::debug!(%digest, error = %e, "no platform from the config"),
+            }
+        }
+        if !parts.children.is_empty() {
+            total = match self.catalog.manifest_summaries(repo, &parts.children).await {
+                Ok(found) if found.len() == parts.children.len() => {
+                    found.iter().map(|(_, s, _)| *s).sum::<Option<i64>>()
+                }
+                _ => None,
+            };
+        }
+        let platforms = serde_json::to_string(&platforms).unwrap_or_else(|_| "[]".into());
+        (total, platforms)
+    }
+
+    /// Fills in the summaries of manifests stored before the catalog kept
+    /// them (an older wharf's catalog): images first, then indexes, whose
+    /// sizes need their children's. Returns how many were filled in.
+    pub async fn summarize_missing(&self) -> Result<u64> {
+        let mut done = 0;
+        for indexes in [false, true] {
+            loop {
+                let batch = self.catalog.unsummarized(indexes, 500).await?;
+                if batch.is_empty() {
+                    break;
+                }
+                for m in batch {
+                    let (total, platforms) = self
+                        .summarize(&m.repository, &m.media_type, &m.content)
+                        .await;
+                    self.catalog
+                        .set_summary(m.repository_id, &m.digest, total, &platforms)
+                        .await?;
+                    done += 1;
+                }
+            }
+        }
+        if done > 0 {
+            tracing::info!(
+                manifests = done,
+                "filled in the browse summaries of older manifests"
+            );
+        }
+        Ok(done)
+    }
+
+    /// A whole blob, read only if it is at most `limit` bytes (an image
+    /// config): larger ones are refused before any byte is read.
+    pub async fn read_blob_bounded(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>> {
+        let key = BlobStore::blob_key(digest);
+        let size = self
+            .catalog
+            .blob_size(digest.as_str())
+            .await?
+            .ok_or_else(|| RegistryError::BlobUnknown(digest.to_string()))?;
+        if size > limit {
+            return Err(RegistryError::SizeInvalid(format!(
+                "blob {digest} is {size} bytes, more than the {limit} bytes read here"
+            )));
+        }
+        let read = match self.store.read(&key, None).await {
+            Ok(read) => read,
+            Err(crate::store::StoreError::NotFound(_)) => {
+                return Err(RegistryError::BlobUnknown(digest.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::with_capacity(size as usize);
+        let mut stream = read.stream;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| RegistryError::Store(crate::store::StoreError::Io(e)))?;
+            if (out.len() + chunk.len()) as u64 > limit {
+                return Err(RegistryError::SizeInvalid(format!(
+                    "blob {digest} is larger than the {limit} bytes read here"
+                )));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
     }
 
     pub async fn get_manifest(
