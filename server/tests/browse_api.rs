@@ -2,7 +2,8 @@
 //! server started in-process (see `common`), on SQLite or, when
 //! `WHARF_TEST_POSTGRES_URL` is set (scripts/test), on PostgreSQL: every
 //! endpoint, paging, search (with SQL and HTML metacharacters), sorting, a
-//! multi-arch index's platforms, referrers by artifactType, stats, the
+//! multi-arch index's platforms, referrers by artifactType, stats, image
+//! configs too large or broken to show, the
 //! permission cases (anonymous, a `team/*` grant, delete rights, Bearer and
 //! Basic), the OpenAPI document, and a catalog made by an older wharf (no
 //! browse columns) browsing correctly after an upgrade.
@@ -685,6 +686,53 @@ async fn delete_a_tag() {
     off.send(off.request(Method::DELETE, "/api/v1/repositories/x/tags/v1"))
         .await
         .expect_error(405, "UNSUPPORTED");
+}
+
+/// The image config is read bounded: a config over 4 MiB, or one that is
+/// not JSON, leaves the rest of the view intact with a clear reason.
+#[tokio::test]
+async fn configs_too_large_or_broken_are_explained() {
+    let srv = Server::start().await;
+    let layer = push_blob(&srv, None, "odd/app", &pattern(100, 1)).await;
+    let mut big = config_json("amd64", None, 1);
+    big["config"]["Labels"]["padding"] = json!("x".repeat(4 * 1024 * 1024));
+    let cases = [
+        ("big", to_bytes(&big), "more than"),
+        ("broken", b"this is not JSON".to_vec(), "not valid JSON"),
+    ];
+    for (tag, config_bytes, reason) in cases {
+        push_blob(&srv, None, "odd/app", &config_bytes).await;
+        let config = Desc::of(OCI_CONFIG, &config_bytes);
+        let manifest = to_bytes(&image_manifest(
+            OCI_MANIFEST,
+            &config,
+            std::slice::from_ref(&layer),
+        ));
+        push_manifest(&srv, None, "odd/app", tag, OCI_MANIFEST, &manifest).await;
+        let m = api_ok(
+            &srv,
+            &format!("/api/v1/repositories/odd/app/manifests/{tag}"),
+        )
+        .await;
+        assert!(m["config"].is_null(), "{tag}: {m}");
+        let why = m["config_error"].as_str().unwrap_or_default();
+        assert!(why.contains(reason), "{tag}: {why:?}");
+        assert_eq!(m["layers"][0]["digest"], layer.digest.as_str());
+        assert_eq!(m["size"], config_bytes.len() + layer.size);
+        let tags = api_ok(&srv, "/api/v1/repositories/odd/app/tags").await;
+        let t = tags["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == tag)
+            .unwrap()
+            .clone();
+        assert_eq!(
+            t["platforms"],
+            json!([]),
+            "{tag}: no platform without a readable config"
+        );
+    }
 }
 
 // ---- permissions ----------------------------------------------------------------------
