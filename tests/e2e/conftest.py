@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -13,6 +14,13 @@ from clients import Docker, Podman, TestImages
 from pg import Postgres
 from runner_support import RunnerDaemon, busybox_image, runner_binary, unique_bridge, wait_no_leftovers
 from support import AUTH_ENV, WharfServer, run, server_binary
+
+
+# A test run started in the background by a non-interactive shell (`cmd &`)
+# inherits SIGINT ignored, and so would every CLI the tests start: the ones
+# that interrupt `stats` or `logs -f` with SIGINT, as a user's Ctrl-C does,
+# would wait forever. Handling it here gives children the default again.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(hookwrapper=True)

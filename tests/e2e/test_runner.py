@@ -819,9 +819,12 @@ def test_pull_interrupted_by_a_daemon_crash_resumes(runner_factory):
     complete and fetches only the rest."""
     env = runner_factory()
     daemon = env.daemon
+    # Three small layers and one much bigger one, so the small ones are
+    # committed while the big one is still coming: the crash lands between.
+    sizes = [8 << 20, 8 << 20, 8 << 20, 128 << 20]
     big = []
-    for i in range(4):
-        big.append(make_layer([file_entry(f"big{i}", os.urandom(12 << 20))], compresslevel=1))
+    for i, size in enumerate(sizes):
+        big.append(make_layer([file_entry(f"big{i}", os.urandom(size))], compresslevel=1))
     image = busybox_image(*big)
     repo = unique("bigpull")
     env.push(repo, image)
@@ -846,8 +849,8 @@ def test_pull_interrupted_by_a_daemon_crash_resumes(runner_factory):
     for h in done:
         assert f"{h[:12]}: Already exists" in again.stdout, output(again)
     assert "Downloaded newer image" in again.stdout, output(again)
-    sizes = env.cli("run", "--rm", repo, "sh", "-c", "cat /big0 /big1 /big2 /big3 | wc -c").stdout
-    assert sizes.strip() == str(4 * (12 << 20))
+    total = env.cli("run", "--rm", repo, "sh", "-c", "cat /big0 /big1 /big2 /big3 | wc -c").stdout
+    assert total.strip() == str(sum(sizes))
 
 
 def test_full_disk_fails_the_pull_cleanly(runner_registry, tmp_path):
