@@ -549,6 +549,7 @@ impl Settings {
             issuer: a.issuer.clone(),
             service: a.service.clone(),
             realm: a.realm.clone().filter(|r| !r.is_empty()),
+            https: self.tls.self_signed || self.tls.cert.is_some(),
             token_ttl_secs: a.token_ttl_secs.max(1),
             refresh_ttl_secs: a.refresh_ttl_secs.max(1),
             leeway_secs: a.leeway_secs,

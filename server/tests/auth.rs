@@ -2601,3 +2601,14 @@ async fn the_binary_bootstraps_its_admin_from_the_environment() {
         ["push"]
     );
 }
+
+/// With TLS on the listener the derived realm is `https://`: a client that
+/// followed an `http://` realm would speak plain HTTP to the TLS port.
+#[tokio::test]
+async fn the_derived_realm_is_https_when_the_listener_serves_tls() {
+    let srv = start_with(|s| s.tls.self_signed = true).await;
+    let r = srv.send(srv.request(Method::GET, "/v2/")).await;
+    let c = challenge(&r);
+    let want = realm_of(&srv).replacen("http://", "https://", 1);
+    assert_eq!(c.get("realm"), Some(&want), "{c:?}");
+}

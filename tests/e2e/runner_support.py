@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -46,6 +47,10 @@ def runner_binary() -> Path:
         return Path(explicit)
     target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO_ROOT / "target")
     return target / "debug" / "wharf-runner"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):

@@ -119,6 +119,10 @@ class WharfServer:
         self.starts = 0
         self.users: dict[str, str] = {}  # name -> password (or robot secret)
         self.secrets: list[str] = []  # every password/secret used against this server
+        # Subclasses start the server elsewhere (a network namespace, TLS):
+        # a command prefix, extra `serve` flags, and how the readiness probe GETs.
+        self.prefix: list[str] = []
+        self.serve_args: list[str] = []
 
     @property
     def host(self) -> str:
@@ -205,7 +209,7 @@ class WharfServer:
             if self.config is not None:
                 cmd += ["--config", str(self.config)]
             self.proc = subprocess.Popen(
-                [*cmd, "serve", "--listen", self.host, "--data-dir", str(self.data_dir)],
+                [*self.prefix, *cmd, "serve", "--listen", self.host, "--data-dir", str(self.data_dir), *self.serve_args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -221,7 +225,7 @@ class WharfServer:
                 code = self.proc.returncode
                 raise AssertionError(f"wharf-server exited with {code} before ready\n{self.log_tail()}")
             try:
-                resp = requests.get(f"{self.url}/v2/", timeout=2)
+                resp = self.probe(f"{self.url}/v2/")
                 if resp.status_code == 200:
                     return
                 # With auth on, /v2/ answers with a token challenge once it serves.
@@ -232,6 +236,9 @@ class WharfServer:
                 last = repr(exc)
             time.sleep(0.1)
         raise AssertionError(f"wharf-server not ready after {READY_TIMEOUT}s: {last}\n{self.log_tail()}")
+
+    def probe(self, url: str) -> requests.Response:
+        return requests.get(url, timeout=2)
 
     def stop(self) -> None:
         """Graceful stop: SIGTERM, then SIGKILL after 15 s."""
@@ -311,7 +318,7 @@ class RegistryApi:
         if scope:
             params["scope"] = scope
         auth = tuple(self.credentials) if self.credentials else None
-        resp = requests.get(realm or self.url("/token"), params=params, auth=auth, timeout=HTTP_TIMEOUT)
+        resp = self.session.get(realm or self.url("/token"), params=params, auth=auth, timeout=HTTP_TIMEOUT)
         assert resp.status_code == 200, describe(resp)
         return resp.json()["token"]
 

@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import re
-import secrets
 import socket
 import stat
 import subprocess
@@ -52,6 +51,7 @@ from runner_support import (
     runner_binary,
     unique_bridge,
     wait_for,
+    unique,
 )
 from conftest import RunnerEnv
 from support import assert_image_in_registry, free_port
@@ -67,10 +67,6 @@ MEMORY_HOG = "a=xxxxxxxxxx; while :; do a=$a$a; done"
 # The isolation tests run under the built-in runtime and under runc, with the
 # same expectations: the bundle is the boundary, and both must honour it.
 BOTH_RUNTIMES = pytest.mark.parametrize("runner", ["wharf", "runc"], indirect=True)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
 
 
 def run_rm(runner, *args, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:

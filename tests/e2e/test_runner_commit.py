@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import shutil
 
 import pytest
 
 from clients import skopeo
-from runner_support import busybox_image, output, wait_for
+from runner_support import busybox_image, output, wait_for, unique
 
 BOTH_RUNTIMES = pytest.mark.parametrize("runner", ["wharf", "runc"], indirect=True)
 IMAGE_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 PUSHED_RE = re.compile(r"^(\S+): digest: (sha256:[0-9a-f]{64}) size: (\d+)$", re.M)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
 
 
 def commit(runner, *args) -> str:

@@ -10,7 +10,6 @@ import json
 import os
 import pty
 import re
-import secrets
 import select
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import time
 
 import pytest
 
-from runner_support import ID_RE, api_request, output, wait_for
+from runner_support import ID_RE, api_request, output, wait_for, unique
 
 BOTH_RUNTIMES = pytest.mark.parametrize("runner", ["wharf", "runc"], indirect=True)
 
@@ -27,10 +26,6 @@ HEADER_WORDS = ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "
 
 BINARY = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 DECIMAL = {"B": 1, "kB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4}
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
 
 
 def start(runner, name: str, *flags_and_cmd) -> str:

@@ -24,16 +24,13 @@ from runner_support import (
     make_layer,
     output,
     symlink_entry,
+    unique,
 )
 
 BOTH_RUNTIMES = pytest.mark.parametrize("runner", ["wharf", "runc"], indirect=True)
 TIMESTAMP_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 LS_HEADER = "DRIVER    VOLUME NAME"
 EROFS = "Read-only file system"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
 
 
 @pytest.fixture

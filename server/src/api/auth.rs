@@ -100,7 +100,8 @@ fn realm(auth: &Auth, headers: &HeaderMap) -> String {
                 })
         })
         .unwrap_or("localhost");
-    format!("http://{host}/token")
+    let scheme = if auth.config().https { "https" } else { "http" };
+    format!("{scheme}://{host}/token")
 }
 
 fn unauthorized(auth: &Auth, headers: &HeaderMap, need: &Need, error: Option<&str>) -> ApiError {

@@ -60,6 +60,8 @@ pub struct AuthConfig {
     pub service: String,
     /// Token endpoint URL for challenges; None derives it from the Host header.
     pub realm: Option<String>,
+    /// The listener serves TLS: a derived realm is `https://`.
+    pub https: bool,
     pub token_ttl_secs: u64,
     pub refresh_ttl_secs: u64,
     /// Seconds a token stays acceptable past its `exp` (and before `nbf`).
