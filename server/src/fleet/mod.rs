@@ -1090,6 +1090,7 @@ pub fn normalize_spec(mut spec: DeploymentSpec) -> Result<DeploymentSpec> {
     {
         return Err(invalid(format!("invalid image reference {:?}", spec.image)));
     }
+    check_image(&image)?;
     spec.image = image;
     let name = match spec.name.take() {
         Some(n) => n,
@@ -1168,6 +1169,42 @@ pub fn normalize_spec(mut spec: DeploymentSpec) -> Result<DeploymentSpec> {
         }
     }
     Ok(spec)
+}
+
+/// A reference `[host[:port]/]repo[:tag|@digest]` whose repository and
+/// tag follow the distribution grammar (what the node will pull).
+fn check_image(image: &str) -> Result<()> {
+    let bad = |why: &str| invalid(format!("invalid image reference {image:?}: {why}"));
+    let (rest, digest) = match image.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (image, None),
+    };
+    if let Some(d) = digest
+        && d.parse::<crate::digest::Digest>().is_err()
+    {
+        return Err(bad("bad digest"));
+    }
+    let (path, tag) = match rest.rfind(':') {
+        Some(i) if !rest[i..].contains('/') => (&rest[..i], Some(&rest[i + 1..])),
+        _ => (rest, None),
+    };
+    if let Some(t) = tag
+        && !crate::names::valid_tag(t)
+    {
+        return Err(bad("bad tag"));
+    }
+    let repo = match path.split_once('/') {
+        Some((first, repo))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
+            repo
+        }
+        _ => path,
+    };
+    if crate::names::RepoName::parse(repo).is_none() {
+        return Err(bad("the repository must be lower-case name components"));
+    }
+    Ok(())
 }
 
 /// `registry:5000/team/web:1.2` -> `web`.
