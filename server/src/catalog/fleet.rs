@@ -73,6 +73,8 @@ pub struct NewNode<'a> {
     pub secret_hash: &'a str,
     pub facts: &'a str,
     pub registry: &'a str,
+    /// Free memory until the first heartbeat says (the node's total).
+    pub free_memory: i64,
     /// The robot user `node.NAME` and the argon2 hash of the node's secret.
     pub robot: &'a str,
     pub robot_hash: &'a str,

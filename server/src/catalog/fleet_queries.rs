@@ -53,15 +53,16 @@ pub async fn join(db: &Handle, token_hash: &str, node: &NewNode<'_>) -> Result<J
         let pull: Vec<String> = serde_json::from_str(&pull)
             .map_err(|e| CatalogError::Db(sqlx::Error::Decode(Box::new(e))))?;
         let made = sqlx::query(
-            "INSERT INTO fleet_nodes (name, secret_hash, facts, registry, joined_at,
+            "INSERT INTO fleet_nodes (name, secret_hash, facts, registry, free_memory, joined_at,
                                       last_heartbeat, status)
-             VALUES ($1, $2, $3, $4, $5, $5, 'ready') ON CONFLICT (name) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $6, $5, $5, 'ready') ON CONFLICT (name) DO NOTHING",
         )
         .bind(node.name)
         .bind(node.secret_hash)
         .bind(node.facts)
         .bind(node.registry)
         .bind(now)
+        .bind(node.free_memory)
         .execute(&mut *tx)
         .await?;
         if made.rows_affected() == 0 {

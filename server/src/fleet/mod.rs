@@ -315,6 +315,9 @@ impl Fleet {
                 req.name
             )));
         }
+        if matches!(req.name.as_str(), "join" | "tokens") {
+            return Err(invalid(format!("node name {:?} is reserved", req.name)));
+        }
         check_facts(&req.facts)?;
         if req.token.is_empty() || req.token.len() > 256 {
             return Err(FleetError::Unauthorized("invalid join token".into()));
@@ -335,6 +338,7 @@ impl Fleet {
             secret_hash: &secret_hash,
             facts: &facts,
             registry,
+            free_memory: i64::try_from(req.facts.memory_bytes).unwrap_or(i64::MAX),
             robot: &robot,
             robot_hash: &robot_hash,
         };
