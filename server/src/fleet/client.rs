@@ -459,8 +459,10 @@ mod tests {
 
     #[test]
     fn urls_from_the_config() {
-        let mut s = Settings::default();
-        s.listen = "0.0.0.0:5000".parse().unwrap();
+        let mut s = Settings {
+            listen: "0.0.0.0:5000".parse().unwrap(),
+            ..Default::default()
+        };
         assert_eq!(default_url(&s), "http://127.0.0.1:5000");
         s.tls.self_signed = true;
         s.listen = "10.1.2.3:443".parse().unwrap();

@@ -1322,11 +1322,11 @@ mod tests {
     #[test]
     fn specs_get_defaults_and_bad_ones_are_refused() {
         let spec = normalize_spec(DeploymentSpec {
-            image: "127.0.0.1:5000/team/Web_App:1".into(),
+            image: "127.0.0.1:5000/team/web_app.v2:1".into(),
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(spec.name.as_deref(), Some("web-app"));
+        assert_eq!(spec.name.as_deref(), Some("web-app-v2"));
         assert_eq!(spec.replicas, Some(1));
         for bad in [
             DeploymentSpec {
