@@ -87,6 +87,11 @@ impl Viewer {
         self.subject.as_deref()
     }
 
+    /// An admin, or anyone with auth off.
+    pub fn is_admin(&self) -> bool {
+        self.perms.as_ref().is_none_or(|p| p.admin)
+    }
+
     /// Neither signed in nor with auth off.
     pub fn is_anonymous(&self) -> bool {
         self.subject.is_none() && self.perms.is_some()

@@ -36,6 +36,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub gc: GcSettings,
+    pub fleet: FleetSettings,
     /// `[[webhooks]]`: where events are sent (see `events`). File only: an
     /// array of tables has no `WHARF_*` form.
     pub webhooks: Vec<WebhookSettings>,
@@ -206,6 +207,23 @@ pub struct GcSettings {
 pub enum UntaggedPolicy {
     Keep,
     Delete,
+}
+
+/// `[fleet]`: the control plane of runner nodes (see `crate::fleet`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetSettings {
+    /// Seconds without a heartbeat before a node is `down` and its
+    /// replicas are placed elsewhere; nodes heartbeat every third of it.
+    pub node_ttl_secs: u64,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        FleetSettings {
+            node_ttl_secs: wharf_fleet_proto::DEFAULT_NODE_TTL_SECS,
+        }
+    }
 }
 
 impl Default for GcSettings {
@@ -380,6 +398,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             metrics: MetricsSettings::default(),
             gc: GcSettings::default(),
+            fleet: FleetSettings::default(),
             webhooks: Vec::new(),
         }
     }
@@ -461,6 +480,7 @@ const KEYS: &[&str] = &[
     "gc.grace_secs",
     "gc.untagged",
     "gc.upload_max_age_secs",
+    "fleet.node_ttl_secs",
 ];
 
 impl Settings {
@@ -519,6 +539,12 @@ impl Settings {
             return Err(ConfigError::Invalid(format!(
                 "storage.part_size_mib = {} is below the minimum part size of 5 MiB (S3, GCS)",
                 s.part_size_mib
+            )));
+        }
+        if self.fleet.node_ttl_secs == 0 || self.fleet.node_ttl_secs > 24 * 3600 {
+            return Err(ConfigError::Invalid(format!(
+                "fleet.node_ttl_secs = {} must be 1 to 86400",
+                self.fleet.node_ttl_secs
             )));
         }
         if s.redirect && s.backend != StorageBackend::S3 {

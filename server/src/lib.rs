@@ -11,7 +11,8 @@
 //! `browse` (the web catalog's service) sits between `api` and the
 //! registry: `api` -> `browse` -> (`registry`, `catalog`). `web` (the HTML
 //! UI at `/`, merged into the api router) calls `browse` and `auth` only:
-//! `web` -> (`browse`, `auth`).
+//! `web` -> (`browse`, `auth`). `fleet` (the control plane of runner
+//! nodes) sits beside the registry: `api` -> `fleet` -> `catalog`.
 
 pub mod admin;
 pub mod api;
@@ -21,6 +22,7 @@ pub mod catalog;
 pub mod config;
 pub mod digest;
 pub mod events;
+pub mod fleet;
 pub mod gc;
 pub mod metrics;
 pub mod names;
@@ -72,6 +74,7 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
         source,
     })?;
     let catalog = catalog::Catalog::open(&settings.catalog_url()).await?;
+    let catalog_for_fleet = catalog.clone();
     let store = store::BlobStore::open(settings).await?;
     let auth = if settings.auth.enabled {
         let auth = auth::Auth::new(catalog.clone(), settings.auth_config())?;
@@ -99,6 +102,10 @@ pub async fn build_state(settings: &Settings) -> Result<AppState, StartError> {
         metrics: Arc::new(metrics),
         access_log: settings.log.access,
         events: Arc::new(events),
+        fleet: fleet::Fleet::new(
+            catalog_for_fleet,
+            std::time::Duration::from_secs(settings.fleet.node_ttl_secs),
+        ),
     })
 }
 
@@ -207,6 +214,7 @@ pub async fn serve(settings: &Settings) -> Result<(), StartError> {
             Some(hook),
         )
     });
+    state.fleet.start();
     let served = serve_on_with(
         listener,
         app(state),

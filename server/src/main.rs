@@ -10,6 +10,7 @@ use wharf_server::Settings;
 use wharf_server::admin;
 use wharf_server::catalog::Catalog;
 use wharf_server::config::LogFormat;
+use wharf_server::fleet::client as fleet;
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +25,10 @@ struct Cli {
     /// Data directory (catalog and blobs of the embedded default).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// The running server the fleet commands (node, deploy, deployments)
+    /// talk to; default: from the config's listen address and TLS.
+    #[arg(long, global = true, env = "WHARF_SERVER_URL", value_name = "URL")]
+    server: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,6 +68,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Runner nodes of the fleet: join tokens, listing, removal.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Deploy an image to the fleet's runner nodes.
+    Deploy(DeployArgs),
+    /// The fleet's deployments: list, inspect, logs, remove.
+    #[command(subcommand)]
+    Deployments(DeploymentsCommand),
     /// Fill the catalog with a large synthetic one (benchmarks and scale
     /// tests of the web catalog; see server/src/seed.rs). Not for a real
     /// registry.
@@ -100,6 +113,94 @@ struct ServeArgs {
     /// Log format: text or json (one JSON object a line).
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(NodeTokenCommand),
+    /// List the nodes.
+    #[command(alias = "list")]
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a node: its credential and robot user go, its replicas move.
+    #[command(alias = "rm")]
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum NodeTokenCommand {
+    /// Create a one-time join token (printed on standard output).
+    Create {
+        /// How long it may be used: 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Repository pattern the joining node may pull (repeatable).
+        #[arg(long, value_name = "PATTERN")]
+        pull: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct DeployArgs {
+    /// The image, on this registry (`repo:tag`) or with a registry host.
+    image: String,
+    /// Only this node.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// Only nodes with this label (key=value, repeatable).
+    #[arg(long, value_name = "K=V")]
+    selector: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// Environment variable (K=V, repeatable).
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Published port, as docker's -p (repeatable).
+    #[arg(short = 'p', long = "publish", value_name = "PORTS")]
+    publish: Vec<String>,
+    /// Memory limit (512m, 1g); nodes with less free memory are skipped.
+    #[arg(short = 'm', long = "memory", value_name = "SIZE")]
+    memory: Option<String>,
+    #[arg(long, value_name = "N")]
+    cpus: Option<String>,
+    /// no, always, unless-stopped, on-failure[:N].
+    #[arg(long, value_name = "POLICY")]
+    restart: Option<String>,
+    /// Deployment name (default: from the image's repository).
+    #[arg(long)]
+    name: Option<String>,
+    /// Command and arguments (after --).
+    #[arg(last = true)]
+    cmd: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum DeploymentsCommand {
+    /// List deployments.
+    #[command(alias = "list")]
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A deployment as JSON: spec, replicas, events.
+    Inspect { name: String },
+    /// The logs of every replica, relayed from the nodes.
+    Logs {
+        name: String,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[arg(long, value_name = "N")]
+        tail: Option<u64>,
+    },
+    /// Remove a deployment (its containers are removed on the nodes).
+    #[command(alias = "remove")]
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
@@ -236,7 +337,7 @@ fn main() -> std::process::ExitCode {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(run(cli.command, settings))
+            rt.block_on(run(cli.command, settings, cli.server))
         });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -276,7 +377,7 @@ async fn open_catalog(settings: &Settings) -> anyhow::Result<Catalog> {
     Ok(Catalog::open(&settings.catalog_url()).await?)
 }
 
-async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+async fn run(command: Command, settings: Settings, server: Option<String>) -> anyhow::Result<()> {
     if let Command::Serve(_) = command {
         wharf_server::serve(&settings).await?;
         return Ok(());
@@ -311,9 +412,20 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    let command = match command {
+        Command::Node(c) => return node_command(c, &settings, server).await,
+        Command::Deploy(a) => return deploy(a, &settings, server).await,
+        Command::Deployments(c) => return deployments_command(c, &settings, server).await,
+        other => other,
+    };
     let catalog = open_catalog(&settings).await?;
     match command {
-        Command::Serve(_) | Command::Gc { .. } | Command::Seed { .. } => {
+        Command::Serve(_)
+        | Command::Gc { .. }
+        | Command::Seed { .. }
+        | Command::Node(_)
+        | Command::Deploy(_)
+        | Command::Deployments(_) => {
             unreachable!("handled above")
         }
         Command::User(UserCommand::Add { name, admin, .. }) => {
@@ -364,6 +476,93 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 pull.join(", ")
             );
             println!("{secret}");
+        }
+    }
+    Ok(())
+}
+
+async fn client(settings: &Settings, server: Option<String>) -> anyhow::Result<fleet::Client> {
+    Ok(fleet::Client::for_settings(settings, server).await?)
+}
+
+async fn node_command(
+    command: NodeCommand,
+    settings: &Settings,
+    server: Option<String>,
+) -> anyhow::Result<()> {
+    match command {
+        NodeCommand::Token(NodeTokenCommand::Create { ttl, pull }) => {
+            let req = wharf_fleet_proto::TokenRequest {
+                ttl_secs: Some(fleet::parse_duration(&ttl)?),
+                pull,
+            };
+            let made = client(settings, server).await?.create_token(&req).await?;
+            eprintln!("join token (one use, valid for {ttl}):");
+            println!("{}", made.token);
+        }
+        NodeCommand::Ls { json } => {
+            let nodes = client(settings, server).await?.nodes().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else {
+                print!("{}", fleet::nodes_table(&nodes));
+            }
+        }
+        NodeCommand::Remove { name } => {
+            client(settings, server).await?.remove_node(&name).await?;
+            println!("removed node {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn deploy(a: DeployArgs, settings: &Settings, server: Option<String>) -> anyhow::Result<()> {
+    let spec = wharf_fleet_proto::DeploymentSpec {
+        name: a.name,
+        image: a.image,
+        node: a.node,
+        selector: fleet::parse_labels(&a.selector)?,
+        replicas: Some(a.replicas),
+        env: a.env,
+        ports: a.publish,
+        memory_bytes: a.memory.as_deref().map(fleet::parse_size).transpose()?,
+        nano_cpus: a.cpus.as_deref().map(fleet::parse_cpus).transpose()?,
+        restart: a.restart,
+        cmd: a.cmd,
+    };
+    let made = client(settings, server).await?.deploy(&spec).await?;
+    print!("{}", fleet::deployment_summary(&made));
+    Ok(())
+}
+
+async fn deployments_command(
+    command: DeploymentsCommand,
+    settings: &Settings,
+    server: Option<String>,
+) -> anyhow::Result<()> {
+    match command {
+        DeploymentsCommand::Ls { json } => {
+            let all = client(settings, server).await?.deployments().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                print!("{}", fleet::deployments_table(&all));
+            }
+        }
+        DeploymentsCommand::Inspect { name } => {
+            let d = client(settings, server).await?.deployment(&name).await?;
+            println!("{}", serde_json::to_string_pretty(&d)?);
+        }
+        DeploymentsCommand::Logs { name, follow, tail } => {
+            let c = client(settings, server).await?;
+            c.logs(&name, follow, tail, &mut std::io::stdout()).await?;
+        }
+        DeploymentsCommand::Rm { name } => {
+            client(settings, server)
+                .await?
+                .remove_deployment(&name)
+                .await?;
+            println!("removed deployment {name}");
         }
     }
     Ok(())

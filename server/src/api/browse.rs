@@ -90,7 +90,7 @@ fn unauthorized(msg: &str) -> ApiError {
 }
 
 /// Who is asking (see the module doc).
-async fn viewer(
+pub(super) async fn viewer(
     state: &AppState,
     headers: &HeaderMap,
     addr: Option<SocketAddr>,
@@ -135,7 +135,7 @@ async fn viewer(
     }
 }
 
-fn client(parts: &axum::http::Extensions) -> Option<SocketAddr> {
+pub(super) fn client(parts: &axum::http::Extensions) -> Option<SocketAddr> {
     parts.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)
 }
 

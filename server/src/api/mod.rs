@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod browse;
 pub mod error;
+pub mod fleet;
 pub mod observe;
 
 use std::net::SocketAddr;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Log one access line per `/v2/` request.
     pub access_log: bool,
+    /// The control plane of runner nodes (`api/fleet.rs`).
+    pub fleet: crate::fleet::Fleet,
 }
 
 /// The whole HTTP surface, so tests can drive it without a socket.
@@ -75,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", axum::routing::get(observe::healthz))
         .route("/readyz", axum::routing::get(observe::readyz))
         .merge(browse::routes())
+        .merge(fleet::routes())
         .merge(crate::web::router())
         .fallback(|| async { ApiError::unsupported_route() })
         .layer(middleware::from_fn_with_state(

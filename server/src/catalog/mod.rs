@@ -158,6 +158,7 @@ enum Db {
 /// Calls the function of `queries.rs` of the catalog's dialect with the
 /// dialect's handle first: `dispatch!(self, blob_size(digest))`.
 pub mod browse;
+pub mod fleet;
 mod gc;
 pub use gc::{Claim, GcBlob, GcManifest, GcReference, GcUpload, LeaseHolder};
 

@@ -36,6 +36,11 @@ pub mod gc_queries;
 #[path = "browse_queries.rs"]
 pub mod browse_queries;
 
+// The fleet control plane's queries, likewise (see `catalog/fleet.rs`).
+#[allow(clippy::duplicate_mod)]
+#[path = "fleet_queries.rs"]
+pub mod fleet_queries;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 #[derive(Clone, Debug)]
