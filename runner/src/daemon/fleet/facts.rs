@@ -78,6 +78,8 @@ pub fn addresses() -> Vec<String> {
 
 /// Free bytes (for an unprivileged user, as `df` shows) on `path`'s
 /// filesystem.
+// fsblkcnt_t and c_ulong are u64 here but not on every target.
+#[allow(clippy::unnecessary_cast)]
 pub fn free_disk(path: &Path) -> u64 {
     nix::sys::statvfs::statvfs(path)
         .map(|s| (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
