@@ -295,6 +295,10 @@ pub struct CreateRequest {
     /// With `-t`: the terminal's size at the start, `[rows, cols]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_size: Option<[u16; 2]>,
+    /// The container's own labels (docker's `--label`), shown by `inspect`
+    /// over the image's; the fleet agent marks its containers with them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// `--restart`: whether the daemon starts a container again after it

@@ -88,6 +88,7 @@ pub fn create_request(
         } else {
             None
         },
+        labels: Default::default(),
     })
 }
 

@@ -205,6 +205,23 @@ pub struct DaemonArgs {
     /// The bridge's subnet; its first address is the gateway, on the bridge
     #[arg(long = "bridge-subnet", default_value = crate::daemon::network::DEFAULT_SUBNET, value_name = "CIDR")]
     pub bridge_subnet: String,
+    /// Join the fleet of this wharf-server (http(s)://HOST:PORT); needs --token the first time
+    #[arg(long, value_name = "URL")]
+    pub join: Option<String>,
+    /// The join token (from `wharf-server node token create`)
+    #[arg(
+        long,
+        env = "WHARF_RUNNER_JOIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// This node's name in the fleet (default: the hostname)
+    #[arg(long = "node-name", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// A node label for deployment selectors, KEY=VALUE (repeatable)
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -707,6 +724,12 @@ fn run_daemon(socket: PathBuf, args: DaemonArgs) -> i32 {
         runtimes: args.add_runtimes,
         bridge: args.bridge,
         bridge_subnet: args.bridge_subnet,
+        fleet: crate::daemon::fleet::JoinOptions {
+            url: args.join,
+            token: args.token,
+            node_name: args.node_name,
+            labels: args.labels,
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

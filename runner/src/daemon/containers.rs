@@ -424,7 +424,44 @@ fn validate(req: &CreateRequest) -> Result<()> {
         )));
     }
     crate::volumes::parse_all(&req.binds, &req.tmpfs).map_err(Error::BadRequest)?;
+    if req.labels.len() > MAX_LABELS
+        || req
+            .labels
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > MAX_LABEL_KEY || v.len() > MAX_LABEL_VALUE)
+    {
+        return Err(Error::BadRequest(format!(
+            "labels: at most {MAX_LABELS}, keys of 1 to {MAX_LABEL_KEY} bytes, values of at most {MAX_LABEL_VALUE}"
+        )));
+    }
     Ok(())
+}
+
+/// Bounds on a container's labels.
+const MAX_LABELS: usize = 256;
+const MAX_LABEL_KEY: usize = 256;
+const MAX_LABEL_VALUE: usize = 4096;
+
+/// A container as the fleet agent sees it (see `super::fleet`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub id: String,
+    pub name: String,
+    pub state: ObservedState,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObservedState {
+    /// Made, never started.
+    Created,
+    Running,
+    /// Stopped with this code; `restarting`: its restart policy will start
+    /// it again.
+    Exited {
+        code: i64,
+        restarting: bool,
+    },
 }
 
 /// What `exec` needs to know of a container (see `super::exec`).
@@ -1757,6 +1794,30 @@ impl Containers {
             .collect())
     }
 
+    /// Every container with its state, exit code and labels (for the fleet
+    /// agent's reconciliation and heartbeats).
+    pub async fn observe(&self) -> Result<Vec<Observed>> {
+        let mut out = Vec::new();
+        for r in self.rows().await? {
+            let labels = r.request().map(|q| q.labels).unwrap_or_default();
+            let state = match r.state.as_str() {
+                "running" => ObservedState::Running,
+                "exited" => ObservedState::Exited {
+                    code: r.exit_code,
+                    restarting: self.live(&r.id).restarting(),
+                },
+                _ => ObservedState::Created,
+            };
+            out.push(Observed {
+                id: r.id,
+                name: r.name,
+                state,
+                labels,
+            });
+        }
+        Ok(out)
+    }
+
     /// `inspect`: docker's keys.
     pub async fn inspect(&self, name: &str) -> Result<serde_json::Value> {
         let r = self.resolve(name).await?;
@@ -1804,6 +1865,12 @@ impl Containers {
             .to_api();
         let network_settings = self.network_settings(&r, &req, config.as_ref()).await?;
         let (mounts, binds, tmpfs, anonymous) = self.volumes.inspect_parts(&r.id, &req).await?;
+        // The image's labels with the container's own over them.
+        let mut labels = config
+            .as_ref()
+            .and_then(|c| c.labels().clone())
+            .unwrap_or_default();
+        labels.extend(req.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         Ok(json!({
             "Id": r.id,
             "Created": r.created_at,
@@ -1866,7 +1933,7 @@ impl Containers {
                 "Entrypoint": entrypoint,
                 "Image": r.image,
                 "WorkingDir": req.workdir.clone().or_else(|| config.as_ref().and_then(|c| c.working_dir().clone())).unwrap_or_default(),
-                "Labels": config.as_ref().and_then(|c| c.labels().clone()).unwrap_or_default(),
+                "Labels": labels,
                 "StopSignal": r.stop_signal,
                 "Volumes": anonymous,
                 "Tty": req.tty,

@@ -67,8 +67,18 @@ pub struct Images {
     pub(super) pool: SqlitePool,
     config: ImagesConfig,
     credentials: Mutex<CredentialStore>,
+    /// Registries given at run time rather than by `login` (the fleet's
+    /// registry with the node credential): kept in memory only, never in
+    /// `auth.json`, and used over the stored ones.
+    session: Mutex<HashMap<String, SessionRegistry>>,
     /// Read: a pull in flight. Write: `remove`/`prune` deleting from disk.
     pub(super) lock: RwLock<()>,
+}
+
+/// A registry added with [`Images::add_session_registry`].
+struct SessionRegistry {
+    credentials: Credentials,
+    plain_http: bool,
 }
 
 /// How a name given by the user resolved.
@@ -109,6 +119,7 @@ impl Images {
             pool,
             config,
             credentials: Mutex::new(credentials),
+            session: Mutex::new(HashMap::new()),
             lock: RwLock::new(()),
         })
     }
@@ -131,8 +142,23 @@ impl Images {
         ]
     }
 
+    /// Adds a registry for this daemon's life: its credentials (memory
+    /// only) and whether it speaks plain HTTP.
+    pub fn add_session_registry(&self, registry: &str, credentials: Credentials, plain_http: bool) {
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                registry.to_string(),
+                SessionRegistry {
+                    credentials,
+                    plain_http,
+                },
+            );
+    }
+
     pub(super) fn client(&self) -> Result<RegistryClient> {
-        let credentials = self
+        let mut credentials: HashMap<String, Credentials> = self
             .credentials
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -140,8 +166,20 @@ impl Images {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let mut insecure_registries = self.config.insecure_registries.clone();
+        for (registry, s) in self
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            credentials.insert(registry.clone(), s.credentials.clone());
+            if s.plain_http {
+                insecure_registries.push(registry.clone());
+            }
+        }
         RegistryClient::new(ClientConfig {
-            insecure_registries: self.config.insecure_registries.clone(),
+            insecure_registries,
             credentials,
             user_agent: None,
             ca_dirs: self.ca_dirs(),

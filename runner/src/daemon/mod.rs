@@ -3,8 +3,9 @@
 //! for the wire contract) on a unix socket.
 //!
 //! Calls `images` (pull, store, catalog of images), `containers`
-//! (lifecycle), `bundle`, `cgroups`, `shim` (as a separate process); called
-//! by `main` only. The CLI never links against this: it speaks HTTP.
+//! (lifecycle), `bundle`, `cgroups`, `shim` (as a separate process), and
+//! `fleet` (joining a control plane, the node agent); called by `main`
+//! only. The CLI never links against this: it speaks HTTP.
 
 pub mod attach;
 pub mod catalog;
@@ -13,6 +14,7 @@ pub mod containers;
 pub mod credentials;
 pub mod error;
 pub mod exec;
+pub mod fleet;
 pub mod http;
 pub mod images;
 pub mod network;
@@ -46,6 +48,8 @@ pub struct Config {
     /// The bridge of `--network bridge` (made if missing) and its subnet.
     pub bridge: String,
     pub bridge_subnet: String,
+    /// `--join`, `--token`, `--node-name`, `--label` (see `fleet`).
+    pub fleet: fleet::JoinOptions,
 }
 
 /// The built-in runtime's name (`--runtime wharf`).
@@ -61,6 +65,8 @@ pub async fn run(config: Config) -> Result<()> {
         .and_then(|()| std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)))
         .map_err(|e| Error::Internal(format!("state dir {}: {e}", root.display())))?;
     let _lock = lock_root(root)?;
+    // Joined (or joining) a fleet: refused before the daemon serves anything.
+    let node = fleet::prepare(root, &config.fleet).await?;
     let pool = catalog::open(root).await?;
     let images = Arc::new(
         images::Images::open(
@@ -73,6 +79,17 @@ pub async fn run(config: Config) -> Result<()> {
         )
         .await?,
     );
+    if let Some(node) = &node {
+        // The node credential for the fleet's registry, in memory only.
+        images.add_session_registry(
+            &node.registry,
+            crate::image::client::Credentials {
+                username: format!("node.{}", node.name),
+                password: node.secret.clone(),
+            },
+            node.server.starts_with("http://"),
+        );
+    }
     let exe = std::env::current_exe()
         .map_err(|e| Error::Internal(format!("cannot find the wharf-runner binary: {e}")))?;
     let runtimes = containers::Runtimes::new(&config.default_runtime, &config.runtimes)?;
@@ -81,7 +98,7 @@ pub async fn run(config: Config) -> Result<()> {
     let volumes = Arc::new(volumes::Volumes::open(root, pool.clone())?);
     let containers = containers::Containers::open(
         root,
-        pool,
+        pool.clone(),
         images.clone(),
         volumes.clone(),
         exe.clone(),
@@ -90,6 +107,16 @@ pub async fn run(config: Config) -> Result<()> {
     )
     .await?;
     let execs = exec::Execs::new(containers.clone(), exe);
+    if let Some(node) = node {
+        fleet::agent::Agent::start(
+            node,
+            root.clone(),
+            containers.clone(),
+            images.clone(),
+            pool.clone(),
+        )
+        .await?;
+    }
 
     let socket = &config.socket;
     if let Some(parent) = socket.parent() {

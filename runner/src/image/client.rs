@@ -885,7 +885,7 @@ fn build_http(
 /// The CA certificates placed for `host` (`host[:port]`) in the `certs.d`
 /// style directories, in name order; a file that is there but is not PEM
 /// certificates is an error naming it.
-fn registry_cas(
+pub(crate) fn registry_cas(
     dirs: &[std::path::PathBuf],
     host: &str,
 ) -> Result<Vec<reqwest::Certificate>, ClientError> {
