@@ -739,3 +739,73 @@ async fn index_platforms_and_referrers_are_shown() {
     let page = body(&b.get(&srv, "/r/team/multi").await.expect(200));
     assert!(page.contains("linux/arm64/v8"), "{page}");
 }
+
+/// The fleet's pages: an admin sees the nodes (status, resources, labels)
+/// and the deployments (replicas, history), every name escaped; signed out
+/// is sent to sign in; a user who is not an admin gets the 403 page.
+#[tokio::test]
+async fn fleet_pages_show_nodes_and_deployments_to_admins_only() {
+    let (srv, ()) = Server::start_auth(|_| {}, async |c: &Catalog| setup(c).await).await;
+    let as_admin = |m: Method, path: &str| srv.request(m, path).basic_auth("admin", Some(ADMIN_PW));
+    let token = srv
+        .send(as_admin(Method::POST, "/api/v1/nodes/tokens").json(&json!({"ttl_secs": 600})))
+        .await
+        .expect(201)
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let facts = json!({
+        "addresses": ["10.9.8.7"], "os": "linux", "arch": "amd64", "cpus": 4,
+        "memory_bytes": 8u64 << 30, "disk_bytes": 100u64 << 30,
+        "labels": {"zone": "<b>east</b>"}, "version": "test",
+    });
+    srv.send(
+        srv.request(Method::POST, "/api/v1/nodes/join")
+            .json(&json!({"token": token, "name": "edge-1", "facts": facts})),
+    )
+    .await
+    .expect(200);
+    srv.send(as_admin(Method::POST, "/api/v1/deployments").json(&json!({
+        "name": "web", "image": "team/app:1", "replicas": 2, "cmd": ["sh", "-c", "echo <i>hi</i>"],
+    })))
+    .await
+    .expect(201);
+
+    let mut admin = Browser::sign_in(&srv, "admin").await;
+    let page = body(&admin.get(&srv, "/nodes").await.expect(200));
+    assert!(
+        page.contains("edge-1") && page.contains("10.9.8.7"),
+        "{page}"
+    );
+    assert!(page.contains("ready") && page.contains("8.59 GB"), "{page}");
+    assert!(
+        page.contains("zone=&lt;b&gt;east&lt;/b&gt;"),
+        "label not escaped: {page}"
+    );
+    assert!(page.contains(r#"href="/deployments""#), "nav link: {page}");
+
+    let page = body(&admin.get(&srv, "/deployments").await.expect(200));
+    assert!(page.contains(r#"href="/deployments/web""#), "{page}");
+    assert!(page.contains("team/app:1"), "{page}");
+    let page = body(&admin.get(&srv, "/deployments/web").await.expect(200));
+    assert!(
+        page.contains("web.0") && page.contains("web.1"),
+        "replicas: {page}"
+    );
+    assert!(
+        page.contains("echo &lt;i&gt;hi&lt;/i&gt;"),
+        "command not escaped: {page}"
+    );
+    assert!(page.contains("edge-1"), "placed on the node: {page}");
+    let r = admin.get(&srv, "/deployments/nope").await.expect(404);
+    assert!(body(&r).contains("Not found"));
+
+    let mut anon = Browser::default();
+    let r = anon.get(&srv, "/nodes").await.expect(303);
+    assert!(r.must_header("location").starts_with("/login"), "{r}");
+    assert!(!body(&anon.get(&srv, "/").await.expect(200)).contains("/nodes"));
+    let mut reader = Browser::sign_in(&srv, "reader").await;
+    let r = reader.get(&srv, "/deployments/web").await.expect(403);
+    assert!(!body(&r).contains("team/app"), "{r}");
+}

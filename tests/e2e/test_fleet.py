@@ -1,65 +1,246 @@
 """Fleet (issue #7): runner nodes on a LAN join the server, report their
 state, and run what the server deploys to them.
 
-Every test here builds a small LAN (fleet_support.Lan): a wharf-server over
-TLS in one network namespace, runner daemons in others, all joined by a
-Linux bridge; they talk over the bridge addresses only."""
+Every test builds a small LAN (fleet_support.Lan): a wharf-server over TLS
+with auth in one network namespace, runner daemons in others, joined by a
+Linux bridge; they talk over the bridge addresses only. The admin CLI runs
+in the server's namespace too."""
 
 from __future__ import annotations
 
-import pytest
-
+import json
+import time
 from pathlib import Path
 
+import pytest
+import requests
+
 from fleet_support import Lan, NsRunnerDaemon, NsServer
-from runner_support import busybox_image, free_unix_socket_path, runner_binary, unique
-from support import AUTH_ENV, server_binary
+from runner_support import busybox_image, free_unix_socket_path, output, runner_binary, unique, wait_for
+from support import AUTH_ENV, run, server_binary
+
+TTL = 3  # seconds without heartbeat before a node is down (the default is 15)
 
 
 @pytest.fixture
 def lan():
-    net = Lan(["server", "n1", "n2"])
+    net = Lan(["server", "n1", "n2", "n3"])
     try:
         yield net
     finally:
         net.close()
 
 
+class Fleet:
+    """The server, its admin CLI, and the runner nodes of one LAN."""
+
+    def __init__(self, lan: Lan, tmp_path: Path):
+        self.lan = lan
+        self.tmp = tmp_path
+        self.server = NsServer(
+            lan, "server", server_binary(), tmp_path / "server", tmp_path / "server.log",
+            env={**AUTH_ENV, "WHARF_FLEET_NODE_TTL_SECS": str(TTL)},
+        )
+        self.server.add_user("admin", admin=True)
+        self.server.start()
+        self.runners: dict[str, NsRunnerDaemon] = {}
+
+    def admin(self, *args, check: bool = True, timeout: float = 60) -> "subprocess.CompletedProcess":
+        """`wharf-server ARGS` in the server's namespace, on its data dir,
+        pointed at the running server."""
+        cmd = [*self.lan.prefix("server"), *self.server.command(*args[:1]), "--server", self.server.url, *args[1:]]
+        return run(cmd, check=check, timeout=timeout, env=self.cli_env())
+
+    def cli_env(self) -> dict:
+        import os
+
+        # The same settings as the server's (auth on, TLS self-signed), as a
+        # shared config file would give them.
+        env = {**os.environ, **self.server.env, "WHARF_TLS_SELF_SIGNED": "true", "NO_COLOR": "1"}
+        env.pop("WHARF_ADMIN_PASSWORD", None)
+        return env
+
+    def token(self, *flags: str) -> str:
+        out = self.admin("node", "token", "create", *flags).stdout.strip()
+        assert out and "\n" not in out, out
+        self.server.secrets.append(out)
+        return out
+
+    def runner(self, member: str, *join_flags: str) -> NsRunnerDaemon:
+        root = self.tmp / f"runner-{member}"
+        root.mkdir(parents=True, exist_ok=True)
+        self.server.trust(root)
+        d = NsRunnerDaemon(
+            self.lan, member, runner_binary(), root, Path(free_unix_socket_path()), self.tmp / f"{member}.log",
+            self.server.host, join=["--join", self.server.url, *join_flags],
+        )
+        self.runners[member] = d
+        return d
+
+    def push_busybox(self, repo: str, tag: str = "1") -> str:
+        api = self.server.api_in("server", "admin").authorize(f"repository:{repo}:pull,push")
+        return busybox_image().push(api, repo, tag)
+
+    def nodes(self) -> dict[str, dict]:
+        out = self.admin("node", "ls", "--json").stdout
+        return {n["name"]: n for n in json.loads(out)}
+
+    def deployment(self, name: str) -> dict:
+        return json.loads(self.admin("deployments", "inspect", name).stdout)
+
+    def running(self, name: str) -> dict[str, str]:
+        """replica id -> node, for the replicas the server has seen running."""
+        return {r["id"]: r["node"] for r in self.deployment(name)["replicas"] if r["state"] == "running"}
+
+    def close(self) -> None:
+        for d in self.runners.values():
+            if not d.running:
+                try:
+                    d.start()
+                except AssertionError:
+                    continue
+            ids = d.cli("ps", "-aq", check=False).stdout.split()
+            if ids:
+                d.cli("rm", "-f", *ids, check=False, timeout=120)
+            d.stop()
+        self.server.stop()
+
+
 @pytest.fixture
-def server(lan, tmp_path):
-    srv = NsServer(lan, "server", server_binary(), tmp_path / "server", tmp_path / "server.log", env=AUTH_ENV)
-    srv.add_user("admin", admin=True)
-    srv.start()
+def fleet(lan, tmp_path):
+    f = Fleet(lan, tmp_path)
     try:
-        yield srv
+        yield f
     finally:
-        srv.stop()
-        assert srv.panics() == [], srv.log_tail()
-        assert srv.secrets_in_log() == [], "secrets in the server log"
+        f.close()
+        assert f.server.panics() == [], f.server.log_tail()
+        assert f.server.secrets_in_log() == [], "secrets in the server log"
+        for d in f.runners.values():
+            text = d.log_text()
+            leaked = [s for s in f.server.secrets if s in text]
+            assert not leaked, f"secrets in {d.log_path}"
 
 
-def runner(lan, server, member: str, tmp_path: Path, join: list[str] | None = None) -> NsRunnerDaemon:
-    root = tmp_path / f"runner-{member}"
-    d = NsRunnerDaemon(
-        lan, member, runner_binary(), root, Path(free_unix_socket_path()), tmp_path / f"runner-{member}.log",
-        server.host, join=join,
+def node_json(d: NsRunnerDaemon) -> dict:
+    path = d.root / "node.json"
+    assert path.stat().st_mode & 0o777 == 0o600, oct(path.stat().st_mode)
+    return json.loads(path.read_text())
+
+
+def containers(d: NsRunnerDaemon) -> dict[str, str]:
+    """name -> State.Status of every container on a runner."""
+    ids = d.cli("ps", "-aq").stdout.split()
+    if not ids:
+        return {}
+    return {c["Name"].lstrip("/"): c["State"]["Status"] for c in json.loads(d.cli("inspect", *ids).stdout)}
+
+
+def test_nodes_join_run_a_deployment_and_survive_a_node_loss(fleet):
+    repo = unique("fleet/busybox")
+    fleet.push_busybox(repo)
+    token = fleet.token("--ttl", "10m", "--pull", "fleet/*")
+    n1 = fleet.runner("n1", "--token", token, "--node-name", "n1", "--label", "zone=a")
+    n2 = fleet.runner("n2", "--token", fleet.token("--pull", "fleet/*"), "--node-name", "n2", "--label", "zone=b")
+    n1.start()
+    n2.start()
+
+    # Joined: name, addresses on the LAN, resources, labels; ready.
+    nodes = wait_for(lambda: n if len(n := fleet.nodes()) == 2 else None, 20, "two nodes")
+    for name, member, zone in (("n1", "n1", "a"), ("n2", "n2", "b")):
+        node = nodes[name]
+        assert node["status"] == "ready", node
+        assert fleet.lan.address(member) in node["facts"]["addresses"], node
+        assert node["facts"]["labels"] == {"zone": zone}, node
+        assert node["facts"]["cpus"] >= 1 and node["facts"]["memory_bytes"] > 0, node
+        assert node_json(fleet.runners[member])["name"] == name
+
+    # A deployment of 2 replicas lands on both nodes and runs.
+    script = 'echo "hello from $(hostname)"; i=0; while :; do i=$((i+1)); echo "tick $i"; sleep 1; done'
+    fleet.admin("deploy", f"{fleet.server.host}/{repo}:1", "--name", "web", "--replicas", "2", "--", "sh", "-c", script)
+    placed = wait_for(lambda: r if len(r := fleet.running("web")) == 2 else None, 60, "2 running replicas")
+    assert sorted(placed.values()) == ["n1", "n2"], placed
+    for replica, node in placed.items():
+        assert containers(fleet.runners[node]) == {replica: "running"}
+
+    # Logs come back through the server, from both nodes.
+    logs = fleet.admin("deployments", "logs", "web").stdout
+    assert logs.count("hello from") == 2, logs
+
+    # `ls` shows it; a follow stream keeps delivering new lines.
+    ls = fleet.admin("deployments", "ls").stdout
+    assert "web" in ls and "running" in ls, ls
+
+    # Killing n2's runner: n2 is down within the TTL, its replica moves to n1.
+    moved_from = next(r for r, n in placed.items() if n == "n2")
+    n2.kill9()
+    t0 = time.monotonic()
+    wait_for(lambda: fleet.nodes()["n2"]["status"] == "down", TTL + 5, "n2 marked down")
+    assert time.monotonic() - t0 < TTL + 5
+    wait_for(lambda: fleet.running("web").get(moved_from) == "n1", 60, f"{moved_from} running on n1")
+    assert containers(n1) == {r: "running" for r in placed}
+    events = " ".join(e["message"] for e in fleet.deployment("web")["events"])
+    assert "n2" in events and "down" in events, events
+
+    # n2 comes back: ready again, and its stale copy is stopped (no duplicates).
+    n2.start()
+    wait_for(lambda: fleet.nodes()["n2"]["status"] == "ready", 20, "n2 ready again")
+    wait_for(lambda: n2.cli("ps", "-aq").stdout.strip() == "", 30, "n2's stale replica removed")
+    assert sorted(fleet.running("web").values()) == ["n1", "n1"]
+
+    # A revoked node is refused.
+    creds = node_json(n2)
+    fleet.admin("node", "remove", "n2")
+    assert "n2" not in fleet.nodes()
+    resp = fleet.lan.call(
+        "n2", requests.post, f"{fleet.server.url}/api/v1/node/heartbeat",
+        auth=(creds["name"], creds["secret"]), json={}, verify=str(fleet.server.ca), timeout=10,
     )
-    root.mkdir(parents=True, exist_ok=True)
-    server.trust(root)
-    return d
+    assert resp.status_code == 401, resp.text
+
+    fleet.admin("deployments", "rm", "web")
+    wait_for(lambda: n1.cli("ps", "-aq").stdout.strip() == "", 30, "web's containers removed from n1")
 
 
-def test_the_lan_carries_a_tls_pull_from_the_server_to_a_runner(lan, server, tmp_path):
-    """The harness itself: a runner in n1 pulls over TLS from the server in
-    `server`'s namespace, on the bridge, and runs the image."""
-    image = busybox_image()
-    repo = unique("fleet/smoke")
-    image.push(server.api_in("n1", "admin").authorize(f"repository:{repo}:pull,push"), repo, "1")
-    d = runner(lan, server, "n1", tmp_path)
+def test_bad_tokens_and_names_are_refused_with_a_clear_line(fleet):
+    good = fleet.token()
+    a = fleet.runner("n1", "--token", good, "--node-name", "alpha")
+    a.start()
+    wait_for(lambda: "alpha" in fleet.nodes(), 20, "alpha joined")
+
+    def join_fails(member: str, token: str, name: str, needle: str) -> None:
+        d = fleet.runner(member, "--token", token, "--node-name", name)
+        proc = run([*d.command()], check=False, timeout=60)
+        fleet.runners.pop(member)
+        assert proc.returncode != 0, output(proc)
+        assert needle in (proc.stderr + proc.stdout).lower(), output(proc)
+        assert not (d.root / "node.json").exists()
+
+    join_fails("n2", good, "beta", "used")  # a token joins one node
+    join_fails("n2", fleet.token(), "alpha", "taken")
+    short = fleet.token("--ttl", "1s")
+    time.sleep(2)
+    join_fails("n3", short, "gamma", "expired")
+    assert sorted(fleet.nodes()) == ["alpha"]
+
+
+def test_a_selector_without_a_match_and_a_denied_image_say_why(fleet):
+    repo = unique("fleet/busybox")
+    private = unique("private/busybox")
+    fleet.push_busybox(repo)
+    fleet.push_busybox(private)
+    d = fleet.runner("n1", "--token", fleet.token("--pull", "fleet/*"), "--node-name", "n1", "--label", "zone=a")
     d.start()
-    try:
-        d.cli("login", "-u", "admin", "--password-stdin", server.host, input=server.users["admin"] + "\n")
-        out = d.cli("run", "--rm", f"{server.host}/{repo}:1", "echo", "over the bridge").stdout
-        assert out == "over the bridge\n"
-    finally:
-        d.stop()
+    wait_for(lambda: "n1" in fleet.nodes(), 20, "n1 joined")
+
+    fleet.admin("deploy", f"{fleet.server.host}/{repo}:1", "--name", "nowhere", "--selector", "zone=b")
+    dep = wait_for(lambda: x if (x := fleet.deployment("nowhere"))["events"] else None, 20, "an event")
+    assert dep["status"] == "pending", dep
+    assert "zone=b" in " ".join(e["message"] for e in dep["events"]), dep
+
+    fleet.admin("deploy", f"{fleet.server.host}/{private}:1", "--name", "denied", "--", "sleep", "60")
+    failed = wait_for(
+        lambda: [r for r in fleet.deployment("denied")["replicas"] if r["state"] == "failed"], 60, "a failed replica"
+    )
+    assert failed[0]["reason"], failed
+    assert "denied" in failed[0]["reason"].lower() or "not found" in failed[0]["reason"].lower(), failed
+    assert d.cli("ps", "-aq").stdout.strip() == ""

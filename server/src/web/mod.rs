@@ -3,13 +3,16 @@
 //! assets.
 //!
 //! Layer: `web` -> `browse` (every listing, manifest, stats and the tag
-//! delete) and `auth` (sign-in, sessions). It never queries the catalog or
+//! delete), `fleet` (the nodes and deployments pages) and `auth` (sign-in,
+//! sessions). It never queries the catalog or
 //! the registry itself. Routes (one `.merge` in `api::router`):
 //! - `GET /` repositories (`q` search, `sort=name|pushed`, `offset`), stats;
 //! - `GET /r/<repo>` a repository's tags and pull commands;
 //! - `GET /r/<repo>/-/manifest/<tag|digest>` a manifest: platforms, layers,
 //!   config, history, referrers;
 //! - `GET|POST /r/<repo>/-/delete/<tag>` the confirmation, then the delete;
+//! - `GET /nodes`, `GET /deployments`, `GET /deployments/<name>`: the
+//!   fleet (admins only), from the `fleet` service;
 //! - `GET|POST /login`, `POST /logout`;
 //! - `GET /static/<hash>/<file>`, `GET /favicon.ico`.
 //!
@@ -52,6 +55,9 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(index))
         .route("/r/{*path}", get(repo_get).post(repo_post))
+        .route("/nodes", get(nodes))
+        .route("/deployments", get(deployments))
+        .route("/deployments/{name}", get(deployment))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
         .route("/static/{version}/{name}", get(assets::serve))
@@ -264,6 +270,73 @@ async fn index(State(state): State<AppState>, Page(ctx): Page, RawQuery(q): RawQ
         ))
     }
     .await;
+    finish(&ctx, result)
+}
+
+/// The fleet pages are for admins (everyone when auth is off): signed out,
+/// the sign-in page first; signed in without admin rights, a 403 page.
+fn fleet_viewer(ctx: &Ctx) -> Result<(), Response> {
+    if ctx.viewer.is_admin() {
+        Ok(())
+    } else if ctx.user.is_none() {
+        Err(see_other(&pages::login_url(&ctx.here)))
+    } else {
+        Err(WebError::Forbidden("Only admins see the fleet.".into()).page(Some(ctx)))
+    }
+}
+
+fn fleet_error(e: crate::fleet::FleetError) -> WebError {
+    match e {
+        crate::fleet::FleetError::NotFound(_) | crate::fleet::FleetError::Invalid(_) => {
+            WebError::NotFound
+        }
+        e => WebError::internal(e),
+    }
+}
+
+/// `GET /nodes`.
+async fn nodes(State(state): State<AppState>, Page(ctx): Page) -> Response {
+    if let Err(resp) = fleet_viewer(&ctx) {
+        return resp;
+    }
+    let result = state
+        .fleet
+        .nodes()
+        .await
+        .map(|n| html(StatusCode::OK, pages::nodes(&ctx, &n)))
+        .map_err(fleet_error);
+    finish(&ctx, result)
+}
+
+/// `GET /deployments`.
+async fn deployments(State(state): State<AppState>, Page(ctx): Page) -> Response {
+    if let Err(resp) = fleet_viewer(&ctx) {
+        return resp;
+    }
+    let result = state
+        .fleet
+        .deployments()
+        .await
+        .map(|d| html(StatusCode::OK, pages::deployments(&ctx, &d)))
+        .map_err(fleet_error);
+    finish(&ctx, result)
+}
+
+/// `GET /deployments/<name>`.
+async fn deployment(
+    State(state): State<AppState>,
+    Page(ctx): Page,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(resp) = fleet_viewer(&ctx) {
+        return resp;
+    }
+    let result = state
+        .fleet
+        .deployment(&name, true)
+        .await
+        .map(|d| html(StatusCode::OK, pages::deployment(&ctx, &d)))
+        .map_err(fleet_error);
     finish(&ctx, result)
 }
 

@@ -5,6 +5,7 @@
 //! Pure rendering: the handlers in `mod.rs` fetch, this module only formats.
 
 use maud::{DOCTYPE, Markup, html};
+use wharf_fleet_proto::{DeploymentInfo, NodeInfo, NodeStatus, ReplicaState};
 
 use super::assets;
 use super::format;
@@ -34,6 +35,10 @@ pub fn layout(ctx: &Ctx, title: &str, content: Markup) -> Markup {
                         }
                         nav {
                             a href="/" { "Repositories" }
+                            @if ctx.viewer.is_admin() {
+                                a href="/nodes" { "Nodes" }
+                                a href="/deployments" { "Deployments" }
+                            }
                             @if ctx.auth_on {
                                 @if let Some(user) = &ctx.user {
                                     span.who { "Signed in as " b { (user) } }
@@ -60,7 +65,7 @@ pub fn layout(ctx: &Ctx, title: &str, content: Markup) -> Markup {
 
 /// `/login?next=<here>` (back to this page after signing in; not from the
 /// sign-in page itself).
-fn login_url(here: &str) -> String {
+pub fn login_url(here: &str) -> String {
     if here.is_empty() || here == "/" || here.starts_with("/login") || here.len() > 1024 {
         return "/login".to_owned();
     }
@@ -574,6 +579,215 @@ pub fn confirm_delete(ctx: &Ctx, repo: &str, tag: &str, m: &ManifestView) -> Mar
                 }
                 " "
                 a.button.secondary href=(repo_url(repo)) { "Cancel" }
+            }
+        },
+    )
+}
+
+// ---- the fleet (admins only) ------------------------------------------------
+
+fn state_class(state: &str) -> &'static str {
+    match state {
+        "ready" | "running" => "state ok",
+        "down" | "failed" | "degraded" => "state bad",
+        _ => "state",
+    }
+}
+
+fn labels(labels: &std::collections::BTreeMap<String, String>) -> Markup {
+    html! {
+        @for (k, v) in labels {
+            span.tag { (k) "=" (v) } " "
+        }
+    }
+}
+
+fn node_status(s: NodeStatus) -> &'static str {
+    match s {
+        NodeStatus::Ready => "ready",
+        NodeStatus::Down => "down",
+    }
+}
+
+fn replica_state(s: ReplicaState) -> &'static str {
+    match s {
+        ReplicaState::Pending => "pending",
+        ReplicaState::Assigned => "assigned",
+        ReplicaState::Pulling => "pulling",
+        ReplicaState::Running => "running",
+        ReplicaState::Exited => "exited",
+        ReplicaState::Failed => "failed",
+    }
+}
+
+/// The nodes a deployment's replicas are on, each once.
+fn nodes_of(d: &DeploymentInfo) -> String {
+    let mut on: Vec<&str> = d
+        .replicas
+        .iter()
+        .filter_map(|r| r.node.as_deref())
+        .collect();
+    on.sort_unstable();
+    on.dedup();
+    on.join(", ")
+}
+
+fn deployment_url(name: &str) -> String {
+    format!("/deployments/{name}")
+}
+
+/// `GET /nodes`: every runner node, its state and resources.
+pub fn nodes(ctx: &Ctx, nodes: &[NodeInfo]) -> Markup {
+    let ready = nodes
+        .iter()
+        .filter(|n| n.status == NodeStatus::Ready)
+        .count();
+    layout(
+        ctx,
+        "Nodes",
+        html! {
+            h1 { "Nodes" }
+            p.stats { b { (ready) } " ready of " b { (nodes.len()) } (plural(nodes.len() as u64, " node", " nodes")) }
+            @if nodes.is_empty() {
+                div.card.empty {
+                    "No runner node has joined yet. Make a token with "
+                    code { "wharf-server node token create" }
+                    " and start " code { "wharf-runner daemon --join URL --token TOKEN" } " on a node."
+                }
+            } @else {
+                div.table-wrap.card.flush {
+                    table #nodes {
+                        thead { tr {
+                            th { "Name" } th { "Status" } th.hide-narrow { "Addresses" }
+                            th.hide-narrow { "Platform" } th.num { "CPUs" } th.num { "Memory free / total" }
+                            th.num.hide-narrow { "Disk free" } th.num { "Containers" }
+                            th.hide-narrow { "Labels" } th.num { "Last heartbeat" }
+                        } }
+                        tbody {
+                            @for n in nodes {
+                                tr {
+                                    td { b { (n.name) } }
+                                    td { span class=(state_class(node_status(n.status))) { (node_status(n.status)) } }
+                                    td.hide-narrow.mono { (n.facts.addresses.join(", ")) }
+                                    td.hide-narrow { (n.facts.os) "/" (n.facts.arch) }
+                                    td.num { (n.facts.cpus) }
+                                    td.num { (format::size(n.free_memory_bytes)) " / " (format::size(n.facts.memory_bytes)) }
+                                    td.num.hide-narrow { (format::size(n.facts.disk_bytes)) }
+                                    td.num { (n.running_containers) }
+                                    td.hide-narrow { (labels(&n.facts.labels)) }
+                                    td.num { (time_ago(n.last_heartbeat.saturating_mul(1000))) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// `GET /deployments`: every deployment with its replicas' states.
+pub fn deployments(ctx: &Ctx, deployments: &[DeploymentInfo]) -> Markup {
+    layout(
+        ctx,
+        "Deployments",
+        html! {
+            h1 { "Deployments" }
+            @if deployments.is_empty() {
+                div.card.empty {
+                    "Nothing is deployed. Deploy an image with "
+                    code { "wharf-server deploy IMAGE --replicas N" } "."
+                }
+            } @else {
+                div.table-wrap.card.flush {
+                    table #deployments {
+                        thead { tr {
+                            th { "Name" } th { "Image" } th { "Status" } th.num { "Running" }
+                            th.hide-narrow { "Nodes" } th.num { "Created" }
+                        } }
+                        tbody {
+                            @for d in deployments {
+                                @let running = d.replicas.iter().filter(|r| r.state == ReplicaState::Running).count();
+                                tr {
+                                    td { a href=(deployment_url(&d.name)) { (d.name) } }
+                                    td.mono { (d.spec.image) }
+                                    td { span class=(state_class(&d.status)) { (d.status) } }
+                                    td.num { (running) " / " (d.replicas.len()) }
+                                    td.hide-narrow { (nodes_of(d)) }
+                                    td.num { (time_ago(d.created_at.saturating_mul(1000))) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// `GET /deployments/<name>`: the spec, each replica, and the history.
+pub fn deployment(ctx: &Ctx, d: &DeploymentInfo) -> Markup {
+    let s = &d.spec;
+    layout(
+        ctx,
+        &d.name,
+        html! {
+            p.crumbs { a href="/deployments" { "Deployments" } " / " }
+            h1 { (d.name) " " span class=(state_class(&d.status)) { (d.status) } }
+            div.card {
+                dl.kv {
+                    dt { "Image" } dd.mono { (s.image) }
+                    dt { "Replicas" } dd { (d.replicas.len()) }
+                    @if let Some(n) = &s.node { dt { "Node" } dd { (n) } }
+                    @if !s.selector.is_empty() { dt { "Selector" } dd { (labels(&s.selector)) } }
+                    @if !s.cmd.is_empty() { dt { "Command" } dd.mono { (shell_words(&s.cmd)) } }
+                    @if !s.env.is_empty() { dt { "Environment" } dd { (kv_list(&s.env)) } }
+                    @if !s.ports.is_empty() { dt { "Ports" } dd.mono { (s.ports.join(", ")) } }
+                    @if let Some(m) = s.memory_bytes { dt { "Memory" } dd { (format::size(u64::try_from(m).unwrap_or(0))) } }
+                    @if let Some(c) = s.nano_cpus { dt { "CPUs" } dd { (format!("{:.2}", c as f64 / 1e9)) } }
+                    @if let Some(r) = &s.restart { dt { "Restart" } dd { (r) } }
+                    dt { "Created" } dd { (time_ago(d.created_at.saturating_mul(1000))) }
+                }
+            }
+            h2 { "Replicas" }
+            div.table-wrap.card.flush {
+                table #replicas {
+                    thead { tr {
+                        th { "Replica" } th { "Node" } th { "State" } th.hide-narrow { "Detail" } th.num { "Changed" }
+                    } }
+                    tbody {
+                        @for r in &d.replicas {
+                            tr {
+                                td.mono { (r.id) }
+                                td { (r.node.as_deref().unwrap_or("—")) }
+                                td { span class=(state_class(replica_state(r.state))) { (replica_state(r.state)) } }
+                                td.hide-narrow {
+                                    @if let Some(code) = r.exit_code { "exit code " (code) " " }
+                                    @if let Some(reason) = &r.reason { (reason) }
+                                }
+                                td.num { (time_ago(r.updated_at.saturating_mul(1000))) }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "History" }
+            @if d.events.is_empty() {
+                p.muted { "No events yet." }
+            } @else {
+                div.table-wrap.card.flush {
+                    table #events {
+                        tbody {
+                            @for e in d.events.iter().rev() {
+                                tr {
+                                    td.nowrap { (time_ago(e.time.saturating_mul(1000))) }
+                                    td.mono.hide-narrow { (e.replica.as_deref().unwrap_or("")) }
+                                    td { (e.message) }
+                                }
+                            }
+                        }
+                    }
+                }
             }
         },
     )
