@@ -275,13 +275,14 @@ async fn index(State(state): State<AppState>, Page(ctx): Page, RawQuery(q): RawQ
 
 /// The fleet pages are for admins (everyone when auth is off): signed out,
 /// the sign-in page first; signed in without admin rights, a 403 page.
-fn fleet_viewer(ctx: &Ctx) -> Result<(), Response> {
+/// Returns the refusal, or None for an admin.
+fn fleet_refusal(ctx: &Ctx) -> Option<Response> {
     if ctx.viewer.is_admin() {
-        Ok(())
+        None
     } else if ctx.user.is_none() {
-        Err(see_other(&pages::login_url(&ctx.here)))
+        Some(see_other(&pages::login_url(&ctx.here)))
     } else {
-        Err(WebError::Forbidden("Only admins see the fleet.".into()).page(Some(ctx)))
+        Some(WebError::Forbidden("Only admins see the fleet.".into()).page(Some(ctx)))
     }
 }
 
@@ -296,8 +297,8 @@ fn fleet_error(e: crate::fleet::FleetError) -> WebError {
 
 /// `GET /nodes`.
 async fn nodes(State(state): State<AppState>, Page(ctx): Page) -> Response {
-    if let Err(resp) = fleet_viewer(&ctx) {
-        return resp;
+    if let Some(refused) = fleet_refusal(&ctx) {
+        return refused;
     }
     let result = state
         .fleet
@@ -310,8 +311,8 @@ async fn nodes(State(state): State<AppState>, Page(ctx): Page) -> Response {
 
 /// `GET /deployments`.
 async fn deployments(State(state): State<AppState>, Page(ctx): Page) -> Response {
-    if let Err(resp) = fleet_viewer(&ctx) {
-        return resp;
+    if let Some(refused) = fleet_refusal(&ctx) {
+        return refused;
     }
     let result = state
         .fleet
@@ -328,8 +329,8 @@ async fn deployment(
     Page(ctx): Page,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(resp) = fleet_viewer(&ctx) {
-        return resp;
+    if let Some(refused) = fleet_refusal(&ctx) {
+        return refused;
     }
     let result = state
         .fleet
