@@ -13,6 +13,7 @@ belongs to the namespace of the thread that made it).
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -23,8 +24,8 @@ from pathlib import Path
 
 import requests
 
-from runner_support import RunnerDaemon
-from support import RegistryApi, WharfServer
+from runner_support import RunnerDaemon, busybox_image, free_unix_socket_path, runner_binary
+from support import AUTH_ENV, RegistryApi, WharfServer, run, server_binary
 
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
@@ -192,3 +193,97 @@ class NsRegistryApi(RegistryApi):
 
     def token(self, *args, **kwargs) -> str:
         return self.lan.call(self.member, super().token, *args, **kwargs)
+
+
+TTL = 3  # seconds without heartbeat before a node is down (the default is 15)
+
+
+class Fleet:
+    """The server, its admin CLI, and the runner nodes of one LAN."""
+
+    def __init__(self, lan: Lan, tmp_path: Path):
+        self.lan = lan
+        self.tmp = tmp_path
+        self.server = NsServer(
+            lan, "server", server_binary(), tmp_path / "server", tmp_path / "server.log",
+            env={**AUTH_ENV, "WHARF_FLEET_NODE_TTL_SECS": str(TTL)},
+        )
+        self.server.add_user("admin", admin=True)
+        self.server.start()
+        self.runners: dict[str, NsRunnerDaemon] = {}
+
+    def admin(self, *args, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        """`wharf-server ARGS` in the server's namespace, on its data dir,
+        pointed at the running server."""
+        cmd = [*self.lan.prefix("server"), *self.server.command(*args[:1]), "--server", self.server.url, *args[1:]]
+        return run(cmd, check=check, timeout=timeout, env=self.cli_env())
+
+    def admin_popen(self, *args) -> subprocess.Popen:
+        cmd = [*self.lan.prefix("server"), *self.server.command(*args[:1]), "--server", self.server.url, *args[1:]]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.cli_env())
+
+    def cli_env(self) -> dict:
+        # The same settings as the server's (auth on, TLS self-signed), as a
+        # shared config file would give them.
+        env = {**os.environ, **self.server.env, "WHARF_TLS_SELF_SIGNED": "true", "NO_COLOR": "1"}
+        env.pop("WHARF_ADMIN_PASSWORD", None)
+        return env
+
+    def token(self, *flags: str) -> str:
+        out = self.admin("node", "token", "create", *flags).stdout.strip()
+        assert out and "\n" not in out, out
+        self.server.secrets.append(out)
+        return out
+
+    def runner(self, member: str, *join_flags: str) -> NsRunnerDaemon:
+        root = self.tmp / f"runner-{member}"
+        root.mkdir(parents=True, exist_ok=True)
+        self.server.trust(root)
+        d = NsRunnerDaemon(
+            self.lan, member, runner_binary(), root, Path(free_unix_socket_path()), self.tmp / f"{member}.log",
+            self.server.host, join=["--join", self.server.url, *join_flags],
+        )
+        self.runners[member] = d
+        return d
+
+    def push_busybox(self, repo: str, tag: str = "1") -> str:
+        api = self.server.api_in("server", "admin").authorize(f"repository:{repo}:pull,push")
+        return busybox_image().push(api, repo, tag)
+
+    def nodes(self) -> dict[str, dict]:
+        out = self.admin("node", "ls", "--json").stdout
+        return {n["name"]: n for n in json.loads(out)}
+
+    def deployment(self, name: str) -> dict:
+        return json.loads(self.admin("deployments", "inspect", name).stdout)
+
+    def running(self, name: str) -> dict[str, str]:
+        """replica id -> node, for the replicas the server has seen running."""
+        return {r["id"]: r["node"] for r in self.deployment(name)["replicas"] if r["state"] == "running"}
+
+    def close(self) -> None:
+        for d in self.runners.values():
+            if not d.running:
+                try:
+                    d.start()
+                except AssertionError:
+                    continue
+            ids = d.cli("ps", "-aq", check=False).stdout.split()
+            if ids:
+                d.cli("rm", "-f", *ids, check=False, timeout=120)
+            d.stop()
+        self.server.stop()
+
+
+def node_json(d: NsRunnerDaemon) -> dict:
+    path = d.root / "node.json"
+    assert path.stat().st_mode & 0o777 == 0o600, oct(path.stat().st_mode)
+    return json.loads(path.read_text())
+
+
+def containers(d: NsRunnerDaemon) -> dict[str, str]:
+    """name -> State.Status of every container on a runner."""
+    ids = d.cli("ps", "-aq").stdout.split()
+    if not ids:
+        return {}
+    return {c["Name"].lstrip("/"): c["State"]["Status"] for c in json.loads(d.cli("inspect", *ids).stdout)}

@@ -8,18 +8,17 @@ in the server's namespace too."""
 
 from __future__ import annotations
 
-import json
+import selectors
+import shutil
+import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from fleet_support import Lan, NsRunnerDaemon, NsServer
-from runner_support import busybox_image, free_unix_socket_path, output, runner_binary, unique, wait_for
-from support import AUTH_ENV, run, server_binary
-
-TTL = 3  # seconds without heartbeat before a node is down (the default is 15)
+from fleet_support import TTL, Fleet, Lan, containers, node_json
+from runner_support import output, unique, wait_for
+from support import run
 
 
 @pytest.fixture
@@ -29,81 +28,6 @@ def lan():
         yield net
     finally:
         net.close()
-
-
-class Fleet:
-    """The server, its admin CLI, and the runner nodes of one LAN."""
-
-    def __init__(self, lan: Lan, tmp_path: Path):
-        self.lan = lan
-        self.tmp = tmp_path
-        self.server = NsServer(
-            lan, "server", server_binary(), tmp_path / "server", tmp_path / "server.log",
-            env={**AUTH_ENV, "WHARF_FLEET_NODE_TTL_SECS": str(TTL)},
-        )
-        self.server.add_user("admin", admin=True)
-        self.server.start()
-        self.runners: dict[str, NsRunnerDaemon] = {}
-
-    def admin(self, *args, check: bool = True, timeout: float = 60) -> "subprocess.CompletedProcess":
-        """`wharf-server ARGS` in the server's namespace, on its data dir,
-        pointed at the running server."""
-        cmd = [*self.lan.prefix("server"), *self.server.command(*args[:1]), "--server", self.server.url, *args[1:]]
-        return run(cmd, check=check, timeout=timeout, env=self.cli_env())
-
-    def cli_env(self) -> dict:
-        import os
-
-        # The same settings as the server's (auth on, TLS self-signed), as a
-        # shared config file would give them.
-        env = {**os.environ, **self.server.env, "WHARF_TLS_SELF_SIGNED": "true", "NO_COLOR": "1"}
-        env.pop("WHARF_ADMIN_PASSWORD", None)
-        return env
-
-    def token(self, *flags: str) -> str:
-        out = self.admin("node", "token", "create", *flags).stdout.strip()
-        assert out and "\n" not in out, out
-        self.server.secrets.append(out)
-        return out
-
-    def runner(self, member: str, *join_flags: str) -> NsRunnerDaemon:
-        root = self.tmp / f"runner-{member}"
-        root.mkdir(parents=True, exist_ok=True)
-        self.server.trust(root)
-        d = NsRunnerDaemon(
-            self.lan, member, runner_binary(), root, Path(free_unix_socket_path()), self.tmp / f"{member}.log",
-            self.server.host, join=["--join", self.server.url, *join_flags],
-        )
-        self.runners[member] = d
-        return d
-
-    def push_busybox(self, repo: str, tag: str = "1") -> str:
-        api = self.server.api_in("server", "admin").authorize(f"repository:{repo}:pull,push")
-        return busybox_image().push(api, repo, tag)
-
-    def nodes(self) -> dict[str, dict]:
-        out = self.admin("node", "ls", "--json").stdout
-        return {n["name"]: n for n in json.loads(out)}
-
-    def deployment(self, name: str) -> dict:
-        return json.loads(self.admin("deployments", "inspect", name).stdout)
-
-    def running(self, name: str) -> dict[str, str]:
-        """replica id -> node, for the replicas the server has seen running."""
-        return {r["id"]: r["node"] for r in self.deployment(name)["replicas"] if r["state"] == "running"}
-
-    def close(self) -> None:
-        for d in self.runners.values():
-            if not d.running:
-                try:
-                    d.start()
-                except AssertionError:
-                    continue
-            ids = d.cli("ps", "-aq", check=False).stdout.split()
-            if ids:
-                d.cli("rm", "-f", *ids, check=False, timeout=120)
-            d.stop()
-        self.server.stop()
 
 
 @pytest.fixture
@@ -121,18 +45,26 @@ def fleet(lan, tmp_path):
             assert not leaked, f"secrets in {d.log_path}"
 
 
-def node_json(d: NsRunnerDaemon) -> dict:
-    path = d.root / "node.json"
-    assert path.stat().st_mode & 0o777 == 0o600, oct(path.stat().st_mode)
-    return json.loads(path.read_text())
+_followed: dict[int, list[str]] = {}
 
 
-def containers(d: NsRunnerDaemon) -> dict[str, str]:
-    """name -> State.Status of every container on a runner."""
-    ids = d.cli("ps", "-aq").stdout.split()
-    if not ids:
-        return {}
-    return {c["Name"].lstrip("/"): c["State"]["Status"] for c in json.loads(d.cli("inspect", *ids).stdout)}
+def follow_lines(proc: subprocess.Popen) -> list[str]:
+    """The lines a running `logs -f` printed so far (read without blocking)."""
+    lines = _followed.setdefault(proc.pid, [])
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    while sel.select(timeout=0.2):
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+    sel.close()
+    return lines
+
+
+def ticks_by_replica(proc: subprocess.Popen) -> set[str]:
+    """Replicas that printed a `tick` line into a `logs -f` stream."""
+    return {line.split()[0] for line in _followed.get(proc.pid, []) if "tick" in line}
 
 
 def test_nodes_join_run_a_deployment_and_survive_a_node_loss(fleet):
@@ -166,9 +98,39 @@ def test_nodes_join_run_a_deployment_and_survive_a_node_loss(fleet):
     logs = fleet.admin("deployments", "logs", "web").stdout
     assert logs.count("hello from") == 2, logs
 
-    # `ls` shows it; a follow stream keeps delivering new lines.
+    # `ls` shows it; `logs -f` keeps delivering new lines from both replicas.
     ls = fleet.admin("deployments", "ls").stdout
     assert "web" in ls and "running" in ls, ls
+    follow = fleet.admin_popen("deployments", "logs", "web", "-f", "--tail", "0")
+    try:
+        def both_ticking() -> bool:
+            follow_lines(follow)
+            return ticks_by_replica(follow) >= set(placed)
+
+        wait_for(both_ticking, 20, "new lines from both replicas")
+    finally:
+        follow.terminate()
+        follow.wait(10)
+
+    # A server outage: the containers keep running on the nodes; when the
+    # server is back everything reconciles, without duplicates.
+    fleet.server.stop()
+    time.sleep(2)
+    for replica, node in placed.items():
+        assert containers(fleet.runners[node]) == {replica: "running"}
+    fleet.server.start()
+    wait_for(lambda: all(n["status"] == "ready" for n in fleet.nodes().values()), 20, "nodes ready after the outage")
+    assert fleet.running("web") == placed
+    for replica, node in placed.items():
+        assert containers(fleet.runners[node]) == {replica: "running"}
+
+    # A runner restart (graceful) leaves its container running and reconciles.
+    n1.stop()
+    n1.start()
+    wait_for(lambda: fleet.nodes()["n1"]["status"] == "ready", 20, "n1 ready after its restart")
+    assert fleet.running("web") == placed
+    n1_replica = next(r for r, n in placed.items() if n == "n1")
+    assert containers(n1) == {n1_replica: "running"}
 
     # Killing n2's runner: n2 is down within the TTL, its replica moves to n1.
     moved_from = next(r for r, n in placed.items() if n == "n2")
@@ -207,8 +169,10 @@ def test_bad_tokens_and_names_are_refused_with_a_clear_line(fleet):
     a.start()
     wait_for(lambda: "alpha" in fleet.nodes(), 20, "alpha joined")
 
-    def join_fails(member: str, token: str, name: str, needle: str) -> None:
+    def join_fails(member: str, token: str, name: str, needle: str, trusted: bool = True) -> None:
         d = fleet.runner(member, "--token", token, "--node-name", name)
+        if not trusted:
+            shutil.rmtree(d.root / "certs.d")
         proc = run([*d.command()], check=False, timeout=60)
         fleet.runners.pop(member)
         assert proc.returncode != 0, output(proc)
@@ -220,6 +184,8 @@ def test_bad_tokens_and_names_are_refused_with_a_clear_line(fleet):
     short = fleet.token("--ttl", "1s")
     time.sleep(2)
     join_fails("n3", short, "gamma", "expired")
+    # The node checks the server's certificate: a CA it does not trust, no join.
+    join_fails("n3", fleet.token(), "delta", "certificate", trusted=False)
     assert sorted(fleet.nodes()) == ["alpha"]
 
 
