@@ -69,13 +69,15 @@ QUICK = dict(
     rounds=1, small_dur=1, conns=[1, 16, 64], big=16 * MiB, chunk=2 * MiB, conc_n=64, conc_size=256 * KiB,
     dl_dur=1, mixed_sizes=[1, 10], mixed_ops={1: 32, 10: 16}, mixed_file=32 * MiB, runs=5, pull_runs=1,
     pull_layer=4 * MiB, repos=10, tags=10, catalog_repos=10_000, catalog_tags=100_000, catalog_n=10,
+    fleet_nodes=50,
 )  # fmt: skip
 FULL = dict(
     rounds=3, small_dur=4, conns=[1, 16, 64], big=256 * MiB, chunk=8 * MiB, conc_n=64, conc_size=4 * MiB,
     dl_dur=3, mixed_sizes=[1, 10, 100], mixed_ops={1: 400, 10: 160, 100: 48}, mixed_file=256 * MiB, runs=50,
     pull_runs=5, pull_layer=40 * MiB, repos=50, tags=50, catalog_repos=10_000, catalog_tags=100_000, catalog_n=50,
+    fleet_nodes=50,
 )  # fmt: skip
-GROUPS = ("small", "upload", "download", "mixed", "run", "pull", "catalog")
+GROUPS = ("small", "upload", "download", "mixed", "run", "pull", "catalog", "fleet")
 
 # The web catalog at scale: each (label, path, who) is requested `catalog_n` times on one keep-alive
 # connection of a wharf-server whose catalog `wharf-server seed` filled (10,000 repositories, 100,000 tags,
@@ -517,6 +519,8 @@ class Bench:
                 reg.check_alive()
             if "catalog" in self.only:
                 self.guarded("web catalog at scale", self.catalog)
+            if "fleet" in self.only:
+                self.guarded("fleet at scale", self.fleet)
             if "run" in self.only or "pull" in self.only:
                 self.guarded("runner", self.runner)
         except BenchError as e:
@@ -530,6 +534,60 @@ class Bench:
             return 1
         log(f"report written to {self.args.out}")
         return 0
+
+    # --- the fleet at scale
+    def fleet(self):
+        """`fleet_nodes` runner daemons, each in a network namespace of its own, join one wharf-server (TLS,
+        auth) over a bridge — the LAN of the fleet's e2e tests (tests/e2e/fleet_support.py). Timed: from the
+        daemons' start to every node ready, and from `wharf-server deploy --replicas N` (one per node) to the
+        server having every replica reported running."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from fleet_support import Fleet, Lan
+
+        os.environ["WHARF_SERVER_BIN"] = str(self.bin_dir / "wharf-server")
+        os.environ["WHARF_RUNNER_BIN"] = str(self.bin_dir / "wharf-runner")
+        n = self.p["fleet_nodes"]
+        names = [f"n{i}" for i in range(n)]
+        lan = Lan(["server", *names])
+        fleet = None
+        try:
+            (self.tmp / "fleet").mkdir()
+            fleet = Fleet(lan, self.tmp / "fleet")
+            fleet.push_busybox("bench/fleet")
+            daemons = [fleet.runner(m, "--token", fleet.token("--pull", "bench/*"), "--node-name", m) for m in names]
+            t = time.monotonic()
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(lambda d: d.start(), daemons))
+
+            def ready() -> int:
+                return sum(1 for x in fleet.nodes().values() if x["status"] == "ready")
+
+            while ready() < n:
+                if time.monotonic() - t > 120:
+                    raise BenchError(f"only {ready()} of {n} nodes ready after 120 s")
+                time.sleep(0.1)
+            self.add("fleet", "join", WHARF, time.monotonic() - t)
+            t = time.monotonic()
+            fleet.admin("deploy", f"{fleet.server.host}/bench/fleet:1", "--name", "bench", "--replicas", str(n),
+                        "--", "sleep", "3600")  # fmt: skip
+            while True:
+                running = fleet.running("bench")
+                if len(running) == n:
+                    break
+                if time.monotonic() - t > 120:
+                    raise BenchError(f"only {len(running)} of {n} replicas running after 120 s")
+                time.sleep(0.1)
+            self.add("fleet", "deploy", WHARF, time.monotonic() - t)
+            if sorted(running.values()) != sorted(names):
+                raise BenchError(f"replicas not one per node: {sorted(running.values())}")
+            self.fleet_n = n
+        finally:
+            if fleet is not None:
+                with ThreadPoolExecutor(16) as pool:
+                    list(pool.map(fleet.close_runner, list(fleet.runners.values())))
+                fleet.server.stop()
+            lan.close()
 
     # --- the web catalog at scale
     def catalog(self):
@@ -1158,7 +1216,7 @@ class Report:
         if b.errors:
             parts += ["## Errors", "", *(f"- {e.splitlines()[0]}" for e in b.errors), ""]
         for section in (self.small, self.upload, self.download, self.mixed, self.memory, self.web_catalog, self.run,
-                        self.pull):  # fmt: skip
+                        self.pull, self.fleet):  # fmt: skip
             try:
                 text = section()
             except Exception as e:  # noqa: BLE001
@@ -1337,6 +1395,21 @@ class Report:
                 "`team-a/*` are public)."
                 + (f" Not measured (no web UI in this build): {', '.join(skipped)}." if skipped else "")
                 + "\n\n" + table(["call", "path", "as", "n", "median ms", "p95 ms"], rows))
+
+    def fleet(self):
+        b = self.b
+        n = getattr(b, "fleet_n", None)
+        if n is None:
+            return ""
+        join, deploy = b.med("fleet", "join", WHARF), b.med("fleet", "deploy", WHARF)
+        self.target(f"a deployment to {n} nodes running everywhere < 10 s", f"{fmt(deploy, 2)} s",
+                    None if deploy is None else deploy < 10)  # fmt: skip
+        return (f"## Fleet at scale\n\n{n} runner daemons, each in a network namespace of its own on one bridge "
+                "with the server's (TLS, auth on, node TTL 3 s), join with one token each; then one deployment of "
+                f"{n} replicas (spread: one per node) of the busybox test image running `sleep`.\n\n"
+                + table(["step", "seconds"], [[f"start {n} daemons until every node is ready", fmt(join, 2)],
+                                              ["`wharf-server deploy` until every replica is reported running",
+                                               fmt(deploy, 2)]]))  # fmt: skip
 
     def run(self):
         b = self.b

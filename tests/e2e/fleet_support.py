@@ -261,17 +261,22 @@ class Fleet:
         """replica id -> node, for the replicas the server has seen running."""
         return {r["id"]: r["node"] for r in self.deployment(name)["replicas"] if r["state"] == "running"}
 
+    @staticmethod
+    def close_runner(d: NsRunnerDaemon) -> None:
+        """Removes a runner's containers and stops it (started again first if it was down)."""
+        if not d.running:
+            try:
+                d.start()
+            except AssertionError:
+                return
+        ids = d.cli("ps", "-aq", check=False).stdout.split()
+        if ids:
+            d.cli("rm", "-f", *ids, check=False, timeout=120)
+        d.stop()
+
     def close(self) -> None:
         for d in self.runners.values():
-            if not d.running:
-                try:
-                    d.start()
-                except AssertionError:
-                    continue
-            ids = d.cli("ps", "-aq", check=False).stdout.split()
-            if ids:
-                d.cli("rm", "-f", *ids, check=False, timeout=120)
-            d.stop()
+            self.close_runner(d)
         self.server.stop()
 
 
