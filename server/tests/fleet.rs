@@ -380,8 +380,30 @@ async fn joins_good_expired_reused_and_taken() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // One token, racing joins: exactly one gets in.
+    let raced = admin.token().await;
+    let joins = (0..6).map(|i| {
+        let (url, token) = (srv.url("/api/v1/nodes/join"), raced.clone());
+        tokio::spawn(async move {
+            http()
+                .post(url)
+                .json(&json!({"token": token, "name": format!("r{i}"), "facts": facts(&[])}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    });
+    let mut statuses = Vec::new();
+    for j in joins.collect::<Vec<_>>() {
+        statuses.push(j.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 401, 401, 401, 401, 401]);
     let names: Vec<String> = admin.nodes().await.into_iter().map(|n| n.name).collect();
-    assert_eq!(names, ["n1", "n2"]);
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(names[..2], ["n1", "n2"]);
 }
 
 #[tokio::test]

@@ -322,17 +322,28 @@ impl Fleet {
         if req.token.is_empty() || req.token.len() > 256 {
             return Err(FleetError::Unauthorized("invalid join token".into()));
         }
+        let token_hash = sha256_hex(&req.token);
+        // A cheap check before the slow hash below, so bad tokens cost
+        // nothing; the join itself re-checks in its transaction.
+        let state = self.inner.catalog.fleet_token_state(&token_hash).await?;
+        if state != TokenState::Valid {
+            return Err(FleetError::Unauthorized(token_refusal(&state).into()));
+        }
         let secret = crate::auth::random_secret();
         let robot = robot_name(&req.name);
-        let robot_hash =
-            crate::auth::hash_password(&secret).map_err(|e| FleetError::Internal(e.to_string()))?;
+        // argon2 is deliberately slow: off the async threads (many nodes
+        // may join at once).
+        let for_hash = secret.clone();
+        let robot_hash = tokio::task::spawn_blocking(move || crate::auth::hash_password(&for_hash))
+            .await
+            .map_err(|e| FleetError::Internal(e.to_string()))?
+            .map_err(|e| FleetError::Internal(e.to_string()))?;
         let facts =
             serde_json::to_string(&req.facts).map_err(|e| FleetError::Internal(e.to_string()))?;
         // A random 256-bit secret needs no slow hash: SHA-256 is enough to
         // keep it out of the catalog (the argon2 hash is for the robot
         // user, which goes through the registry's ordinary login).
         let secret_hash = sha256_hex(&secret);
-        let token_hash = sha256_hex(&req.token);
         let node = NewNode {
             name: &req.name,
             secret_hash: &secret_hash,
@@ -351,12 +362,8 @@ impl Fleet {
                 )));
             }
             JoinOutcome::BadToken => {
-                let why = match self.inner.catalog.fleet_token_state(&token_hash).await? {
-                    TokenState::Expired => "the join token has expired",
-                    TokenState::Used => "the join token was already used",
-                    _ => "invalid join token",
-                };
-                return Err(FleetError::Unauthorized(why.into()));
+                let state = self.inner.catalog.fleet_token_state(&token_hash).await?;
+                return Err(FleetError::Unauthorized(token_refusal(&state).into()));
             }
         }
         tracing::info!(node = %req.name, "node joined the fleet");
@@ -1018,6 +1025,15 @@ impl Fleet {
             self.notify_node(&n);
         }
         Ok(())
+    }
+}
+
+fn token_refusal(state: &TokenState) -> &'static str {
+    match state {
+        TokenState::Expired => "the join token has expired",
+        TokenState::Used => "the join token was already used",
+        // Valid here: it was used or expired between the check and the join.
+        TokenState::Unknown | TokenState::Valid => "invalid join token",
     }
 }
 
