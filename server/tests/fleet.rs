@@ -663,6 +663,55 @@ async fn a_node_without_heartbeat_is_down_and_its_replica_moves_then_it_comes_ba
 }
 
 #[tokio::test]
+async fn a_server_outage_moves_nothing() {
+    let mut srv = fleet_server().await;
+    let admin = Admin::of(&srv);
+    let n1 = Node::join(&srv, &admin.token().await, "n1", &[]).await;
+    let n2 = Node::join(&srv, &admin.token().await, "n2", &[]).await;
+    let (k1, k2) = (n1.keep_alive(), n2.keep_alive());
+    let (s, _) = admin
+        .deploy(json!({"name": "web", "image": "team/web:1", "replicas": 2}))
+        .await;
+    assert_eq!(s, 201);
+    let before = admin.deployment("web").await.replicas;
+    assert!(before.iter().all(|r| r.node.is_some()));
+    // The server is away for longer than the TTL: no heartbeat arrives.
+    k1.abort();
+    k2.abort();
+    // (New clients: an open pooled connection would keep the old server's
+    // state, and so its scheduler, alive in this process.)
+    drop(admin);
+    let (mut n1, mut n2) = (n1, n2);
+    n1.http = http();
+    n2.http = http();
+    srv.restart_after(Duration::from_millis(TTL * 1000 + 1000))
+        .await;
+    let admin = Admin::of(&srv);
+    // The scheduler runs (as `serve` starts it at boot) before the nodes
+    // are back.
+    admin.nodes().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    n1.base = srv.url("");
+    n2.base = srv.url("");
+    let (_k1, _k2) = (n1.keep_alive(), n2.keep_alive());
+    tokio::time::sleep(Duration::from_millis(TTL * 1000 + 500)).await;
+    assert_eq!(admin.node_status("n1").await, NodeStatus::Ready);
+    assert_eq!(admin.node_status("n2").await, NodeStatus::Ready);
+    let d = admin.deployment("web").await;
+    for (a, b) in before.iter().zip(&d.replicas) {
+        assert_eq!(
+            (&a.id, &a.node, a.generation),
+            (&b.id, &b.node, b.generation)
+        );
+    }
+    assert!(
+        !d.events.iter().any(|e| e.message.contains("down")),
+        "{:?}",
+        d.events
+    );
+}
+
+#[tokio::test]
 async fn a_removed_node_is_refused() {
     let srv = fleet_server().await;
     let admin = Admin::of(&srv);

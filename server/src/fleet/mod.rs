@@ -13,7 +13,9 @@
 //!   heartbeat for the TTL `down`, takes replicas off down or removed nodes
 //!   (generation bumped), and places unplaced replicas with the pure
 //!   `place::plan`. A crash between any two of its steps leaves rows the
-//!   next pass finishes.
+//!   next pass finishes. A node's silence is counted from its last
+//!   heartbeat or this process's start, whichever is later, so a server
+//!   outage moves nothing: nodes get a TTL to come back.
 //! - One server process runs the fleet: several server replicas on one
 //!   catalog are not supported for the fleet yet (each would schedule, and
 //!   a node's channel is only told of changes made by the process it is
@@ -193,6 +195,9 @@ struct Inner {
     next_id: AtomicU64,
     /// One scheduler pass at a time.
     pass: tokio::sync::Mutex<()>,
+    /// When this process started (unix ms): a node is not marked down for
+    /// heartbeats it could not send while the server itself was away.
+    born: i64,
 }
 
 /// The fleet service; cheap to clone.
@@ -221,6 +226,7 @@ impl Fleet {
                 started: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
                 pass: tokio::sync::Mutex::new(()),
+                born: now_ms(),
             }),
         }
     }
@@ -910,7 +916,7 @@ impl Fleet {
         let mut touched: HashSet<String> = HashSet::new();
         for n in &mut nodes {
             if n.status == "ready"
-                && n.last_heartbeat < cutoff
+                && n.last_heartbeat.max(self.inner.born) < cutoff
                 && catalog.fleet_mark_down(&n.name, cutoff).await?
             {
                 tracing::warn!(node = %n.name, "node is down: no heartbeat within the TTL");
