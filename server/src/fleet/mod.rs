@@ -198,6 +198,9 @@ struct Inner {
     /// When this process started (unix ms): a node is not marked down for
     /// heartbeats it could not send while the server itself was away.
     born: i64,
+    /// True once the server shuts down: channels and log streams end, so
+    /// the graceful shutdown does not wait for them forever.
+    closing: watch::Sender<bool>,
 }
 
 /// The fleet service; cheap to clone.
@@ -227,6 +230,7 @@ impl Fleet {
                 next_id: AtomicU64::new(1),
                 pass: tokio::sync::Mutex::new(()),
                 born: now_ms(),
+                closing: watch::channel(false).0,
             }),
         }
     }
@@ -260,6 +264,19 @@ impl Fleet {
                 }
             }
         });
+    }
+
+    /// Ends every node channel and log stream (server shutdown).
+    pub fn close(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Fleet::close`] was called.
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + use<> {
+        let mut rx = self.inner.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
     }
 
     fn wake(&self) {
@@ -481,7 +498,9 @@ impl Fleet {
         let fleet = self.clone();
         let node = node.to_owned();
         let period = Duration::from_secs(self.heartbeat_secs());
+        let closed = self.closed();
         tokio::spawn(async move {
+            tokio::pin!(closed);
             let line = |m: &ServerMessage| {
                 let mut v = serde_json::to_vec(m).unwrap_or_default();
                 v.push(b'\n');
@@ -522,6 +541,7 @@ impl Fleet {
                         if lines_tx.send(line(&ServerMessage::Ping)).await.is_err() { break; }
                     }
                     _ = lines_tx.closed() => break,
+                    _ = &mut closed => break,
                 }
             }
             let mut channels = fleet
@@ -707,9 +727,16 @@ impl Fleet {
             fleet: self.clone(),
             requests,
         };
+        let closed = Box::pin(self.closed());
         Ok(futures::stream::unfold(
-            (rx, guard),
-            |(mut rx, guard)| async move { rx.recv().await.map(|b| (Ok(b), (rx, guard))) },
+            (rx, guard, closed),
+            |(mut rx, guard, mut closed)| async move {
+                let next = tokio::select! {
+                    b = rx.recv() => b,
+                    _ = &mut closed => None,
+                };
+                next.map(|b| (Ok(b), (rx, guard, closed)))
+            },
         ))
     }
 
@@ -1410,6 +1437,20 @@ mod tests {
             image_for("10.0.0.1:5000/app@sha256:ab", "x:1"),
             "10.0.0.1:5000/app@sha256:ab"
         );
+    }
+
+    #[tokio::test]
+    async fn close_ends_the_channels() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let fleet = Fleet::new(Catalog::open(&url).await.unwrap(), Duration::from_secs(3));
+        let mut channel = Box::pin(fleet.connect("n1"));
+        let first = channel.next().await.unwrap().unwrap();
+        assert_eq!(&first[..], b"{\"type\":\"assign\",\"replicas\":[]}\n");
+        fleet.close();
+        let end = tokio::time::timeout(Duration::from_secs(5), channel.next()).await;
+        assert!(matches!(end, Ok(None)), "the channel ends on close");
     }
 
     #[test]
