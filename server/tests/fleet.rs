@@ -988,6 +988,7 @@ async fn the_admin_api_needs_an_admin_and_the_cli_works() {
     assert!(token.starts_with("wharf-join-"), "{token}");
     let n1 = Node::join(&srv, &token, "n1", &[("zone", "a")]).await;
     let _k = n1.keep_alive();
+    let mut c1 = n1.channel().await;
 
     let (ok, out, err) = cli(vec![
         "deploy",
@@ -1024,6 +1025,31 @@ async fn the_admin_api_needs_an_admin_and_the_cli_works() {
         out.contains("no ready node matches selector zone=b"),
         "{out}"
     );
+
+    // Logs: the node answers both replicas' requests; the CLI prints them.
+    let answer = tokio::spawn(async move {
+        for _ in 0..2 {
+            let (q, replica, follow, tail) = c1.log_request().await;
+            assert_eq!((follow, tail), (false, Some(5)));
+            let stream = if replica == "web.1" {
+                "stderr"
+            } else {
+                "stdout"
+            };
+            let l = json!({"replica": replica, "stream": stream, "time": "t",
+                           "line": format!("hello from {replica}")});
+            assert_eq!(post_lines(&n1, &q, vec![l]).await, 204);
+        }
+    });
+    let (ok, out, err) = cli(vec!["deployments", "logs", "web", "--tail", "5"]).await;
+    assert!(ok, "{err}");
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["web.0 | hello from web.0", "web.1 err| hello from web.1"]
+    );
+    answer.await.unwrap();
 
     let (ok, out, err) = cli(vec!["deployments", "ls"]).await;
     assert!(ok, "{err}");
