@@ -215,13 +215,14 @@ pub async fn serve(settings: &Settings) -> Result<(), StartError> {
         )
     });
     state.fleet.start();
-    let served = serve_on_with(
-        listener,
-        app(state),
-        tls.map(|t| t.config),
-        shutdown_signal(),
-    )
-    .await;
+    let fleet = state.fleet.clone();
+    // Node channels and followed logs never end by themselves: they are
+    // closed when the shutdown starts, or it would wait for them forever.
+    let shutdown = async move {
+        shutdown_signal().await;
+        fleet.close();
+    };
+    let served = serve_on_with(listener, app(state), tls.map(|t| t.config), shutdown).await;
     if let Some(gc) = gc {
         gc.abort();
     }

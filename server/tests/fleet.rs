@@ -380,8 +380,30 @@ async fn joins_good_expired_reused_and_taken() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // One token, racing joins: exactly one gets in.
+    let raced = admin.token().await;
+    let joins = (0..6).map(|i| {
+        let (url, token) = (srv.url("/api/v1/nodes/join"), raced.clone());
+        tokio::spawn(async move {
+            http()
+                .post(url)
+                .json(&json!({"token": token, "name": format!("r{i}"), "facts": facts(&[])}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    });
+    let mut statuses = Vec::new();
+    for j in joins.collect::<Vec<_>>() {
+        statuses.push(j.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 401, 401, 401, 401, 401]);
     let names: Vec<String> = admin.nodes().await.into_iter().map(|n| n.name).collect();
-    assert_eq!(names, ["n1", "n2"]);
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(names[..2], ["n1", "n2"]);
 }
 
 #[tokio::test]
@@ -638,6 +660,55 @@ async fn a_node_without_heartbeat_is_down_and_its_replica_moves_then_it_comes_ba
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let d = admin.deployment("web").await;
     assert!(d.replicas.iter().all(|r| r.node.as_deref() == Some("n2")));
+}
+
+#[tokio::test]
+async fn a_server_outage_moves_nothing() {
+    let mut srv = fleet_server().await;
+    let admin = Admin::of(&srv);
+    let n1 = Node::join(&srv, &admin.token().await, "n1", &[]).await;
+    let n2 = Node::join(&srv, &admin.token().await, "n2", &[]).await;
+    let (k1, k2) = (n1.keep_alive(), n2.keep_alive());
+    let (s, _) = admin
+        .deploy(json!({"name": "web", "image": "team/web:1", "replicas": 2}))
+        .await;
+    assert_eq!(s, 201);
+    let before = admin.deployment("web").await.replicas;
+    assert!(before.iter().all(|r| r.node.is_some()));
+    // The server is away for longer than the TTL: no heartbeat arrives.
+    k1.abort();
+    k2.abort();
+    // (New clients: an open pooled connection would keep the old server's
+    // state, and so its scheduler, alive in this process.)
+    drop(admin);
+    let (mut n1, mut n2) = (n1, n2);
+    n1.http = http();
+    n2.http = http();
+    srv.restart_after(Duration::from_millis(TTL * 1000 + 1000))
+        .await;
+    let admin = Admin::of(&srv);
+    // The scheduler runs (as `serve` starts it at boot) before the nodes
+    // are back.
+    admin.nodes().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    n1.base = srv.url("");
+    n2.base = srv.url("");
+    let (_k1, _k2) = (n1.keep_alive(), n2.keep_alive());
+    tokio::time::sleep(Duration::from_millis(TTL * 1000 + 500)).await;
+    assert_eq!(admin.node_status("n1").await, NodeStatus::Ready);
+    assert_eq!(admin.node_status("n2").await, NodeStatus::Ready);
+    let d = admin.deployment("web").await;
+    for (a, b) in before.iter().zip(&d.replicas) {
+        assert_eq!(
+            (&a.id, &a.node, a.generation),
+            (&b.id, &b.node, b.generation)
+        );
+    }
+    assert!(
+        !d.events.iter().any(|e| e.message.contains("down")),
+        "{:?}",
+        d.events
+    );
 }
 
 #[tokio::test]
@@ -917,6 +988,7 @@ async fn the_admin_api_needs_an_admin_and_the_cli_works() {
     assert!(token.starts_with("wharf-join-"), "{token}");
     let n1 = Node::join(&srv, &token, "n1", &[("zone", "a")]).await;
     let _k = n1.keep_alive();
+    let mut c1 = n1.channel().await;
 
     let (ok, out, err) = cli(vec![
         "deploy",
@@ -953,6 +1025,31 @@ async fn the_admin_api_needs_an_admin_and_the_cli_works() {
         out.contains("no ready node matches selector zone=b"),
         "{out}"
     );
+
+    // Logs: the node answers both replicas' requests; the CLI prints them.
+    let answer = tokio::spawn(async move {
+        for _ in 0..2 {
+            let (q, replica, follow, tail) = c1.log_request().await;
+            assert_eq!((follow, tail), (false, Some(5)));
+            let stream = if replica == "web.1" {
+                "stderr"
+            } else {
+                "stdout"
+            };
+            let l = json!({"replica": replica, "stream": stream, "time": "t",
+                           "line": format!("hello from {replica}")});
+            assert_eq!(post_lines(&n1, &q, vec![l]).await, 204);
+        }
+    });
+    let (ok, out, err) = cli(vec!["deployments", "logs", "web", "--tail", "5"]).await;
+    assert!(ok, "{err}");
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["web.0 | hello from web.0", "web.1 err| hello from web.1"]
+    );
+    answer.await.unwrap();
 
     let (ok, out, err) = cli(vec!["deployments", "ls"]).await;
     assert!(ok, "{err}");

@@ -196,10 +196,13 @@ async fn node_logs(
     let (replica, tx) = state.fleet.take_log_request(&name, &request)?;
     let mut body = req.into_body().into_data_stream();
     let mut buf: Vec<u8> = Vec::new();
+    let closed = state.fleet.closed();
+    tokio::pin!(closed);
     loop {
         let chunk = tokio::select! {
             c = body.next() => c,
             _ = tx.closed() => return Ok(StatusCode::NO_CONTENT.into_response()),
+            _ = &mut closed => return Ok(StatusCode::NO_CONTENT.into_response()),
         };
         let Some(chunk) = chunk else { break };
         let Ok(chunk) = chunk else { break };

@@ -13,7 +13,9 @@
 //!   heartbeat for the TTL `down`, takes replicas off down or removed nodes
 //!   (generation bumped), and places unplaced replicas with the pure
 //!   `place::plan`. A crash between any two of its steps leaves rows the
-//!   next pass finishes.
+//!   next pass finishes. A node's silence is counted from its last
+//!   heartbeat or this process's start, whichever is later, so a server
+//!   outage moves nothing: nodes get a TTL to come back.
 //! - One server process runs the fleet: several server replicas on one
 //!   catalog are not supported for the fleet yet (each would schedule, and
 //!   a node's channel is only told of changes made by the process it is
@@ -193,6 +195,12 @@ struct Inner {
     next_id: AtomicU64,
     /// One scheduler pass at a time.
     pass: tokio::sync::Mutex<()>,
+    /// When this process started (unix ms): a node is not marked down for
+    /// heartbeats it could not send while the server itself was away.
+    born: i64,
+    /// True once the server shuts down: channels and log streams end, so
+    /// the graceful shutdown does not wait for them forever.
+    closing: watch::Sender<bool>,
 }
 
 /// The fleet service; cheap to clone.
@@ -221,6 +229,8 @@ impl Fleet {
                 started: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
                 pass: tokio::sync::Mutex::new(()),
+                born: now_ms(),
+                closing: watch::channel(false).0,
             }),
         }
     }
@@ -254,6 +264,19 @@ impl Fleet {
                 }
             }
         });
+    }
+
+    /// Ends every node channel and log stream (server shutdown).
+    pub fn close(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Fleet::close`] was called.
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + use<> {
+        let mut rx = self.inner.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
     }
 
     fn wake(&self) {
@@ -322,17 +345,28 @@ impl Fleet {
         if req.token.is_empty() || req.token.len() > 256 {
             return Err(FleetError::Unauthorized("invalid join token".into()));
         }
+        let token_hash = sha256_hex(&req.token);
+        // A cheap check before the slow hash below, so bad tokens cost
+        // nothing; the join itself re-checks in its transaction.
+        let state = self.inner.catalog.fleet_token_state(&token_hash).await?;
+        if state != TokenState::Valid {
+            return Err(FleetError::Unauthorized(token_refusal(&state).into()));
+        }
         let secret = crate::auth::random_secret();
         let robot = robot_name(&req.name);
-        let robot_hash =
-            crate::auth::hash_password(&secret).map_err(|e| FleetError::Internal(e.to_string()))?;
+        // argon2 is deliberately slow: off the async threads (many nodes
+        // may join at once).
+        let for_hash = secret.clone();
+        let robot_hash = tokio::task::spawn_blocking(move || crate::auth::hash_password(&for_hash))
+            .await
+            .map_err(|e| FleetError::Internal(e.to_string()))?
+            .map_err(|e| FleetError::Internal(e.to_string()))?;
         let facts =
             serde_json::to_string(&req.facts).map_err(|e| FleetError::Internal(e.to_string()))?;
         // A random 256-bit secret needs no slow hash: SHA-256 is enough to
         // keep it out of the catalog (the argon2 hash is for the robot
         // user, which goes through the registry's ordinary login).
         let secret_hash = sha256_hex(&secret);
-        let token_hash = sha256_hex(&req.token);
         let node = NewNode {
             name: &req.name,
             secret_hash: &secret_hash,
@@ -351,12 +385,8 @@ impl Fleet {
                 )));
             }
             JoinOutcome::BadToken => {
-                let why = match self.inner.catalog.fleet_token_state(&token_hash).await? {
-                    TokenState::Expired => "the join token has expired",
-                    TokenState::Used => "the join token was already used",
-                    _ => "invalid join token",
-                };
-                return Err(FleetError::Unauthorized(why.into()));
+                let state = self.inner.catalog.fleet_token_state(&token_hash).await?;
+                return Err(FleetError::Unauthorized(token_refusal(&state).into()));
             }
         }
         tracing::info!(node = %req.name, "node joined the fleet");
@@ -468,7 +498,9 @@ impl Fleet {
         let fleet = self.clone();
         let node = node.to_owned();
         let period = Duration::from_secs(self.heartbeat_secs());
+        let closed = self.closed();
         tokio::spawn(async move {
+            tokio::pin!(closed);
             let line = |m: &ServerMessage| {
                 let mut v = serde_json::to_vec(m).unwrap_or_default();
                 v.push(b'\n');
@@ -509,6 +541,7 @@ impl Fleet {
                         if lines_tx.send(line(&ServerMessage::Ping)).await.is_err() { break; }
                     }
                     _ = lines_tx.closed() => break,
+                    _ = &mut closed => break,
                 }
             }
             let mut channels = fleet
@@ -694,9 +727,16 @@ impl Fleet {
             fleet: self.clone(),
             requests,
         };
+        let closed = Box::pin(self.closed());
         Ok(futures::stream::unfold(
-            (rx, guard),
-            |(mut rx, guard)| async move { rx.recv().await.map(|b| (Ok(b), (rx, guard))) },
+            (rx, guard, closed),
+            |(mut rx, guard, mut closed)| async move {
+                let next = tokio::select! {
+                    b = rx.recv() => b,
+                    _ = &mut closed => None,
+                };
+                next.map(|b| (Ok(b), (rx, guard, closed)))
+            },
         ))
     }
 
@@ -903,7 +943,7 @@ impl Fleet {
         let mut touched: HashSet<String> = HashSet::new();
         for n in &mut nodes {
             if n.status == "ready"
-                && n.last_heartbeat < cutoff
+                && n.last_heartbeat.max(self.inner.born) < cutoff
                 && catalog.fleet_mark_down(&n.name, cutoff).await?
             {
                 tracing::warn!(node = %n.name, "node is down: no heartbeat within the TTL");
@@ -1018,6 +1058,15 @@ impl Fleet {
             self.notify_node(&n);
         }
         Ok(())
+    }
+}
+
+fn token_refusal(state: &TokenState) -> &'static str {
+    match state {
+        TokenState::Expired => "the join token has expired",
+        TokenState::Used => "the join token was already used",
+        // Valid here: it was used or expired between the check and the join.
+        TokenState::Unknown | TokenState::Valid => "invalid join token",
     }
 }
 
@@ -1388,6 +1437,20 @@ mod tests {
             image_for("10.0.0.1:5000/app@sha256:ab", "x:1"),
             "10.0.0.1:5000/app@sha256:ab"
         );
+    }
+
+    #[tokio::test]
+    async fn close_ends_the_channels() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let fleet = Fleet::new(Catalog::open(&url).await.unwrap(), Duration::from_secs(3));
+        let mut channel = Box::pin(fleet.connect("n1"));
+        let first = channel.next().await.unwrap().unwrap();
+        assert_eq!(&first[..], b"{\"type\":\"assign\",\"replicas\":[]}\n");
+        fleet.close();
+        let end = tokio::time::timeout(Duration::from_secs(5), channel.next()).await;
+        assert!(matches!(end, Ok(None)), "the channel ends on close");
     }
 
     #[test]

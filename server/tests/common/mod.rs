@@ -517,11 +517,16 @@ impl Server {
     /// Stops this server and starts a new one (new state, new listener, new
     /// client) on the same data directory.
     pub async fn restart(&mut self) {
+        self.restart_after(Duration::from_millis(50)).await;
+    }
+
+    /// [`Server::restart`] with the server away for `pause` in between.
+    pub async fn restart_after(&mut self, pause: Duration) {
         // Dropping the old client closes its pooled connections, which ends
         // the connection tasks that still hold the old state.
         self.client = client();
         self.replicas.stop().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(pause).await;
         self.replicas = Replicas::launch(&self.settings).await;
         self.addr = self.replicas.addr();
     }
