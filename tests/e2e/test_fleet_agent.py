@@ -490,6 +490,21 @@ def test_agent_runs_what_it_is_assigned_and_reconciles(plane, node, registry):
     wait_for(lambda: fleet_containers(node) == ["web.0"], 30, f"only web.0 left (have {fleet_containers(node)})")
     same = plane.wait_state("web.0", "running", t3)
     assert same["generation"] == 2 and same["container_id"] == recreated["Id"], same
+    # A changed spec replaces the container; one whose image cannot be
+    # pulled leaves the running one alone and is reported failed.
+    t4 = time.monotonic()
+    plane.assign([replica("web.0", image, ["sh", "-c", "echo v3; sleep 600"], generation=3, env=["A=2"])])
+    v3 = plane.wait_state("web.0", "running", t4)
+    assert v3["generation"] == 3 and v3["container_id"] != recreated["Id"], v3
+    assert "A=2" in container(node, "web.0")["Config"]["Env"]
+    assert fleet_containers(node) == ["web.0"]
+    t5 = time.monotonic()
+    plane.assign([replica("web.0", f"{registry.host}/private/busybox:latest", ["sleep", "600"], generation=4)])
+    failed = plane.wait_state("web.0", "failed", t5)
+    assert failed["generation"] == 4 and "denied" in failed["reason"], failed
+    kept = container(node, "web.0")
+    assert kept["Id"] == v3["container_id"] and kept["State"]["Running"]
+
     plane.assign([])
     wait_for(lambda: fleet_containers(node) == [], 30, "every replica removed")
     assert container(node, "users-own")["State"]["Running"]  # not the fleet's: untouched
