@@ -70,6 +70,8 @@ class FakeControlPlane:
         self.logs_close: set[str] = set()
         self.down = False
         self.bad_auth: list[str] = []
+        # A report naming this replica among others is refused whole (403).
+        self.refuse_batches_with = "priv.0"
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -194,6 +196,11 @@ class FakeControlPlane:
                     self._send(204)
                 elif self.path == "/api/v1/node/report":
                     report = json.loads(self._body())
+                    ids = [r["id"] for r in report["replicas"]]
+                    if plane.refuse_batches_with in ids and len(ids) > 1:
+                        # As the server does for a replica it no longer counts as the node's.
+                        self._send(403, {"message": f"replica {plane.refuse_batches_with} is not yours"})
+                        return
                     now = time.monotonic()
                     with plane.lock:
                         plane.reports += [{**r, "at": now} for r in report["replicas"]]
@@ -422,6 +429,7 @@ def test_agent_runs_what_it_is_assigned_and_reconciles(plane, node, registry):
     assert plane.statuses("web.0", t0)[0]["state"] == "pulling"
     job = plane.wait_state("job.0", "exited", t0)
     assert job["exit_code"] == 3 and job["generation"] == 4, job
+    # priv.0 got every batch it was in refused: the others came one by one.
     priv = plane.wait_state("priv.0", "failed", t0)
     assert "denied" in priv["reason"].lower() and "\n" not in priv["reason"], priv
     info = container(node, "web.0")

@@ -442,6 +442,18 @@ impl Agent {
         let report = Report { replicas };
         match self.api.post_json("/api/v1/node/report", &report).await {
             Ok(()) => {}
+            Err(PostError::Refused(403, _)) if report.replicas.len() > 1 => {
+                // One replica the server no longer counts as ours refuses
+                // the batch: send them one by one, so the others get through.
+                for st in &report.replicas {
+                    let one = Report {
+                        replicas: vec![st.clone()],
+                    };
+                    if let Err(e) = self.api.post_json("/api/v1/node/report", &one).await {
+                        tracing::warn!(replica = %st.id, error = %e, "fleet: report refused");
+                    }
+                }
+            }
             Err(PostError::Refused(code, m)) => {
                 tracing::warn!(status = code, error = %m, "fleet: report refused");
             }
