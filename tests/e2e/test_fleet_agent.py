@@ -22,6 +22,7 @@ import json
 import os
 import queue
 import shutil
+import ssl
 import stat
 import subprocess
 import tempfile
@@ -33,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from conftest import _cleanup_daemon
+from pg import make_ca, make_cert
 from runner_support import RunnerDaemon, busybox_image, output, runner_binary, unique_bridge, wait_for
 from support import AUTH_ENV, free_port
 
@@ -51,11 +53,11 @@ class FakeControlPlane:
     to open channels), `request_logs(...)` asks for logs, `down = True` makes
     every call fail with 503 and closes the channels (an outage)."""
 
-    def __init__(self, registry: str, secret: str):
+    def __init__(self, registry: str, secret: str, tls: tuple[Path, Path] | None = None):
         self.registry = registry
         self.secret = secret
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.lock = threading.Lock()
         self.tokens = {TOKEN}
         self.taken_names = {"taken"}
@@ -74,6 +76,10 @@ class FakeControlPlane:
         self.refuse_batches_with = "priv.0"
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self.server.daemon_threads = True
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self):
@@ -523,3 +529,31 @@ def test_agent_runs_what_it_is_assigned_and_reconciles(plane, node, registry):
     assert other.returncode != 0 and "already joined" in other.stderr, output(other)
     node.extra = []
     node.start()  # for the cleanup: no --join needed once joined
+
+
+def test_join_over_https_trusts_the_ca_placed_in_certs_d(registry, node, tmp_path):
+    ca = make_ca(tmp_path, "fleet-ca")
+    cert, key = make_cert(tmp_path, ca, "fleet", "127.0.0.1")
+    with FakeControlPlane(registry.host, registry.users[f"node.{NODE}"], tls=(cert, key)) as plane:
+        untrusted = node.run_once("--join", plane.url, "--token", TOKEN, "--node-name", NODE)
+        assert untrusted.returncode != 0, output(untrusted)
+        # (rustls' verifier logs its own line before ours.)
+        last = untrusted.stderr.strip().splitlines()[-1]
+        assert last.startswith("wharf-runner daemon: joining https://"), output(untrusted)
+        assert "not trusted" in last and "certs.d" in last, output(untrusted)
+        assert not (node.root / "node.json").exists() and plane.joins == []
+
+        # The runner's own certs.d, as for registries: trusted for this host:port only.
+        ca_dir = node.root / "certs.d" / f"127.0.0.1:{plane.port}"
+        ca_dir.mkdir(parents=True)
+        shutil.copy(ca, ca_dir / "ca.crt")
+        node.extra = ["--join", plane.url, "--token", TOKEN, "--node-name", NODE]
+        node.start()
+        assert [j["name"] for j in plane.joins] == [NODE]
+        t0 = time.monotonic()
+        plane.assign([replica("tls.0", f"{registry.host}/fleet/busybox:latest", ["sleep", "600"])])
+        running = plane.wait_state("tls.0", "running", t0)
+        assert container(node, "tls.0")["Id"] == running["container_id"]
+        wait_for(lambda: plane.heartbeats, 10, "a heartbeat over https")
+        plane.assign([])
+        wait_for(lambda: fleet_containers(node) == [], 30, "the replica removed")

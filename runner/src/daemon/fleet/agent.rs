@@ -162,12 +162,7 @@ impl Agent {
             .header(reqwest::header::ACCEPT, "application/x-ndjson")
             .send()
             .await
-            .map_err(|e| {
-                (
-                    format!("cannot reach the server: {}", error_chain(&e)),
-                    false,
-                )
-            })?;
+            .map_err(|e| (super::client::unreachable(&e, &self.node.server), false))?;
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED {
             return Err((
