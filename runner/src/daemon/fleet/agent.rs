@@ -340,28 +340,35 @@ impl Agent {
         };
         let actions = reconcile::plan(&desired, &current, &hold);
         let mut work = Vec::new();
+        let mut removals = Vec::new();
+        let mut starts = Vec::new();
         for action in actions {
             match action {
-                Action::Remove { container, name } => {
-                    tracing::info!(container = %name, "fleet: removing a replica no longer assigned here");
-                    if let Err(e) = self.remove(&container).await {
-                        tracing::warn!(container = %name, error = %e, "fleet: removing");
-                    }
-                }
+                Action::Remove { container, name } => removals.push((container, name)),
                 Action::Replace { container, spec } => {
                     tracing::info!(replica = %spec.id, "fleet: the spec changed; replacing the container");
                     work.push((spec, Some(container)));
                 }
                 Action::Create(spec) => work.push((spec, None)),
-                Action::Start { container, spec } => {
-                    let result = self
-                        .containers
-                        .start(&container)
-                        .await
-                        .map_err(|e| e.to_string());
-                    record(failures, &spec, result);
-                }
+                Action::Start { container, spec } => starts.push((container, spec)),
             }
+        }
+        // Removals first (their ports and memory are then free), side by
+        // side: each may wait out its stop timeout.
+        futures::future::join_all(removals.iter().map(|(container, name)| async move {
+            tracing::info!(container = %name, "fleet: removing a replica no longer assigned here");
+            if let Err(e) = self.remove(container).await {
+                tracing::warn!(container = %name, error = %e, "fleet: removing");
+            }
+        }))
+        .await;
+        for (container, spec) in starts {
+            let result = self
+                .containers
+                .start(&container)
+                .await
+                .map_err(|e| e.to_string());
+            record(failures, &spec, result);
         }
         if !work.is_empty() {
             // Report `pulling` for all of them at once, then run them side by side.
