@@ -504,3 +504,25 @@ async fn login_with_a_wrong_then_the_right_password() {
     assert!(matches!(e, Error::Registry(_)), "{e}");
     assert!(e.to_string().contains("127.0.0.1:9"), "{e}");
 }
+
+/// Pulls of one image at once (the fleet agent pulls side by side) all
+/// record it: the read-then-write transaction waits for the other writer
+/// instead of failing with "database is locked".
+#[tokio::test]
+async fn pulls_of_one_image_at_once_all_succeed() {
+    let server = start_server(&[]);
+    let img = image(&[layer("etc/one", 10)], "/bin/sh", false);
+    push(server.port, "team/app", "1.0", &img.upload(), None).await;
+    let other = image(&[layer("etc/two", 20)], "/bin/sh", false);
+    push(server.port, "team/other", "1.0", &other.upload(), None).await;
+    for round in 0..3 {
+        let root = tempfile::tempdir().unwrap();
+        let images = open_images(root.path(), &server.registry()).await;
+        let refs = ["team/app:1.0", "team/other:1.0"];
+        let results = futures::future::join_all((0..8).map(|i| pull(&images, refs[i % 2]))).await;
+        for (i, (r, _)) in results.into_iter().enumerate() {
+            let want = if i % 2 == 0 { img.id() } else { other.id() };
+            assert_eq!(r.unwrap(), want, "round {round}, pull {i}");
+        }
+    }
+}

@@ -22,6 +22,7 @@ import json
 import os
 import queue
 import shutil
+import ssl
 import stat
 import subprocess
 import tempfile
@@ -33,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from conftest import _cleanup_daemon
+from pg import make_ca, make_cert
 from runner_support import RunnerDaemon, busybox_image, output, runner_binary, unique_bridge, wait_for
 from support import AUTH_ENV, free_port
 
@@ -51,11 +53,11 @@ class FakeControlPlane:
     to open channels), `request_logs(...)` asks for logs, `down = True` makes
     every call fail with 503 and closes the channels (an outage)."""
 
-    def __init__(self, registry: str, secret: str):
+    def __init__(self, registry: str, secret: str, tls: tuple[Path, Path] | None = None):
         self.registry = registry
         self.secret = secret
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.lock = threading.Lock()
         self.tokens = {TOKEN}
         self.taken_names = {"taken"}
@@ -70,8 +72,14 @@ class FakeControlPlane:
         self.logs_close: set[str] = set()
         self.down = False
         self.bad_auth: list[str] = []
+        # A report naming this replica among others is refused whole (403).
+        self.refuse_batches_with = "priv.0"
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self.server.daemon_threads = True
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self):
@@ -194,6 +202,11 @@ class FakeControlPlane:
                     self._send(204)
                 elif self.path == "/api/v1/node/report":
                     report = json.loads(self._body())
+                    ids = [r["id"] for r in report["replicas"]]
+                    if plane.refuse_batches_with in ids and len(ids) > 1:
+                        # As the server does for a replica it no longer counts as the node's.
+                        self._send(403, {"message": f"replica {plane.refuse_batches_with} is not yours"})
+                        return
                     now = time.monotonic()
                     with plane.lock:
                         plane.reports += [{**r, "at": now} for r in report["replicas"]]
@@ -422,6 +435,7 @@ def test_agent_runs_what_it_is_assigned_and_reconciles(plane, node, registry):
     assert plane.statuses("web.0", t0)[0]["state"] == "pulling"
     job = plane.wait_state("job.0", "exited", t0)
     assert job["exit_code"] == 3 and job["generation"] == 4, job
+    # priv.0 got every batch it was in refused: the others came one by one.
     priv = plane.wait_state("priv.0", "failed", t0)
     assert "denied" in priv["reason"].lower() and "\n" not in priv["reason"], priv
     info = container(node, "web.0")
@@ -490,6 +504,21 @@ def test_agent_runs_what_it_is_assigned_and_reconciles(plane, node, registry):
     wait_for(lambda: fleet_containers(node) == ["web.0"], 30, f"only web.0 left (have {fleet_containers(node)})")
     same = plane.wait_state("web.0", "running", t3)
     assert same["generation"] == 2 and same["container_id"] == recreated["Id"], same
+    # A changed spec replaces the container; one whose image cannot be
+    # pulled leaves the running one alone and is reported failed.
+    t4 = time.monotonic()
+    plane.assign([replica("web.0", image, ["sh", "-c", "echo v3; sleep 600"], generation=3, env=["A=2"])])
+    v3 = plane.wait_state("web.0", "running", t4)
+    assert v3["generation"] == 3 and v3["container_id"] != recreated["Id"], v3
+    assert "A=2" in container(node, "web.0")["Config"]["Env"]
+    assert fleet_containers(node) == ["web.0"]
+    t5 = time.monotonic()
+    plane.assign([replica("web.0", f"{registry.host}/private/busybox:latest", ["sleep", "600"], generation=4)])
+    failed = plane.wait_state("web.0", "failed", t5)
+    assert failed["generation"] == 4 and "denied" in failed["reason"], failed
+    kept = container(node, "web.0")
+    assert kept["Id"] == v3["container_id"] and kept["State"]["Running"]
+
     plane.assign([])
     wait_for(lambda: fleet_containers(node) == [], 30, "every replica removed")
     assert container(node, "users-own")["State"]["Running"]  # not the fleet's: untouched
@@ -500,3 +529,31 @@ def test_agent_runs_what_it_is_assigned_and_reconciles(plane, node, registry):
     assert other.returncode != 0 and "already joined" in other.stderr, output(other)
     node.extra = []
     node.start()  # for the cleanup: no --join needed once joined
+
+
+def test_join_over_https_trusts_the_ca_placed_in_certs_d(registry, node, tmp_path):
+    ca = make_ca(tmp_path, "fleet-ca")
+    cert, key = make_cert(tmp_path, ca, "fleet", "127.0.0.1")
+    with FakeControlPlane(registry.host, registry.users[f"node.{NODE}"], tls=(cert, key)) as plane:
+        untrusted = node.run_once("--join", plane.url, "--token", TOKEN, "--node-name", NODE)
+        assert untrusted.returncode != 0, output(untrusted)
+        # (rustls' verifier logs its own line before ours.)
+        last = untrusted.stderr.strip().splitlines()[-1]
+        assert last.startswith("wharf-runner daemon: joining https://"), output(untrusted)
+        assert "not trusted" in last and "certs.d" in last, output(untrusted)
+        assert not (node.root / "node.json").exists() and plane.joins == []
+
+        # The runner's own certs.d, as for registries: trusted for this host:port only.
+        ca_dir = node.root / "certs.d" / f"127.0.0.1:{plane.port}"
+        ca_dir.mkdir(parents=True)
+        shutil.copy(ca, ca_dir / "ca.crt")
+        node.extra = ["--join", plane.url, "--token", TOKEN, "--node-name", NODE]
+        node.start()
+        assert [j["name"] for j in plane.joins] == [NODE]
+        t0 = time.monotonic()
+        plane.assign([replica("tls.0", f"{registry.host}/fleet/busybox:latest", ["sleep", "600"])])
+        running = plane.wait_state("tls.0", "running", t0)
+        assert container(node, "tls.0")["Id"] == running["container_id"]
+        wait_for(lambda: plane.heartbeats, 10, "a heartbeat over https")
+        plane.assign([])
+        wait_for(lambda: fleet_containers(node) == [], 30, "the replica removed")

@@ -334,7 +334,10 @@ impl Images {
                 .map(|(_, s)| *s)
                 .sum()
         };
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: this reads then writes; a deferred transaction would
+        // fail with "database is locked" instead of waiting when another
+        // pull commits in between (two pulls at once, as the fleet agent does).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let existed = sqlx::query("SELECT 1 FROM images WHERE id = ?")
             .bind(&img.id)
             .fetch_optional(&mut *tx)
@@ -635,7 +638,7 @@ impl Images {
     /// freed on disk. The catalog goes first: a crash in between leaves
     /// only unreferenced files, which `prune` reclaims.
     async fn delete_image(&self, id: &str) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query("SELECT manifest_digest, index_digest FROM images WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)

@@ -162,18 +162,14 @@ impl Agent {
             .header(reqwest::header::ACCEPT, "application/x-ndjson")
             .send()
             .await
-            .map_err(|e| {
-                (
-                    format!("cannot reach the server: {}", error_chain(&e)),
-                    false,
-                )
-            })?;
+            .map_err(|e| (super::client::unreachable(&e, &self.node.server), false))?;
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED {
             return Err((
                 format!(
-                    "the server refused this node's credential ({status}): was node {} removed?",
-                    self.node.name
+                    "the server refused this node's credential ({status}): if node {} was removed, remove {} and join again",
+                    self.node.name,
+                    super::node::path(&self.root).display()
                 ),
                 false,
             ));
@@ -344,38 +340,41 @@ impl Agent {
         };
         let actions = reconcile::plan(&desired, &current, &hold);
         let mut work = Vec::new();
+        let mut removals = Vec::new();
+        let mut starts = Vec::new();
         for action in actions {
             match action {
-                Action::Remove { container, name } => {
-                    tracing::info!(container = %name, "fleet: removing a replica no longer assigned here");
-                    if let Err(e) = self.remove(&container).await {
-                        tracing::warn!(container = %name, error = %e, "fleet: removing");
-                    }
-                }
+                Action::Remove { container, name } => removals.push((container, name)),
                 Action::Replace { container, spec } => {
                     tracing::info!(replica = %spec.id, "fleet: the spec changed; replacing the container");
-                    if let Err(e) = self.remove(&container).await {
-                        tracing::warn!(replica = %spec.id, error = %e, "fleet: removing the old container");
-                        continue;
-                    }
-                    work.push(spec);
+                    work.push((spec, Some(container)));
                 }
-                Action::Create(spec) => work.push(spec),
-                Action::Start { container, spec } => {
-                    let result = self
-                        .containers
-                        .start(&container)
-                        .await
-                        .map_err(|e| e.to_string());
-                    record(failures, &spec, result);
-                }
+                Action::Create(spec) => work.push((spec, None)),
+                Action::Start { container, spec } => starts.push((container, spec)),
             }
+        }
+        // Removals first (their ports and memory are then free), side by
+        // side: each may wait out its stop timeout.
+        futures::future::join_all(removals.iter().map(|(container, name)| async move {
+            tracing::info!(container = %name, "fleet: removing a replica no longer assigned here");
+            if let Err(e) = self.remove(container).await {
+                tracing::warn!(container = %name, error = %e, "fleet: removing");
+            }
+        }))
+        .await;
+        for (container, spec) in starts {
+            let result = self
+                .containers
+                .start(&container)
+                .await
+                .map_err(|e| e.to_string());
+            record(failures, &spec, result);
         }
         if !work.is_empty() {
             // Report `pulling` for all of them at once, then run them side by side.
             let pulling: Vec<ReplicaStatus> = work
                 .iter()
-                .map(|s| ReplicaStatus {
+                .map(|(s, _)| ReplicaStatus {
                     id: s.id.clone(),
                     generation: s.generation,
                     state: ReplicaState::Pulling,
@@ -385,8 +384,23 @@ impl Agent {
                 })
                 .collect();
             self.post_report(pulling, reported).await;
-            let results = futures::future::join_all(work.iter().map(|s| self.deploy(s))).await;
-            for (spec, result) in work.iter().zip(results) {
+            // Each image once, then the containers.
+            let mut images: Vec<&str> = work.iter().map(|(s, _)| s.image.as_str()).collect();
+            images.sort_unstable();
+            images.dedup();
+            let pulled: HashMap<&str, Result<(), String>> = images
+                .iter()
+                .copied()
+                .zip(futures::future::join_all(images.iter().map(|i| self.pull(i))).await)
+                .collect();
+            let results = futures::future::join_all(work.iter().map(|(s, old)| async {
+                match pulled.get(s.image.as_str()) {
+                    Some(Err(e)) => Err(e.clone()),
+                    _ => self.deploy(s, old.as_deref()).await,
+                }
+            }))
+            .await;
+            for ((spec, _), result) in work.iter().zip(results) {
                 record(failures, spec, result);
             }
         }
@@ -430,6 +444,18 @@ impl Agent {
         let report = Report { replicas };
         match self.api.post_json("/api/v1/node/report", &report).await {
             Ok(()) => {}
+            Err(PostError::Refused(403, _)) if report.replicas.len() > 1 => {
+                // One replica the server no longer counts as ours refuses
+                // the batch: send them one by one, so the others get through.
+                for st in &report.replicas {
+                    let one = Report {
+                        replicas: vec![st.clone()],
+                    };
+                    if let Err(e) = self.api.post_json("/api/v1/node/report", &one).await {
+                        tracing::warn!(replica = %st.id, error = %e, "fleet: report refused");
+                    }
+                }
+            }
             Err(PostError::Refused(code, m)) => {
                 tracing::warn!(status = code, error = %m, "fleet: report refused");
             }
@@ -460,14 +486,27 @@ impl Agent {
         }
     }
 
-    /// Pull, create, start one replica; the error is the one-line reason.
-    async fn deploy(&self, spec: &ReplicaSpec) -> Result<(), String> {
-        let req = create_request(spec)?;
+    /// Pulls an image with the node credential; the error is the reason.
+    async fn pull(&self, image: &str) -> Result<(), String> {
         let (tx, mut rx) = mpsc::channel::<PullEvent>(64);
         let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        let pulled = self.images.pull(&spec.image, tx).await;
+        let pulled = self.images.pull(image, tx).await;
         let _ = drain.await;
-        pulled.map_err(|e| format!("pulling {}: {e}", spec.image))?;
+        pulled
+            .map(|_| ())
+            .map_err(|e| format!("pulling {image}: {e}"))
+    }
+
+    /// Create and start one replica whose image was pulled; the error is
+    /// the one-line reason. `replacing`: the container of its previous
+    /// spec, removed only now (a pull that failed left it running).
+    async fn deploy(&self, spec: &ReplicaSpec, replacing: Option<&str>) -> Result<(), String> {
+        let req = create_request(spec)?;
+        if let Some(old) = replacing {
+            self.remove(old)
+                .await
+                .map_err(|e| format!("removing the container of the previous spec: {e}"))?;
+        }
         let created = self
             .containers
             .create(req)

@@ -44,11 +44,7 @@ impl Http {
         install_crypto_provider();
         let url =
             reqwest::Url::parse(base).map_err(|e| FleetError::Usage(format!("{base}: {e}")))?;
-        let host = url.host_str().unwrap_or_default();
-        let host_port = match url.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_string(),
-        };
+        let host_port = cert_dir_name(&url);
         let mut b = reqwest::Client::builder()
             .tls_backend_rustls()
             .user_agent(format!("wharf-runner/{}", env!("CARGO_PKG_VERSION")))
@@ -146,7 +142,7 @@ impl Http {
             .json(&req)
             .send()
             .await
-            .map_err(|e| fail(format!("cannot reach the server: {}", error_chain(&e))))?;
+            .map_err(|e| fail(unreachable(&e, &self.base)))?;
         let status = resp.status();
         if !status.is_success() {
             let detail = error_message(resp).await;
@@ -200,6 +196,32 @@ impl std::fmt::Display for PostError {
             PostError::Refused(s, m) => write!(f, "refused ({s}): {m}"),
             PostError::Unreachable(m) => write!(f, "{m}"),
         }
+    }
+}
+
+/// Why a call got no answer, on one line; an untrusted certificate says
+/// where its CA goes.
+pub fn unreachable(e: &reqwest::Error, base: &str) -> String {
+    let chain = error_chain(e);
+    if chain.contains("certificate") {
+        let host = reqwest::Url::parse(base)
+            .map(|u| cert_dir_name(&u))
+            .unwrap_or_default();
+        format!(
+            "the server's certificate is not trusted (put its CA in /etc/docker/certs.d/{host}/ca.crt or <state dir>/certs.d/{host}/ca.crt): {chain}"
+        )
+    } else {
+        format!("cannot reach the server: {chain}")
+    }
+}
+
+/// The `certs.d` directory name of a server: `HOST:PORT`, or `HOST` for
+/// the scheme's default port (docker's rule).
+fn cert_dir_name(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
     }
 }
 

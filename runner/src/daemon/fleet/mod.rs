@@ -139,3 +139,98 @@ pub async fn prepare(root: &Path, opts: &JoinOptions) -> Result<Option<NodeFile>
     tracing::info!(server = %node.server, node = %node.name, registry = %node.registry, "joined the fleet");
     Ok(Some(node))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined() -> NodeFile {
+        NodeFile {
+            server: "http://10.0.0.1:5000".into(),
+            name: "n1".into(),
+            secret: "s".into(),
+            registry: "10.0.0.1:5000".into(),
+            heartbeat_secs: 5,
+            labels: Default::default(),
+        }
+    }
+
+    fn opts(url: Option<&str>, token: Option<&str>) -> JoinOptions {
+        JoinOptions {
+            url: url.map(str::to_string),
+            token: token.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn without_join_flags_or_node_file_there_is_no_fleet() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            prepare(dir.path(), &opts(None, None))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let e = prepare(dir.path(), &opts(None, Some("t")))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("--join"), "{e}");
+        let e = prepare(dir.path(), &opts(Some("http://10.0.0.1:5000"), None))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("--token"), "{e}");
+        assert!(!node::path(dir.path()).exists());
+    }
+
+    #[tokio::test]
+    async fn a_joined_node_starts_from_its_file_and_refuses_another_server() {
+        let dir = tempfile::tempdir().unwrap();
+        node::store(dir.path(), &joined()).unwrap();
+        // No token needed; the same URL (any spelling) is fine.
+        assert_eq!(
+            prepare(dir.path(), &opts(None, None)).await.unwrap(),
+            Some(joined())
+        );
+        let same = prepare(
+            dir.path(),
+            &opts(Some("http://10.0.0.1:5000/"), Some("old")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(same, Some(joined()));
+        let e = prepare(dir.path(), &opts(Some("http://10.0.0.2:5000"), Some("t")))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("already joined http://10.0.0.1:5000 as n1"),
+            "{e}"
+        );
+        let mut other_name = opts(None, None);
+        other_name.node_name = Some("n2".into());
+        assert!(prepare(dir.path(), &other_name).await.is_err());
+        // New labels are kept for the heartbeats.
+        let mut labelled = opts(None, None);
+        labelled.labels = vec!["zone=b".into()];
+        let n = prepare(dir.path(), &labelled).await.unwrap().unwrap();
+        assert_eq!(n.labels["zone"], "b");
+        assert_eq!(node::load(dir.path()).unwrap().unwrap().labels["zone"], "b");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_a_join_error_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut o = opts(Some(&format!("http://127.0.0.1:{port}")), Some("t"));
+        o.node_name = Some("n1".into());
+        let e = prepare(dir.path(), &o).await.unwrap_err().to_string();
+        assert!(e.contains("cannot reach the server"), "{e}");
+        assert!(!node::path(dir.path()).exists());
+    }
+}
