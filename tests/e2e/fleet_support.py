@@ -175,21 +175,9 @@ class NsRegistryApi(RegistryApi):
         self.session.trust_env = False
         self.lan = lan
         self.member = member
-        self.bearer: str | None = None
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
-        if self.bearer:
-            kwargs["headers"] = {**kwargs.get("headers", {}), "Authorization": f"Bearer {self.bearer}"}
         return self.lan.call(self.member, super().request, method, path, **kwargs)
-
-    def authorize(self, scope: str) -> "NsRegistryApi":
-        """Sends a token for `scope` with every request from now on. A request
-        that carries a body must not be the one that gets challenged: the
-        server answers 401 before reading the body and closes, and `requests`
-        sees a broken pipe instead of the answer."""
-        self.bearer = None
-        self.bearer = self.token(scope)
-        return self
 
     def token(self, *args, **kwargs) -> str:
         return self.lan.call(self.member, super().token, *args, **kwargs)

@@ -298,12 +298,24 @@ class RegistryApi:
         self.base = base_url
         self.session = requests.Session()
         self.credentials = credentials
+        self.bearer: str | None = None
+
+    def authorize(self, *scopes: str) -> "RegistryApi":
+        """Sends a token for `scopes` with every request from now on. A request
+        that carries a big body must not be the one that gets challenged: the
+        server answers 401 before reading the body and closes, and `requests`
+        sees a broken connection instead of the answer."""
+        self.bearer = None
+        self.bearer = self.token(list(scopes))
+        return self
 
     def url(self, path_or_location: str) -> str:
         return urljoin(self.base + "/", path_or_location)
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
         kwargs.setdefault("timeout", HTTP_TIMEOUT)
+        if self.bearer:
+            kwargs["headers"] = {**kwargs.get("headers", {}), "Authorization": f"Bearer {self.bearer}"}
         resp = self.session.request(method, self.url(path), **kwargs)
         challenge = bearer_challenge(resp) if resp.status_code == 401 else None
         if self.credentials is None or challenge is None:
@@ -312,7 +324,7 @@ class RegistryApi:
         headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {token}"}
         return self.session.request(method, self.url(path), headers=headers, **kwargs)
 
-    def token(self, scope: str | None, realm: str | None = None, service: str | None = None) -> str:
+    def token(self, scope: str | list[str] | None, realm: str | None = None, service: str | None = None) -> str:
         """GET /token (Basic auth with the credentials, or anonymous) for a scope."""
         params = {"service": service or "wharf-registry"}
         if scope:

@@ -300,7 +300,7 @@ def registry(wharf_factory):
     server.add_user("admin", admin=True)
     server.add_robot(f"node.{NODE}", "fleet/*")
     server.start()
-    api = server.api("admin")
+    api = server.api("admin").authorize("repository:fleet/busybox:pull,push", "repository:private/busybox:pull,push")
     busybox_image().push(api, "fleet/busybox", "latest", docker=True)
     busybox_image().push(api, "private/busybox", "latest", docker=True)
     return server
