@@ -103,6 +103,20 @@ class Lan:
             raise result["error"]
         return result.get("value")
 
+    def shape(self, name: str, rate: str | None) -> None:
+        """Limits `name`'s outgoing and incoming traffic to `rate` (tc tbf on
+        both ends of its link), or lifts the limit (None)."""
+        index = list(self.members).index(name) + 1
+        for dev, ns in (("eth0", self.netns(name)), (f"wfv{self.tag}{index}", None)):
+            prefix = ["-n", ns] if ns else []
+            subprocess.run(["tc", *prefix, "qdisc", "del", "dev", dev, "root"], capture_output=True)
+            if rate:
+                subprocess.run(
+                    ["tc", *prefix, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "32kbit",
+                     "latency", "400ms"],
+                    check=True, capture_output=True,
+                )
+
     def disconnect(self, name: str) -> None:
         """Takes `name` off the LAN (its link down), as a pulled cable would."""
         _ip("-n", self.netns(name), "link", "set", "eth0", "down")

@@ -8,6 +8,7 @@ in the server's namespace too."""
 
 from __future__ import annotations
 
+import os
 import selectors
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 import requests
 
 from fleet_support import TTL, Fleet, Lan, containers, node_json
-from runner_support import output, unique, wait_for
+from runner_support import busybox_image, file_entry, make_layer, output, unique, wait_for
 from support import run
 
 
@@ -210,3 +211,40 @@ def test_a_selector_without_a_match_and_a_denied_image_say_why(fleet):
     assert failed[0]["reason"], failed
     assert "denied" in failed[0]["reason"].lower() or "not found" in failed[0]["reason"].lower(), failed
     assert d.cli("ps", "-aq").stdout.strip() == ""
+
+
+def test_a_node_that_disappears_mid_pull_loses_its_replica_cleanly(fleet):
+    """The node pulling a replica's image dies in the middle of the pull: the
+    replica goes to the other node after the TTL; the dead node, back, runs
+    nothing of it and keeps no partial layer."""
+    repo = unique("fleet/big")
+    big = make_layer([file_entry("big", os.urandom(24 << 20))], compresslevel=1)
+    api = fleet.server.api_in("server", "admin").authorize(f"repository:{repo}:pull,push")
+    busybox_image(big).push(api, repo, "1")
+    nodes = {}
+    for m in ("n1", "n2"):
+        nodes[m] = fleet.runner(m, "--token", fleet.token("--pull", "fleet/*"), "--node-name", m)
+        nodes[m].start()
+        # 20 Mbit/s on each node's link: the 24 MiB layer takes about 10 s.
+        fleet.lan.shape(m, "20mbit")
+    wait_for(lambda: len(fleet.nodes()) == 2, 20, "two nodes")
+
+    fleet.admin("deploy", f"{fleet.server.host}/{repo}:1", "--name", "big", "--", "sleep", "600")
+
+    def pulling() -> str | None:
+        r = fleet.deployment("big")["replicas"][0]
+        return r["node"] if r["state"] == "pulling" else None
+
+    victim = wait_for(pulling, 20, "the replica pulling on a node")
+    other = "n2" if victim == "n1" else "n1"
+    nodes[victim].kill9()
+    fleet.lan.shape(other, None)
+    wait_for(lambda: fleet.running("big") == {"big.0": other}, TTL + 60, f"big.0 running on {other}")
+    assert fleet.nodes()[victim]["status"] == "down"
+
+    nodes[victim].start()
+    wait_for(lambda: fleet.nodes()[victim]["status"] == "ready", 20, f"{victim} ready again")
+    time.sleep(2)  # a reconcile pass or two
+    assert containers(nodes[victim]) == {}
+    assert list((nodes[victim].root / "tmp").iterdir()) == [], "a partial layer survived"
+    assert fleet.running("big") == {"big.0": other}

@@ -68,6 +68,8 @@ pub struct Agent {
     pool: SqlitePool,
     desired: Mutex<Vec<ReplicaSpec>>,
     wake: Notify,
+    /// Notified when an Assign from the server has been stored.
+    assigned: Notify,
     /// Set when the channel (re)connects: report the full set again.
     report_all: AtomicBool,
 }
@@ -110,6 +112,7 @@ impl Agent {
             pool,
             desired: Mutex::new(desired),
             wake: Notify::new(),
+            assigned: Notify::new(),
             report_all: AtomicBool::new(true),
         });
         tokio::spawn(agent.clone().channel_loop());
@@ -252,6 +255,7 @@ impl Agent {
         if changed {
             tracing::info!(replicas = self.desired().len(), "fleet: new desired set");
         }
+        self.assigned.notify_one();
         self.wake.notify_one();
         Ok(())
     }
@@ -303,6 +307,13 @@ impl Agent {
     async fn reconcile_loop(self: Arc<Self>) {
         let mut reported: HashMap<String, ReplicaStatus> = HashMap::new();
         let mut failures: HashMap<String, Failure> = HashMap::new();
+        // The stored set may be stale after a restart (the server may have
+        // moved replicas away while this node was gone): give the server a
+        // heartbeat's time to send a fresh one before acting on it, so a
+        // returning node does not start pulling what is no longer its own.
+        // A server that does not answer leaves the stored set in charge.
+        let grace = Duration::from_secs(self.node.heartbeat_secs.max(1));
+        let _ = tokio::time::timeout(grace, self.assigned.notified()).await;
         loop {
             if self.report_all.swap(false, Ordering::SeqCst) {
                 reported.clear();
