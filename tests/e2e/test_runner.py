@@ -400,6 +400,11 @@ def test_ps_all_shows_exited(runner):
     row = ps_row(runner, cid, "-a")
     assert row is not None and row["STATUS"].startswith("Exited (4) "), row
     assert cid[:12] in runner.cli("ps", "-a", "-q").stdout.split()
+    # docker's --format: a Go template per container, `table` with headers.
+    lines = runner.cli("ps", "-a", "--format", "{{.ID}} {{.State}} {{.Status}}").stdout.splitlines()
+    assert any(line.startswith(f"{cid[:12]} exited Exited (4) ") for line in lines), lines
+    table = runner.cli("ps", "-a", "--format", "table {{.ID}}\t{{.State}}").stdout.splitlines()
+    assert table[0].split() == ["CONTAINER", "ID", "STATE"], table
 
 
 def test_logs_tail_and_timestamps(runner):

@@ -359,7 +359,18 @@ pub async fn start(client: &Client, args: StartArgs) -> Result<i32, Error> {
 }
 
 /// The `ps` table (or ids with `-q`).
-pub fn ps_output(containers: &[ContainerSummary], args: &PsArgs, now: i64) -> String {
+/// docker's default `ps` format.
+const PS_FORMAT: &str =
+    "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}";
+
+/// `ps` as text. `--format` is parsed by the caller ([`ps_format`]); `-q`
+/// wins over it, as in docker.
+pub fn ps_output(
+    containers: &[ContainerSummary],
+    args: &PsArgs,
+    format: Option<&format::ListFormat>,
+    now: i64,
+) -> String {
     let id = |c: &ContainerSummary| {
         if args.no_trunc {
             c.id.clone()
@@ -369,6 +380,33 @@ pub fn ps_output(containers: &[ContainerSummary], args: &PsArgs, now: i64) -> St
     };
     if args.quiet {
         return containers.iter().map(|c| id(c) + "\n").collect();
+    }
+    if let Some(f) = format {
+        // The fields of docker's container context.
+        let header = serde_json::json!({
+            "ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND",
+            "CreatedAt": "CREATED AT", "RunningFor": "CREATED", "Ports": "PORTS",
+            "State": "STATE", "Status": "STATUS", "Names": "NAMES",
+        });
+        let rows: Vec<serde_json::Value> = containers
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "ID": id(c),
+                    "Image": c.image,
+                    "Command": format::command_cell(&c.command, args.no_trunc),
+                    "CreatedAt": chrono::DateTime::from_timestamp(c.created, 0)
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string())
+                        .unwrap_or_default(),
+                    "RunningFor": format::ago(c.created, now),
+                    "Ports": super::network::ports_cell(&c.ports),
+                    "State": c.state,
+                    "Status": c.status,
+                    "Names": c.name,
+                })
+            })
+            .collect();
+        return f.render(&header, &rows);
     }
     let mut rows = vec![
         [
@@ -397,8 +435,16 @@ pub fn ps_output(containers: &[ContainerSummary], args: &PsArgs, now: i64) -> St
     format::table(&rows)
 }
 
+/// `--format` of `ps`: None for docker's own table.
+pub fn ps_format(format: Option<&str>) -> Result<Option<format::ListFormat>, String> {
+    format
+        .map(|f| format::ListFormat::parse(Some(f), PS_FORMAT))
+        .transpose()
+}
+
 /// `ps`.
 pub async fn ps(client: &Client, args: PsArgs) -> Result<i32, Error> {
+    let ps_format = ps_format(args.format.as_deref()).map_err(Error::Message)?;
     let mut containers: Vec<ContainerSummary> = client
         .json(
             Method::GET,
@@ -407,7 +453,7 @@ pub async fn ps(client: &Client, args: PsArgs) -> Result<i32, Error> {
         )
         .await?;
     containers.sort_by_key(|c| std::cmp::Reverse(c.created));
-    let text = ps_output(&containers, &args, format::now());
+    let text = ps_output(&containers, &args, ps_format.as_ref(), format::now());
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
     Ok(0)
 }

@@ -141,6 +141,60 @@ pub fn json_pretty(value: &Value) -> String {
     }
 }
 
+/// A parsed list `--format` (`ps`, `stats`): docker's `table` prefix
+/// (tabwriter columns and a header row), `json` (one object a line), or a
+/// template printed line by line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListFormat {
+    template: Template,
+    table: bool,
+}
+
+impl ListFormat {
+    /// `default` is the command's own `table ...` format (no `--format`,
+    /// or `--format table`).
+    pub fn parse(format: Option<&str>, default: &str) -> Result<ListFormat, String> {
+        let format = match format.map(str::trim) {
+            None | Some("") | Some("table") => default,
+            Some("json") => "{{json .}}",
+            Some(f) => f,
+        };
+        let (table, text) = match format.strip_prefix("table") {
+            Some(rest) => (true, rest),
+            None => (false, format),
+        };
+        // docker's preFormat: trim spaces, then `\t` and `\n` typed as two
+        // characters are a tab and a newline.
+        let text = text
+            .trim_matches(' ')
+            .replace("\\t", "\t")
+            .replace("\\n", "\n");
+        Ok(ListFormat {
+            template: Template::parse(&text)?,
+            table,
+        })
+    }
+
+    /// The whole output: a table with `header` (the fields' column titles)
+    /// or one rendered line per row.
+    pub fn render(&self, header: &Value, rows: &[Value]) -> String {
+        if !self.table {
+            let mut out = String::new();
+            for r in rows {
+                out.push_str(&self.template.render(r));
+                out.push('\n');
+            }
+            return out;
+        }
+        let cells = |text: String| text.split('\t').map(str::to_string).collect::<Vec<_>>();
+        let mut lines = vec![cells(self.template.render(header))];
+        for r in rows {
+            lines.push(cells(self.template.render(r)));
+        }
+        table(&lines)
+    }
+}
+
 /// A parsed `--format` template.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {

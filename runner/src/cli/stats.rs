@@ -27,7 +27,7 @@ use hyper::Method;
 use serde_json::{Value, json};
 
 use super::client::{Client, Error, Lines, encode};
-use super::format::{Template, table};
+use super::format::ListFormat;
 use crate::api::{ContainerSummary, MemoryStats, StatsJson};
 
 /// docker's default `stats` format.
@@ -268,47 +268,18 @@ pub fn go_g(v: f64, precision: usize) -> String {
     }
 }
 
-/// A parsed `--format`: docker's `table` prefix (tabwriter columns and a
-/// header row) or a template printed line by line.
+/// `stats --format`: docker's `table` prefix or a line template, over
+/// each entry's [`Entry::fields`].
 #[derive(Debug)]
-pub struct StatsFormat {
-    template: Template,
-    table: bool,
-}
+pub struct StatsFormat(ListFormat);
 
 impl StatsFormat {
     pub fn parse(format: Option<&str>) -> Result<StatsFormat, String> {
-        let format = match format.map(str::trim) {
-            None | Some("") | Some("table") => DEFAULT_FORMAT,
-            Some("json") => "{{json .}}",
-            Some(f) => f,
-        };
-        let (table, text) = match format.strip_prefix("table") {
-            Some(rest) => (true, rest),
-            None => (false, format),
-        };
-        // docker's preFormat: trim spaces, then `\t` and `\n` typed as two
-        // characters are a tab and a newline.
-        let text = text
-            .trim_matches(' ')
-            .replace("\\t", "\t")
-            .replace("\\n", "\n");
-        Ok(StatsFormat {
-            template: Template::parse(&text)?,
-            table,
-        })
+        ListFormat::parse(format, DEFAULT_FORMAT).map(StatsFormat)
     }
 
     /// The whole block for `entries`.
     pub fn render(&self, entries: &[Entry], trunc: bool) -> String {
-        if !self.table {
-            let mut out = String::new();
-            for e in entries {
-                out.push_str(&self.template.render(&e.fields(trunc)));
-                out.push('\n');
-            }
-            return out;
-        }
         let header = json!({
             "Container": "CONTAINER",
             "Name": "NAME",
@@ -320,12 +291,8 @@ impl StatsFormat {
             "BlockIO": "BLOCK I/O",
             "PIDs": "PIDS",
         });
-        let cells = |text: String| text.split('\t').map(str::to_string).collect::<Vec<_>>();
-        let mut rows = vec![cells(self.template.render(&header))];
-        for e in entries {
-            rows.push(cells(self.template.render(&e.fields(trunc))));
-        }
-        table(&rows)
+        let rows: Vec<Value> = entries.iter().map(|e| e.fields(trunc)).collect();
+        self.0.render(&header, &rows)
     }
 }
 

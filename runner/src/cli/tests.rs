@@ -2,7 +2,7 @@
 
 use clap::Parser;
 
-use super::containers::{create_request, ps_output, with_default_tag};
+use super::containers::{create_request, ps_format, ps_output, with_default_tag};
 use super::*;
 use crate::api::ContainerSummary;
 
@@ -269,9 +269,10 @@ fn ps_table_like_docker() {
         all: true,
         quiet: false,
         no_trunc: false,
+        format: None,
     };
     assert_eq!(
-        ps_output(&list, &args, now),
+        ps_output(&list, &args, None, now),
         "CONTAINER ID   IMAGE                    COMMAND                  CREATED              STATUS                     PORTS                  NAMES\n\
          0123456789ab   localhost:5000/busybox   \"sh -c 'while true; …\"   About a minute ago   Up 5 seconds               0.0.0.0:8080->80/tcp   web\n\
          fedcba987654   busybox                  \"true\"                   2 hours ago          Exited (0) 2 minutes ago                          old\n"
@@ -281,15 +282,52 @@ fn ps_table_like_docker() {
         ..args
     };
     assert_eq!(
-        ps_output(&list, &quiet, now),
+        ps_output(&list, &quiet, None, now),
         "0123456789ab\nfedcba987654\n"
     );
     let full = PsArgs {
         quiet: true,
         no_trunc: true,
         all: true,
+        format: None,
     };
-    assert!(ps_output(&list, &full, now).starts_with("0123456789abcdef0123456789abcdef\n"));
+    assert!(ps_output(&list, &full, None, now).starts_with("0123456789abcdef0123456789abcdef\n"));
+
+    // --format as docker's: a line template, `table` with headers, json; -q wins.
+    let plain = ps_format(Some("{{.Names}} {{.State}}")).unwrap();
+    let text = ps_output(&list, &full_args(false), plain.as_ref(), now);
+    let names: Vec<&str> = text.lines().collect();
+    assert_eq!(names.len(), list.len(), "{text}");
+    assert!(
+        names
+            .iter()
+            .all(|l| l.ends_with(" running") || l.ends_with(" exited")),
+        "{text}"
+    );
+    let table = ps_format(Some("table {{.ID}}\\t{{.Names}}")).unwrap();
+    let text = ps_output(&list, &full_args(false), table.as_ref(), now);
+    assert!(
+        text.starts_with("CONTAINER ID   NAMES\n0123456789ab   "),
+        "{text}"
+    );
+    let json = ps_format(Some("json")).unwrap();
+    let text = ps_output(&list, &full_args(false), json.as_ref(), now);
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["ID"], "0123456789ab");
+    assert_eq!(
+        ps_output(&list, &full_args(true), json.as_ref(), now),
+        "0123456789ab\nfedcba987654\n"
+    );
+    assert!(ps_format(Some("{{.Names")).is_err());
+}
+
+fn full_args(quiet: bool) -> PsArgs {
+    PsArgs {
+        all: true,
+        quiet,
+        no_trunc: false,
+        format: None,
+    }
 }
 
 #[test]
