@@ -2612,3 +2612,76 @@ async fn the_derived_realm_is_https_when_the_listener_serves_tls() {
     let want = realm_of(&srv).replacen("http://", "https://", 1);
     assert_eq!(c.get("realm"), Some(&want), "{c:?}");
 }
+
+/// One HTTP/1.1 response read off a raw connection: the status line, or
+/// None when the server closed the connection instead.
+async fn read_response(s: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return head.lines().next().map(str::to_owned);
+        }
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A small upload refused for want of a token has its body read, so the
+/// client's retry with a token on the same connection gets an answer
+/// (unread, the server would close the connection after the 401).
+#[tokio::test]
+async fn a_refused_small_upload_leaves_the_connection_usable() {
+    use tokio::io::AsyncWriteExt;
+    let srv = start().await;
+    let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let body = "x".repeat(30_000);
+    let digest = format!("sha256:{}", "0".repeat(64));
+    let head = format!(
+        "POST /v2/team/app/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // Headers first, the body a moment later, as clients that write them
+    // with two calls do.
+    s.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(body.as_bytes()).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), read_response(&mut s))
+        .await
+        .unwrap();
+    assert!(
+        first.as_deref().is_some_and(|l| l.contains(" 401 ")),
+        "{first:?}"
+    );
+    s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), read_response(&mut s))
+        .await
+        .unwrap();
+    assert!(
+        second.as_deref().is_some_and(|l| l.contains(" 401 ")),
+        "the connection was closed after the refusal: {second:?}"
+    );
+}

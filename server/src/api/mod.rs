@@ -174,6 +174,25 @@ impl Req {
             .transpose()
     }
 
+    /// A declared length of at most [`READ_AHEAD`].
+    fn small_body(&self) -> bool {
+        self.content_length()
+            .ok()
+            .flatten()
+            .is_some_and(|n| n <= READ_AHEAD as u64)
+    }
+
+    /// Reads and drops a small body, for a request refused before any
+    /// handler saw it (no token, not allowed): the connection stays clean,
+    /// so the client's retry with a token on it is answered (unread bytes
+    /// would make the server close it, and a client reusing it at once
+    /// sees "connection closed" instead).
+    async fn discard_small_body(self) {
+        if self.small_body() {
+            let _ = axum::body::to_bytes(self.body, READ_AHEAD).await;
+        }
+    }
+
     /// The body as a stream. A small body (a declared length of at most
     /// [`READ_AHEAD`]) is read whole first: when the registry then refuses
     /// the request before reading it (a chunk at the wrong offset, an
@@ -181,12 +200,7 @@ impl Req {
     /// closing the connection would send a TCP reset that can reach the
     /// client before the error response does.
     async fn into_stream(self) -> ByteStream {
-        let small = self
-            .content_length()
-            .ok()
-            .flatten()
-            .is_some_and(|n| n <= READ_AHEAD as u64);
-        if small {
+        if self.small_body() {
             let read = axum::body::to_bytes(self.body, READ_AHEAD)
                 .await
                 .map_err(std::io::Error::other);
@@ -221,7 +235,13 @@ async fn dispatch(
     let route = parse_route(&path).ok_or_else(ApiError::unsupported_route)?;
     let m = req.method.clone();
     let need = required_access(&route, &m, &req)?;
-    let claims = auth::authorize(&state, &req.headers, &need)?;
+    let claims = match auth::authorize(&state, &req.headers, &need) {
+        Ok(claims) => claims,
+        Err(refused) => {
+            req.discard_small_body().await;
+            return Err(refused);
+        }
+    };
     let user = claims.as_ref().map(|c| c.sub.clone());
     let resp = handle(&state, route, m, req, claims, addr)
         .await
