@@ -152,6 +152,32 @@ pub enum ReplicaState {
     Failed,
 }
 
+impl ReplicaState {
+    /// The word on the wire, in tables and in the catalog.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaState::Pending => "pending",
+            ReplicaState::Assigned => "assigned",
+            ReplicaState::Pulling => "pulling",
+            ReplicaState::Running => "running",
+            ReplicaState::Exited => "exited",
+            ReplicaState::Failed => "failed",
+        }
+    }
+
+    /// The state a word names; an unknown word is `Pending`.
+    pub fn from_word(word: &str) -> ReplicaState {
+        match word {
+            "assigned" => ReplicaState::Assigned,
+            "pulling" => ReplicaState::Pulling,
+            "running" => ReplicaState::Running,
+            "exited" => ReplicaState::Exited,
+            "failed" => ReplicaState::Failed,
+            _ => ReplicaState::Pending,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaStatus {
     pub id: String,
@@ -201,6 +227,16 @@ pub struct TokenResponse {
 pub enum NodeStatus {
     Ready,
     Down,
+}
+
+impl NodeStatus {
+    /// The word on the wire and in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Ready => "ready",
+            NodeStatus::Down => "down",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -289,9 +325,25 @@ mod tests {
         assert_eq!(ping, r#"{"type":"ping"}"#);
         let m: ServerMessage = serde_json::from_str(r#"{"type":"assign","replicas":[]}"#).unwrap();
         assert!(matches!(m, ServerMessage::Assign { replicas } if replicas.is_empty()));
-        assert_eq!(
-            serde_json::to_string(&ReplicaState::Pulling).unwrap(),
-            r#""pulling""#
-        );
+        for s in [
+            ReplicaState::Pending,
+            ReplicaState::Assigned,
+            ReplicaState::Pulling,
+            ReplicaState::Running,
+            ReplicaState::Exited,
+            ReplicaState::Failed,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+            assert_eq!(ReplicaState::from_word(s.as_str()), s);
+        }
+        for s in [NodeStatus::Ready, NodeStatus::Down] {
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+        }
     }
 }

@@ -370,10 +370,7 @@ pub fn nodes_table(nodes: &[NodeInfo]) -> String {
     for n in nodes {
         rows.push(vec![
             n.name.clone(),
-            match n.status {
-                NodeStatus::Ready => "ready".into(),
-                NodeStatus::Down => "down".into(),
-            },
+            n.status.as_str().into(),
             n.facts.addresses.join(","),
             n.facts.cpus.to_string(),
             mib(n.facts.memory_bytes),

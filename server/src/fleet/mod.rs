@@ -122,28 +122,6 @@ pub fn robot_name(node: &str) -> String {
     format!("node.{node}")
 }
 
-fn state_text(s: ReplicaState) -> &'static str {
-    match s {
-        ReplicaState::Pending => "pending",
-        ReplicaState::Assigned => "assigned",
-        ReplicaState::Pulling => "pulling",
-        ReplicaState::Running => "running",
-        ReplicaState::Exited => "exited",
-        ReplicaState::Failed => "failed",
-    }
-}
-
-fn parse_state(s: &str) -> ReplicaState {
-    match s {
-        "assigned" => ReplicaState::Assigned,
-        "pulling" => ReplicaState::Pulling,
-        "running" => ReplicaState::Running,
-        "exited" => ReplicaState::Exited,
-        "failed" => ReplicaState::Failed,
-        _ => ReplicaState::Pending,
-    }
-}
-
 /// One word for a deployment from its replicas' states.
 pub fn deployment_status(states: &[ReplicaState]) -> &'static str {
     use ReplicaState as S;
@@ -597,7 +575,7 @@ impl Fleet {
         for (row, st) in apply {
             let reason = st.reason.as_deref().map(|r| one_line(r, 1024));
             let container = st.container_id.as_deref().map(|c| one_line(c, 128));
-            let state = state_text(st.state);
+            let state = st.state.as_str();
             let changed = row.state != state
                 || row.exit_code != st.exit_code
                 || row.reason.as_deref() != reason.as_deref()
@@ -629,7 +607,7 @@ impl Fleet {
                     ReplicaState::Failed => {
                         format!("failed: {}", reason.as_deref().unwrap_or("unknown reason"))
                     }
-                    s => state_text(s).to_owned(),
+                    s => s.as_str().to_owned(),
                 };
                 self.inner
                     .catalog
@@ -1318,7 +1296,10 @@ fn deployment_info(
 ) -> Result<DeploymentInfo> {
     let spec: DeploymentSpec = serde_json::from_str(spec)
         .map_err(|e| FleetError::Internal(format!("deployment {name}: {e}")))?;
-    let states: Vec<ReplicaState> = replicas.iter().map(|r| parse_state(&r.state)).collect();
+    let states: Vec<ReplicaState> = replicas
+        .iter()
+        .map(|r| ReplicaState::from_word(&r.state))
+        .collect();
     Ok(DeploymentInfo {
         status: deployment_status(&states).to_owned(),
         name,
@@ -1327,7 +1308,7 @@ fn deployment_info(
         replicas: replicas
             .into_iter()
             .map(|r| ReplicaInfo {
-                state: parse_state(&r.state),
+                state: ReplicaState::from_word(&r.state),
                 id: r.id,
                 node: r.node,
                 generation: r.generation.max(0) as u64,

@@ -602,24 +602,6 @@ fn labels(labels: &std::collections::BTreeMap<String, String>) -> Markup {
     }
 }
 
-fn node_status(s: NodeStatus) -> &'static str {
-    match s {
-        NodeStatus::Ready => "ready",
-        NodeStatus::Down => "down",
-    }
-}
-
-fn replica_state(s: ReplicaState) -> &'static str {
-    match s {
-        ReplicaState::Pending => "pending",
-        ReplicaState::Assigned => "assigned",
-        ReplicaState::Pulling => "pulling",
-        ReplicaState::Running => "running",
-        ReplicaState::Exited => "exited",
-        ReplicaState::Failed => "failed",
-    }
-}
-
 /// The nodes a deployment's replicas are on, each once.
 fn nodes_of(d: &DeploymentInfo) -> String {
     let mut on: Vec<&str> = d
@@ -667,7 +649,7 @@ pub fn nodes(ctx: &Ctx, nodes: &[NodeInfo]) -> Markup {
                             @for n in nodes {
                                 tr {
                                     td { b { (n.name) } }
-                                    td { span class=(state_class(node_status(n.status))) { (node_status(n.status)) } }
+                                    td { span class=(state_class(n.status.as_str())) { (n.status.as_str()) } }
                                     td.hide-narrow.mono { (n.facts.addresses.join(", ")) }
                                     td.hide-narrow { (n.facts.os) "/" (n.facts.arch) }
                                     td.num { (n.facts.cpus) }
@@ -760,7 +742,7 @@ pub fn deployment(ctx: &Ctx, d: &DeploymentInfo) -> Markup {
                             tr {
                                 td.mono { (r.id) }
                                 td { (r.node.as_deref().unwrap_or("—")) }
-                                td { span class=(state_class(replica_state(r.state))) { (replica_state(r.state)) } }
+                                td { span class=(state_class(r.state.as_str())) { (r.state.as_str()) } }
                                 td.hide-narrow {
                                     @if let Some(code) = r.exit_code { "exit code " (code) " " }
                                     @if let Some(reason) = &r.reason { (reason) }
