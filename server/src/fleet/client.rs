@@ -23,7 +23,7 @@ use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use wharf_fleet_proto::{
-    DeploymentInfo, DeploymentSpec, LogLine, NodeInfo, NodeStatus, TokenRequest, TokenResponse,
+    DeploymentInfo, DeploymentSpec, LogLine, NodeInfo, TokenRequest, TokenResponse,
 };
 
 use crate::Settings;
