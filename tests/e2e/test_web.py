@@ -7,7 +7,8 @@ from it with env, labels, ports and a command); the test opens the UI signed
 out (a private repository's name is nowhere), searches, signs in, opens the
 repository and a manifest, checks that the layers shown are exactly the layers
 of the manifest fetched over /v2, deletes a tag through its confirmation page
-and checks over /v2 that it is gone. A screenshot of each page is saved under
+and checks over /v2 that it is gone; the fleet pages are opened too, as an
+admin, with two nodes joined over the fleet API. A screenshot of each page is saved under
 $WHARF_TEST_ARTIFACTS/web (or the test's tmp dir) and the path printed.
 """
 
@@ -20,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import requests
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -286,3 +288,68 @@ def test_reading_works_without_javascript(wharf, docker, images, docker_refs, ar
         shot(d, artifacts, "10-manifest-no-javascript")
     finally:
         close(d)
+
+
+def test_fleet_pages_in_chromium(wharf_factory, browser, artifacts):
+    """The Nodes and Deployments pages, as an admin sees them: two nodes
+    joined (over the fleet API, as a runner does), a deployment of two
+    replicas they report running, and one whose selector matches no node."""
+    server = wharf_factory("wharf-fleet-web", env={**AUTH_ENV, "WHARF_FLEET_NODE_TTL_SECS": "600"})
+    server.add_user("admin", admin=True)
+    server.start()
+    base = f"http://{server.docker_host}"
+    admin = ("admin", server.users["admin"])
+
+    def api(method: str, path: str, **kwargs) -> requests.Response:
+        resp = requests.request(method, base + path, timeout=10, **kwargs)
+        assert resp.status_code < 300, (path, resp.status_code, resp.text)
+        return resp
+
+    nodes = {}
+    for name, zone, mem in (("rack1-node1", "a", 16), ("rack1-node2", "b", 8)):
+        token = api("POST", "/api/v1/nodes/tokens", auth=admin, json={"ttl_secs": 600}).json()["token"]
+        facts = {
+            "addresses": [f"192.168.10.{len(nodes) + 11}"], "os": "linux", "arch": "amd64", "cpus": 4,
+            "memory_bytes": mem << 30, "disk_bytes": 120 << 30, "labels": {"zone": zone}, "version": "0.1.0",
+        }
+        secret = api("POST", "/api/v1/nodes/join", json={"token": token, "name": name, "facts": facts}).json()["secret"]
+        nodes[name] = (name, secret)
+        api("POST", "/api/v1/node/heartbeat", auth=nodes[name],
+            json={"facts": facts, "free_memory_bytes": (mem - 3) << 30, "running_containers": 1})  # fmt: skip
+    api("POST", "/api/v1/deployments", auth=admin, json={
+        "name": "web", "image": "team/web:1.4", "replicas": 2, "env": ["MODE=prod"], "ports": ["8080:80"],
+        "cmd": ["httpd", "-f", "-p", "80"], "restart": "always",
+    })  # fmt: skip
+    api("POST", "/api/v1/deployments", auth=admin, json={"name": "batch", "image": "team/batch:2",
+                                                          "selector": {"zone": "c"}})  # fmt: skip
+    for r in api("GET", "/api/v1/deployments/web", auth=admin).json()["replicas"]:
+        report = {"id": r["id"], "generation": r["generation"], "state": "running", "exit_code": None,
+                  "reason": None, "container_id": os.urandom(32).hex()}  # fmt: skip
+        api("POST", "/api/v1/node/report", auth=nodes[r["node"]], json={"replicas": [report]})
+
+    d = browser
+    d.get(base + "/nodes")
+    d.find_element(By.ID, "username").send_keys("admin")
+    d.find_element(By.ID, "password").send_keys(server.users["admin"])
+    d.find_element(By.CSS_SELECTOR, "form.card button[type=submit]").click()
+    wait_for(d, "#nodes")
+    rows = d.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")
+    assert [r.find_element(By.TAG_NAME, "b").text for r in rows] == ["rack1-node1", "rack1-node2"]
+    assert all("ready" in r.text for r in rows), [r.text for r in rows]
+    assert "zone=a" in rows[0].text and "192.168.10.11" in rows[0].text
+    shot(d, artifacts, "10-nodes")
+    d.find_element(By.LINK_TEXT, "Deployments").click()
+    wait_for(d, "#deployments")
+    text = d.find_element(By.ID, "deployments").text
+    assert "web" in text and "running" in text and "2 / 2" in text, text
+    assert "batch" in text and "pending" in text, text
+    shot(d, artifacts, "11-deployments")
+    d.find_element(By.LINK_TEXT, "web").click()
+    wait_for(d, "#replicas")
+    replicas = d.find_element(By.ID, "replicas").text
+    assert "web.0" in replicas and "web.1" in replicas and "rack1-node1" in replicas, replicas
+    assert "httpd -f -p 80" in d.find_element(By.TAG_NAME, "main").text
+    shot(d, artifacts, "12-deployment")
+    d.get(base + "/deployments/batch")
+    wait_for(d, "#events")
+    assert "zone=c" in d.find_element(By.ID, "events").text
