@@ -999,6 +999,7 @@ impl Fleet {
                     node: spec.node.clone(),
                     selector: spec.selector.clone(),
                     memory: spec.memory_bytes.map(|m| m.max(0) as u64),
+                    one_per_node: place::fixed_host_ports(&spec.ports),
                 };
                 let plan = place::plan(&req, waiting.len(), &mut candidates);
                 for (r, choice) in waiting.iter().zip(plan) {

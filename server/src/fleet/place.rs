@@ -4,8 +4,10 @@
 //! Rules: only `ready` nodes; `node` (if set) names the only candidate;
 //! every `selector` label must be on the node with the same value; a node
 //! whose free memory is below the replica's memory limit is never chosen.
-//! Among the rest, spread: fewest replicas of this deployment, then most
-//! free memory, then name (so the answer is deterministic).
+//! A deployment that publishes fixed host ports (`-p 8080:80`) gets at most
+//! one replica per node, as two could not both bind the port. Among the
+//! rest, spread: fewest replicas of this deployment, then most free memory,
+//! then name (so the answer is deterministic).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,6 +29,8 @@ pub struct Requirements {
     pub node: Option<String>,
     pub selector: BTreeMap<String, String>,
     pub memory: Option<u64>,
+    /// Publishes a fixed host port: one replica per node.
+    pub one_per_node: bool,
 }
 
 /// Why a replica could not be placed; its `Display` is the one line shown
@@ -39,6 +43,7 @@ pub enum NoPlacement {
     NodeDoesNotMatch { node: String, selector: String },
     NoSelectorMatch(String),
     NoMemory { need: u64, matching: usize },
+    PortsTaken { matching: usize },
 }
 
 impl fmt::Display for NoPlacement {
@@ -54,6 +59,10 @@ impl fmt::Display for NoPlacement {
             NoPlacement::NoMemory { need, matching } => write!(
                 f,
                 "no ready node has {need} bytes of memory free ({matching} matching node(s))"
+            ),
+            NoPlacement::PortsTaken { matching } => write!(
+                f,
+                "every matching node ({matching}) already runs a replica publishing the same host ports"
             ),
         }
     }
@@ -103,9 +112,18 @@ pub fn place(req: &Requirements, candidates: &[Candidate]) -> Result<usize, NoPl
             NoPlacement::NoSelectorMatch(selector_text(&req.selector))
         });
     }
-    let need = req.memory.unwrap_or(0);
-    matching
+    let free: Vec<usize> = matching
         .iter()
+        .copied()
+        .filter(|&i| !req.one_per_node || candidates[i].replicas_here == 0)
+        .collect();
+    if free.is_empty() {
+        return Err(NoPlacement::PortsTaken {
+            matching: matching.len(),
+        });
+    }
+    let need = req.memory.unwrap_or(0);
+    free.iter()
         .copied()
         .filter(|&i| candidates[i].free_memory >= need)
         .min_by(|&a, &b| {
@@ -119,6 +137,16 @@ pub fn place(req: &Requirements, candidates: &[Candidate]) -> Result<usize, NoPl
             need,
             matching: matching.len(),
         })
+}
+
+/// Whether docker `-p` specs publish a fixed host port (`8080:80`,
+/// `127.0.0.1:8080:80`); `80` and `127.0.0.1::80` take a random one.
+pub fn fixed_host_ports(ports: &[String]) -> bool {
+    ports.iter().any(|p| {
+        let spec = p.split('/').next().unwrap_or("");
+        let parts: Vec<&str> = spec.split(':').collect();
+        parts.len() >= 2 && !parts[parts.len() - 2].is_empty()
+    })
 }
 
 /// Places `count` replicas one after the other, each seeing the ones
@@ -269,6 +297,29 @@ mod tests {
                 need: GIB,
                 matching: 2
             })
+        );
+    }
+
+    #[test]
+    fn fixed_host_ports_mean_one_replica_per_node() {
+        assert!(fixed_host_ports(&["8080:80".into()]));
+        assert!(fixed_host_ports(&["127.0.0.1:8080:80/udp".into()]));
+        assert!(!fixed_host_ports(&["80".into(), "127.0.0.1::80".into()]));
+        let req = Requirements {
+            one_per_node: true,
+            ..Requirements::default()
+        };
+        let mut nodes = vec![node("a", 4 << 30, &[]), node("b", 4 << 30, &[])];
+        let plan = plan(&req, 3, &mut nodes);
+        assert!(plan[0].is_ok() && plan[1].is_ok(), "{plan:?}");
+        assert_ne!(plan[0], plan[1]);
+        assert_eq!(plan[2], Err(NoPlacement::PortsTaken { matching: 2 }));
+        assert!(
+            plan[2]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("host ports")
         );
     }
 }
