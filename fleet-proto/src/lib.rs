@@ -48,6 +48,7 @@ pub const DEFAULT_NODE_TTL_SECS: u64 = 15;
 
 /// What a node says about itself when it joins (and again in heartbeats).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeFacts {
     /// Addresses of the node's interfaces (not loopback).
     pub addresses: Vec<String>,
@@ -66,6 +67,7 @@ pub struct NodeFacts {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JoinRequest {
     pub token: String,
     pub name: String,
@@ -73,6 +75,7 @@ pub struct JoinRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JoinResponse {
     pub name: String,
     /// The node credential, shown once; the server keeps only a hash.
@@ -85,6 +88,7 @@ pub struct JoinResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Heartbeat {
     pub facts: NodeFacts,
     /// Memory not used by anything, as the node sees it now.
@@ -95,6 +99,7 @@ pub struct Heartbeat {
 
 /// One replica the server wants on a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplicaSpec {
     /// Unique, stable id: `<deployment>.<ordinal>` (also the container's
     /// name on the node).
@@ -122,6 +127,7 @@ pub struct ReplicaSpec {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// The complete set of replicas this node must run; anything labelled
@@ -140,6 +146,7 @@ pub enum ServerMessage {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ReplicaState {
     /// Not yet placed on a node (the server's own state).
@@ -179,6 +186,7 @@ impl ReplicaState {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplicaStatus {
     pub id: String,
     pub generation: u64,
@@ -191,11 +199,13 @@ pub struct ReplicaStatus {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Report {
     pub replicas: Vec<ReplicaStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogLine {
     pub replica: String,
     /// `stdout` or `stderr`.
@@ -207,6 +217,7 @@ pub struct LogLine {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenRequest {
     /// Default 3600.
     pub ttl_secs: Option<u64>,
@@ -216,6 +227,7 @@ pub struct TokenRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenResponse {
     pub token: String,
     /// Unix seconds.
@@ -223,6 +235,7 @@ pub struct TokenResponse {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
     Ready,
@@ -240,6 +253,7 @@ impl NodeStatus {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeInfo {
     pub name: String,
     pub status: NodeStatus,
@@ -254,6 +268,7 @@ pub struct NodeInfo {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentSpec {
     /// Default: derived from the image's repository name.
     pub name: Option<String>,
@@ -277,6 +292,7 @@ pub struct DeploymentSpec {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplicaInfo {
     pub id: String,
     pub node: Option<String>,
@@ -290,6 +306,7 @@ pub struct ReplicaInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentEvent {
     /// Unix seconds.
     pub time: i64,
@@ -301,6 +318,7 @@ pub struct DeploymentEvent {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentInfo {
     pub name: String,
     pub spec: DeploymentSpec,

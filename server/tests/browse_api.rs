@@ -228,6 +228,21 @@ async fn openapi_document_lists_every_route() {
             "/api/v1/repositories/{name}/manifests/{digest}/referrers",
             "get",
         ),
+        // The fleet (issue #7).
+        ("/api/v1/nodes/join", "post"),
+        ("/api/v1/nodes/tokens", "post"),
+        ("/api/v1/nodes", "get"),
+        ("/api/v1/nodes/{name}", "get"),
+        ("/api/v1/nodes/{name}", "delete"),
+        ("/api/v1/node/channel", "get"),
+        ("/api/v1/node/heartbeat", "post"),
+        ("/api/v1/node/report", "post"),
+        ("/api/v1/node/logs/{request}", "post"),
+        ("/api/v1/deployments", "get"),
+        ("/api/v1/deployments", "post"),
+        ("/api/v1/deployments/{name}", "get"),
+        ("/api/v1/deployments/{name}", "delete"),
+        ("/api/v1/deployments/{name}/logs", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -237,7 +252,7 @@ async fn openapi_document_lists_every_route() {
     }
     assert_eq!(
         paths.len(),
-        7,
+        7 + 11,
         "a route without a test here: {:?}",
         paths.keys()
     );
@@ -249,6 +264,10 @@ async fn openapi_document_lists_every_route() {
         "ImageConfigView",
         "ReferrerView",
         "Stats",
+        "DeploymentSpec",
+        "DeploymentInfo",
+        "NodeInfo",
+        "ServerMessage",
     ] {
         assert!(
             schemas.contains_key(s),

@@ -184,7 +184,9 @@ async fn not_found() -> ApiError {
 
 /// The OpenAPI document.
 async fn openapi() -> Response {
-    json(StatusCode::OK, &ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(super::fleet::FleetDoc::openapi());
+    json(StatusCode::OK, &doc)
 }
 
 #[utoipa::path(get, path = "/api/v1/stats", tag = "catalog",

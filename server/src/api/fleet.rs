@@ -17,7 +17,11 @@ use axum::routing::{get, post};
 use base64::Engine;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
-use wharf_fleet_proto::{DeploymentSpec, Heartbeat, JoinRequest, Report, TokenRequest};
+use wharf_fleet_proto::{
+    DeploymentEvent, DeploymentInfo, DeploymentSpec, Heartbeat, JoinRequest, JoinResponse, LogLine,
+    NodeFacts, NodeInfo, NodeStatus, ReplicaInfo, ReplicaSpec, ReplicaState, ReplicaStatus, Report,
+    ServerMessage, TokenRequest, TokenResponse,
+};
 
 use super::{ApiError, AppState};
 use crate::fleet::{Fleet, FleetError, MAX_LOG_LINE};
@@ -148,6 +152,10 @@ async fn node(fleet: &Fleet, headers: &HeaderMap) -> Result<String, ApiError> {
 
 // ---- node side -------------------------------------------------------------------
 
+#[utoipa::path(post, path = "/api/v1/nodes/join", tag = "fleet: nodes",
+    request_body = JoinRequest,
+    responses((status = 200, description = "Joined: the node credential, shown once", body = JoinResponse),
+        (status = 401, description = "Token expired, used or unknown"), (status = 409, description = "Name taken")))]
 async fn join(State(state): State<AppState>, req: Request) -> Answer {
     let host = req
         .headers()
@@ -166,11 +174,16 @@ async fn join(State(state): State<AppState>, req: Request) -> Answer {
     Ok(json(StatusCode::OK, &resp))
 }
 
+#[utoipa::path(get, path = "/api/v1/node/channel", tag = "fleet: nodes",
+    responses((status = 200, description = "NDJSON stream of ServerMessage (Basic NAME:SECRET)", body = ServerMessage,
+        content_type = "application/x-ndjson")))]
 async fn channel(State(state): State<AppState>, headers: HeaderMap) -> Answer {
     let name = node(&state.fleet, &headers).await?;
     Ok(ndjson(Body::from_stream(state.fleet.connect(&name))))
 }
 
+#[utoipa::path(post, path = "/api/v1/node/heartbeat", tag = "fleet: nodes", request_body = Heartbeat,
+    responses((status = 204, description = "Recorded (Basic NAME:SECRET)")))]
 async fn heartbeat(State(state): State<AppState>, req: Request) -> Answer {
     let name = node(&state.fleet, req.headers()).await?;
     let hb: Heartbeat = read_json(req.into_body()).await?;
@@ -178,6 +191,8 @@ async fn heartbeat(State(state): State<AppState>, req: Request) -> Answer {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/node/report", tag = "fleet: nodes", request_body = Report,
+    responses((status = 204, description = "Recorded"), (status = 403, description = "A replica that is not this node's")))]
 async fn report(State(state): State<AppState>, req: Request) -> Answer {
     let name = node(&state.fleet, req.headers()).await?;
     let report: Report = read_json(req.into_body()).await?;
@@ -187,6 +202,10 @@ async fn report(State(state): State<AppState>, req: Request) -> Answer {
 
 /// A node's answer to a log request: NDJSON `LogLine`s relayed to the
 /// client that asked, until the body ends or the client leaves.
+#[utoipa::path(post, path = "/api/v1/node/logs/{request}", tag = "fleet: nodes",
+    params(("request" = String, Path, description = "The id of a Logs message")),
+    request_body(content = LogLine, content_type = "application/x-ndjson"),
+    responses((status = 204, description = "Relayed")))]
 async fn node_logs(
     State(state): State<AppState>,
     Path(request): Path<String>,
@@ -233,6 +252,8 @@ async fn node_logs(
 
 // ---- admin side -------------------------------------------------------------------
 
+#[utoipa::path(post, path = "/api/v1/nodes/tokens", tag = "fleet: admin", request_body = TokenRequest,
+    responses((status = 201, description = "A one-time join token", body = TokenResponse)))]
 async fn create_token(State(state): State<AppState>, req: Request) -> Answer {
     admin(&state, req.headers(), req.extensions()).await?;
     let body: TokenRequest = read_json(req.into_body()).await?;
@@ -242,16 +263,22 @@ async fn create_token(State(state): State<AppState>, req: Request) -> Answer {
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "fleet: admin",
+    responses((status = 200, description = "Every node", body = Vec<NodeInfo>)))]
 async fn list_nodes(State(state): State<AppState>, req: Request) -> Answer {
     admin(&state, req.headers(), req.extensions()).await?;
     Ok(json(StatusCode::OK, &state.fleet.nodes().await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/nodes/{name}", tag = "fleet: admin", params(("name" = String, Path)),
+    responses((status = 200, description = "One node", body = NodeInfo), (status = 404, description = "No such node")))]
 async fn get_node(State(state): State<AppState>, Path(name): Path<String>, req: Request) -> Answer {
     admin(&state, req.headers(), req.extensions()).await?;
     Ok(json(StatusCode::OK, &state.fleet.node(&name).await?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/nodes/{name}", tag = "fleet: admin", params(("name" = String, Path)),
+    responses((status = 204, description = "Removed: its credential and robot user are gone, its replicas move")))]
 async fn remove_node(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -262,6 +289,9 @@ async fn remove_node(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/deployments", tag = "fleet: admin", request_body = DeploymentSpec,
+    responses((status = 201, description = "Stored and placed", body = DeploymentInfo),
+        (status = 400, description = "Bad spec"), (status = 409, description = "Name taken")))]
 async fn create_deployment(State(state): State<AppState>, req: Request) -> Answer {
     admin(&state, req.headers(), req.extensions()).await?;
     let spec: DeploymentSpec = read_json(req.into_body()).await?;
@@ -271,11 +301,16 @@ async fn create_deployment(State(state): State<AppState>, req: Request) -> Answe
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/deployments", tag = "fleet: admin",
+    responses((status = 200, description = "Every deployment", body = Vec<DeploymentInfo>)))]
 async fn list_deployments(State(state): State<AppState>, req: Request) -> Answer {
     admin(&state, req.headers(), req.extensions()).await?;
     Ok(json(StatusCode::OK, &state.fleet.deployments().await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/deployments/{name}", tag = "fleet: admin", params(("name" = String, Path)),
+    responses((status = 200, description = "Spec, replicas and history", body = DeploymentInfo),
+        (status = 404, description = "No such deployment")))]
 async fn get_deployment(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -288,6 +323,8 @@ async fn get_deployment(
     ))
 }
 
+#[utoipa::path(delete, path = "/api/v1/deployments/{name}", tag = "fleet: admin", params(("name" = String, Path)),
+    responses((status = 204, description = "Removed; the nodes remove its containers")))]
 async fn remove_deployment(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -304,6 +341,11 @@ struct LogsQuery {
     tail: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/deployments/{name}/logs", tag = "fleet: admin",
+    params(("name" = String, Path), ("follow" = Option<String>, Query, description = "1: keep streaming"),
+        ("tail" = Option<u64>, Query, description = "Lines from the end of each replica's log")),
+    responses((status = 200, description = "NDJSON of LogLine from every replica", body = LogLine,
+        content_type = "application/x-ndjson")))]
 async fn deployment_logs(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -330,3 +372,46 @@ async fn deployment_logs(
     let stream = state.fleet.logs(&name, follow, q.tail).await?;
     Ok(ndjson(Body::from_stream(stream)))
 }
+
+/// The fleet's part of the `/api/v1` OpenAPI document (merged into
+/// `browse::ApiDoc` when served).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        join,
+        channel,
+        heartbeat,
+        report,
+        node_logs,
+        create_token,
+        list_nodes,
+        get_node,
+        remove_node,
+        create_deployment,
+        list_deployments,
+        get_deployment,
+        remove_deployment,
+        deployment_logs
+    ),
+    components(schemas(
+        JoinRequest,
+        JoinResponse,
+        NodeFacts,
+        Heartbeat,
+        ServerMessage,
+        ReplicaSpec,
+        Report,
+        ReplicaStatus,
+        ReplicaState,
+        LogLine,
+        TokenRequest,
+        TokenResponse,
+        NodeInfo,
+        NodeStatus,
+        DeploymentSpec,
+        DeploymentInfo,
+        ReplicaInfo,
+        DeploymentEvent
+    ))
+)]
+pub struct FleetDoc;
