@@ -111,6 +111,16 @@ pub struct ReplicaSpec {
     /// A full reference on the server's registry: `host:port/repo:tag` or
     /// `...@sha256:...`.
     pub image: String,
+    #[serde(flatten)]
+    pub container: ContainerSpec,
+}
+
+/// How each replica's container runs: the same fields in a deployment's
+/// spec and in every replica sent to a node (flattened into both on the
+/// wire).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ContainerSpec {
     #[serde(default)]
     pub env: Vec<String>,
     /// docker `-p` strings.
@@ -280,15 +290,8 @@ pub struct DeploymentSpec {
     pub selector: BTreeMap<String, String>,
     /// Default 1.
     pub replicas: Option<u32>,
-    #[serde(default)]
-    pub env: Vec<String>,
-    #[serde(default)]
-    pub ports: Vec<String>,
-    pub memory_bytes: Option<i64>,
-    pub nano_cpus: Option<i64>,
-    pub restart: Option<String>,
-    #[serde(default)]
-    pub cmd: Vec<String>,
+    #[serde(flatten)]
+    pub container: ContainerSpec,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

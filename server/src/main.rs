@@ -523,12 +523,14 @@ async fn deploy(a: DeployArgs, settings: &Settings, server: Option<String>) -> a
         node: a.node,
         selector: fleet::parse_labels(&a.selector)?,
         replicas: Some(a.replicas),
-        env: a.env,
-        ports: a.publish,
-        memory_bytes: a.memory.as_deref().map(fleet::parse_size).transpose()?,
-        nano_cpus: a.cpus.as_deref().map(fleet::parse_cpus).transpose()?,
-        restart: a.restart,
-        cmd: a.cmd,
+        container: wharf_fleet_proto::ContainerSpec {
+            env: a.env,
+            ports: a.publish,
+            memory_bytes: a.memory.as_deref().map(fleet::parse_size).transpose()?,
+            nano_cpus: a.cpus.as_deref().map(fleet::parse_cpus).transpose()?,
+            restart: a.restart,
+            cmd: a.cmd,
+        },
     };
     let made = client(settings, server).await?.deploy(&spec).await?;
     print!("{}", fleet::deployment_summary(&made));

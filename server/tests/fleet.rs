@@ -431,8 +431,8 @@ async fn two_replicas_spread_over_two_nodes_and_reports() {
     both.sort();
     assert_eq!(both, ["web.0", "web.1"]);
     assert_eq!(a1[0].image, format!("{}/team/web:1", srv.addr));
-    assert_eq!(a1[0].env, ["A=1"]);
-    assert_eq!(a1[0].cmd, ["sleep", "100"]);
+    assert_eq!(a1[0].container.env, ["A=1"]);
+    assert_eq!(a1[0].container.cmd, ["sleep", "100"]);
     assert_eq!(a1[0].deployment, "web");
 
     // n1 reports its replica running; n2 pulling.
@@ -1064,8 +1064,8 @@ async fn the_admin_api_needs_an_admin_and_the_cli_works() {
     let (ok, out, _) = cli(vec!["deployments", "inspect", "web"]).await;
     assert!(ok);
     let d: DeploymentInfo = serde_json::from_str(&out).unwrap();
-    assert_eq!(d.spec.memory_bytes, Some(64 << 20));
-    assert_eq!(d.spec.cmd, ["sleep", "100"]);
+    assert_eq!(d.spec.container.memory_bytes, Some(64 << 20));
+    assert_eq!(d.spec.container.cmd, ["sleep", "100"]);
     let (ok, out, _) = cli(vec!["node", "ls"]).await;
     assert!(ok);
     assert!(

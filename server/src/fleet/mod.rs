@@ -442,12 +442,7 @@ impl Fleet {
                 deployment: r.deployment,
                 generation: r.generation as u64,
                 image: image_for(&spec.image, &row.registry),
-                env: spec.env,
-                ports: spec.ports,
-                memory_bytes: spec.memory_bytes,
-                nano_cpus: spec.nano_cpus,
-                restart: spec.restart,
-                cmd: spec.cmd,
+                container: spec.container,
             });
         }
         Ok(out)
@@ -998,8 +993,8 @@ impl Fleet {
                 let req = place::Requirements {
                     node: spec.node.clone(),
                     selector: spec.selector.clone(),
-                    memory: spec.memory_bytes.map(|m| m.max(0) as u64),
-                    one_per_node: place::fixed_host_ports(&spec.ports),
+                    memory: spec.container.memory_bytes.map(|m| m.max(0) as u64),
+                    one_per_node: place::fixed_host_ports(&spec.container.ports),
                 };
                 let plan = place::plan(&req, waiting.len(), &mut candidates);
                 for (r, choice) in waiting.iter().zip(plan) {
@@ -1150,10 +1145,10 @@ pub fn normalize_spec(mut spec: DeploymentSpec) -> Result<DeploymentSpec> {
         return Err(invalid(format!("replicas must be 1 to {MAX_REPLICAS}")));
     }
     spec.replicas = Some(replicas);
-    if spec.env.len() > 256 {
+    if spec.container.env.len() > 256 {
         return Err(invalid("at most 256 environment variables"));
     }
-    for e in &spec.env {
+    for e in &spec.container.env {
         bounded("an environment variable", e, 8192)?;
         if !e.contains('=') || e.starts_with('=') {
             return Err(invalid(format!(
@@ -1161,10 +1156,10 @@ pub fn normalize_spec(mut spec: DeploymentSpec) -> Result<DeploymentSpec> {
             )));
         }
     }
-    if spec.ports.len() > 64 {
+    if spec.container.ports.len() > 64 {
         return Err(invalid("at most 64 port mappings"));
     }
-    for p in &spec.ports {
+    for p in &spec.container.ports {
         let ok = !p.is_empty()
             && p.len() <= 128
             && p.chars()
@@ -1173,13 +1168,13 @@ pub fn normalize_spec(mut spec: DeploymentSpec) -> Result<DeploymentSpec> {
             return Err(invalid(format!("invalid port mapping {p:?}")));
         }
     }
-    if spec.memory_bytes.is_some_and(|m| m <= 0) {
+    if spec.container.memory_bytes.is_some_and(|m| m <= 0) {
         return Err(invalid("the memory limit must be positive"));
     }
-    if spec.nano_cpus.is_some_and(|c| c <= 0) {
+    if spec.container.nano_cpus.is_some_and(|c| c <= 0) {
         return Err(invalid("cpus must be positive"));
     }
-    if let Some(r) = &spec.restart {
+    if let Some(r) = &spec.container.restart {
         let ok = matches!(
             r.as_str(),
             "no" | "always" | "unless-stopped" | "on-failure"
@@ -1192,10 +1187,10 @@ pub fn normalize_spec(mut spec: DeploymentSpec) -> Result<DeploymentSpec> {
             )));
         }
     }
-    if spec.cmd.len() > 256 {
+    if spec.container.cmd.len() > 256 {
         return Err(invalid("at most 256 command arguments"));
     }
-    for a in &spec.cmd {
+    for a in &spec.container.cmd {
         if a.len() > 8192 || a.contains('\0') {
             return Err(invalid("a command argument is too long or holds a NUL"));
         }
@@ -1380,22 +1375,34 @@ mod tests {
             },
             DeploymentSpec {
                 image: "x".into(),
-                env: vec!["NOEQ".into()],
+                container: wharf_fleet_proto::ContainerSpec {
+                    env: vec!["NOEQ".into()],
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             DeploymentSpec {
                 image: "x".into(),
-                restart: Some("sometimes".into()),
+                container: wharf_fleet_proto::ContainerSpec {
+                    restart: Some("sometimes".into()),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             DeploymentSpec {
                 image: "x".into(),
-                memory_bytes: Some(-1),
+                container: wharf_fleet_proto::ContainerSpec {
+                    memory_bytes: Some(-1),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             DeploymentSpec {
                 image: "x".into(),
-                ports: vec!["80;rm".into()],
+                container: wharf_fleet_proto::ContainerSpec {
+                    ports: vec!["80;rm".into()],
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         ] {

@@ -722,12 +722,12 @@ pub fn deployment(ctx: &Ctx, d: &DeploymentInfo) -> Markup {
                     dt { "Replicas" } dd { (d.replicas.len()) }
                     @if let Some(n) = &s.node { dt { "Node" } dd { (n) } }
                     @if !s.selector.is_empty() { dt { "Selector" } dd { (labels(&s.selector)) } }
-                    @if !s.cmd.is_empty() { dt { "Command" } dd.mono { (shell_words(&s.cmd)) } }
-                    @if !s.env.is_empty() { dt { "Environment" } dd { (kv_list(&s.env)) } }
-                    @if !s.ports.is_empty() { dt { "Ports" } dd.mono { (s.ports.join(", ")) } }
-                    @if let Some(m) = s.memory_bytes { dt { "Memory" } dd { (format::size(u64::try_from(m).unwrap_or(0))) } }
-                    @if let Some(c) = s.nano_cpus { dt { "CPUs" } dd { (format!("{:.2}", c as f64 / 1e9)) } }
-                    @if let Some(r) = &s.restart { dt { "Restart" } dd { (r) } }
+                    @if !s.container.cmd.is_empty() { dt { "Command" } dd.mono { (shell_words(&s.container.cmd)) } }
+                    @if !s.container.env.is_empty() { dt { "Environment" } dd { (kv_list(&s.container.env)) } }
+                    @if !s.container.ports.is_empty() { dt { "Ports" } dd.mono { (s.container.ports.join(", ")) } }
+                    @if let Some(m) = s.container.memory_bytes { dt { "Memory" } dd { (format::size(u64::try_from(m).unwrap_or(0))) } }
+                    @if let Some(c) = s.container.nano_cpus { dt { "CPUs" } dd { (format!("{:.2}", c as f64 / 1e9)) } }
+                    @if let Some(r) = &s.container.restart { dt { "Restart" } dd { (r) } }
                     dt { "Created" } dd { (time_ago(d.created_at.saturating_mul(1000))) }
                 }
             }

@@ -675,7 +675,8 @@ fn check_spec(r: &ReplicaSpec) -> Result<(), String> {
     if r.image.is_empty() || r.image.len() > 1024 {
         return Err("invalid image".into());
     }
-    if r.env.len() > 1024 || r.cmd.len() > 1024 || r.ports.len() > 256 {
+    if r.container.env.len() > 1024 || r.container.cmd.len() > 1024 || r.container.ports.len() > 256
+    {
         return Err("too many env, cmd or port values".into());
     }
     Ok(())
@@ -684,12 +685,14 @@ fn check_spec(r: &ReplicaSpec) -> Result<(), String> {
 /// The runner core's create request for a replica.
 pub fn create_request(spec: &ReplicaSpec) -> Result<CreateRequest, String> {
     let restart = spec
+        .container
         .restart
         .as_deref()
         .map(RestartPolicy::parse)
         .transpose()?
         .filter(|r| !r.is_none());
     let publish = spec
+        .container
         .ports
         .iter()
         .map(|p| crate::cli::network::parse_publish(p))
@@ -697,10 +700,14 @@ pub fn create_request(spec: &ReplicaSpec) -> Result<CreateRequest, String> {
     Ok(CreateRequest {
         image: spec.image.clone(),
         name: Some(spec.id.clone()),
-        cmd: (!spec.cmd.is_empty()).then(|| spec.cmd.clone()),
-        env: spec.env.clone(),
-        memory: spec.memory_bytes.filter(|m| *m > 0),
-        cpus: spec.nano_cpus.filter(|n| *n > 0).map(|n| n as f64 / 1e9),
+        cmd: (!spec.container.cmd.is_empty()).then(|| spec.container.cmd.clone()),
+        env: spec.container.env.clone(),
+        memory: spec.container.memory_bytes.filter(|m| *m > 0),
+        cpus: spec
+            .container
+            .nano_cpus
+            .filter(|n| *n > 0)
+            .map(|n| n as f64 / 1e9),
         restart,
         publish,
         labels: reconcile::labels_of(spec),
@@ -739,12 +746,14 @@ mod tests {
             deployment: "web".into(),
             generation: 3,
             image: "reg:5000/web:1".into(),
-            env: vec!["A=1".into()],
-            ports: vec!["8080:80".into()],
-            memory_bytes: Some(64 << 20),
-            nano_cpus: Some(500_000_000),
-            restart: Some("on-failure:3".into()),
-            cmd: vec!["sh".into(), "-c".into(), "true".into()],
+            container: wharf_fleet_proto::ContainerSpec {
+                env: vec!["A=1".into()],
+                ports: vec!["8080:80".into()],
+                memory_bytes: Some(64 << 20),
+                nano_cpus: Some(500_000_000),
+                restart: Some("on-failure:3".into()),
+                cmd: vec!["sh".into(), "-c".into(), "true".into()],
+            },
         };
         let r = create_request(&spec).unwrap();
         assert_eq!(r.name.as_deref(), Some("web.0"));
@@ -759,11 +768,11 @@ mod tests {
         assert_eq!(r.labels[REPLICA_LABEL], "web.0");
         assert_eq!(r.labels[wharf_fleet_proto::DEPLOYMENT_LABEL], "web");
         let mut bad = spec.clone();
-        bad.ports = vec!["not a port".into()];
+        bad.container.ports = vec!["not a port".into()];
         assert!(create_request(&bad).is_err());
         let mut no = spec;
-        no.restart = Some("no".into());
-        no.cmd.clear();
+        no.container.restart = Some("no".into());
+        no.container.cmd.clear();
         let r = create_request(&no).unwrap();
         assert!(r.restart.is_none() && r.cmd.is_none());
     }
@@ -775,12 +784,14 @@ mod tests {
             deployment: "web".into(),
             generation: 1,
             image: "reg/x".into(),
-            env: vec![],
-            ports: vec![],
-            memory_bytes: None,
-            nano_cpus: None,
-            restart: None,
-            cmd: vec![],
+            container: wharf_fleet_proto::ContainerSpec {
+                env: vec![],
+                ports: vec![],
+                memory_bytes: None,
+                nano_cpus: None,
+                restart: None,
+                cmd: vec![],
+            },
         };
         check_spec(&s).unwrap();
         s.id = "../etc".into();

@@ -204,12 +204,14 @@ mod tests {
             deployment: id.split('.').next().unwrap().into(),
             generation: gen_,
             image: "reg:5000/app:1".into(),
-            env: vec!["A=1".into()],
-            ports: vec![],
-            memory_bytes: None,
-            nano_cpus: None,
-            restart: None,
-            cmd: vec![],
+            container: wharf_fleet_proto::ContainerSpec {
+                env: vec!["A=1".into()],
+                ports: vec![],
+                memory_bytes: None,
+                nano_cpus: None,
+                restart: None,
+                cmd: vec![],
+            },
         }
     }
 
@@ -383,7 +385,7 @@ mod tests {
         let a = spec("web.0", 1);
         let mut b = spec("web.0", 9);
         assert_eq!(spec_hash(&a), spec_hash(&b));
-        b.env.push("B=2".into());
+        b.container.env.push("B=2".into());
         assert_ne!(spec_hash(&a), spec_hash(&b));
     }
 }

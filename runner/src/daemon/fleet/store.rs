@@ -60,12 +60,14 @@ mod tests {
             deployment: "web".into(),
             generation,
             image: "reg:5000/web:1".into(),
-            env: vec![],
-            ports: vec!["8080:80".into()],
-            memory_bytes: Some(64 << 20),
-            nano_cpus: None,
-            restart: Some("always".into()),
-            cmd: vec!["sh".into()],
+            container: wharf_fleet_proto::ContainerSpec {
+                env: vec![],
+                ports: vec!["8080:80".into()],
+                memory_bytes: Some(64 << 20),
+                nano_cpus: None,
+                restart: Some("always".into()),
+                cmd: vec!["sh".into()],
+            },
         }
     }
 
